@@ -1,0 +1,147 @@
+"""progan_jax entry point.
+
+    python main.py --config configs/celeba128.py [--workdir DIR] [--mode=train]
+    python main.py --config configs/demo.py --config.schedule.batch_sizes='(16,16,16,16)'
+
+Modes: train (default; resumes from the workdir's latest checkpoint), evaluate (SWD, MS-SSIM,
+FID of a checkpoint), generate (grid, PNGs, latent walk of a checkpoint), benchmark (train-step
+speed per stage), benchmark_input (input-pipeline speed per stage), summary (layer tables and
+parameter counts). The workdir defaults to workdir/<config file stem>.
+
+Multi-host: pass --coordinator_address, --num_processes and --process_id (or --multihost on
+TPU pods and SLURM, where JAX finds them itself).
+"""
+
+from progan_jax import xla_flags
+
+xla_flags.set_default_flags()  # before JAX initialises its backends
+
+import json  # noqa: E402
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Configuration file.", lock_config=True)
+_MODES = ["train", "evaluate", "generate", "benchmark", "benchmark_input", "summary"]
+_MODE = flags.DEFINE_enum("mode", "train", _MODES, "What to run.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Checkpoints, TensorBoard events and samples (default workdir/<config>)."
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Initialise the distributed runtime from the environment (TPU, SLURM)."
+)
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache",
+    "~/.cache/progan_jax/xla",
+    "Persistent XLA compilation cache: a restarted run skips recompiling ('' turns it off).",
+)
+_QUIET_LIBRARIES = ("/orbax/", "/jax/_src/", "/tensorflow_datasets/")
+
+
+class _LibraryInfoFilter:
+    """Keeps the libraries' INFO chatter (e.g. every Orbax write) out of the training log."""
+
+    def filter(self, record) -> bool:
+        import logging as std_logging
+
+        noisy = any(part in record.pathname for part in _QUIET_LIBRARIES)
+        return record.levelno >= std_logging.WARNING or not noisy
+
+
+def _initialize_distributed() -> None:
+    import jax
+
+    if _COORDINATOR.value or (_NUM_PROCESSES.value or 1) > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only setting
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    elif _MULTIHOST.value:
+        jax.distributed.initialize()
+
+
+def _configure_jax() -> None:
+    import jax
+
+    if _COMPILATION_CACHE.value:
+        path = pathlib.Path(_COMPILATION_CACHE.value).expanduser()
+        jax.config.update("jax_compilation_cache_dir", str(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+
+
+def _hide_gpus_from_tensorflow() -> None:
+    """tf.data must not reserve accelerator memory that JAX needs."""
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+
+
+def _workdir() -> pathlib.Path:
+    if _WORKDIR.value:
+        return pathlib.Path(_WORKDIR.value)
+    return (
+        pathlib.Path("workdir")
+        / pathlib.Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
+    )
+
+
+def _print_lines(lines) -> None:
+    for line in lines:
+        print(line if isinstance(line, str) else json.dumps(line), flush=True)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    _configure_jax()
+    _initialize_distributed()
+    config = _CONFIG.value
+    from progan_jax import (
+        benchmark,
+        checkpointing,
+        config_checks,
+        evaluate,
+        generate,
+        sources,
+        summary,
+        train,
+    )
+
+    expected = (
+        config_checks.ConfigError,
+        sources.DataSetMissingError,
+        checkpointing.CheckpointWriteError,
+        train.NonFiniteLossError,
+        FileNotFoundError,
+    )
+    try:
+        if _MODE.value == "train":
+            _hide_gpus_from_tensorflow()
+            train.train_and_evaluate(config, str(_workdir()))
+        elif _MODE.value == "evaluate":
+            _hide_gpus_from_tensorflow()
+            results = evaluate.evaluate(config, str(_workdir()))
+            evaluate.write_results(results, str(_workdir()))
+            _print_lines([results])
+        elif _MODE.value == "generate":
+            _print_lines([generate.generate(config, str(_workdir()))])
+        elif _MODE.value == "benchmark":
+            _print_lines(benchmark.benchmark_train_step(config))
+        elif _MODE.value == "benchmark_input":
+            _hide_gpus_from_tensorflow()
+            _print_lines(benchmark.benchmark_input(config))
+        else:
+            _print_lines(summary.summarize(config))
+    except expected as error:
+        logging.error("%s", error)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

@@ -1,0 +1,95 @@
+"""Speed of the train step per stage, as JSON lines: compile time, step time, images/s.
+
+    python main.py --config configs/bench_reference.py --mode=benchmark
+
+Compile time is what a user waits at a stage change: tracing, lowering and XLA compilation.
+Step time is the median of `benchmark.steps` timed steps after `benchmark.warmup_steps`.
+"""
+
+import statistics
+import time
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from progan_jax import input_pipeline, models, parallel
+from progan_jax import train_step as ts
+
+
+def benchmark_stages(config: ml_collections.ConfigDict) -> list[int]:
+    stages = config.benchmark.stages
+    return list(range(models.num_stages(config.model.resolution))) if stages is None else stages
+
+
+def _block(tree) -> None:
+    jax.block_until_ready(tree)
+
+
+def benchmark_train_step(config: ml_collections.ConfigDict) -> Iterator[dict]:
+    gan = ts.GAN.from_config(config)
+    mesh = parallel.make_mesh()
+    state = parallel.replicate(ts.create_train_state(gan, jax.random.key(config.seed)), mesh)
+    alpha = jnp.float32(config.benchmark.alpha)
+    for stage in benchmark_stages(config):
+        batch = config.benchmark.batch_size or config.schedule.batch_sizes[stage]
+        parallel.check_batch_divides(batch, mesh.devices.size)
+        res = models.stage_resolution(stage)
+        shape = (batch // jax.process_count(), res, res, config.model.num_channels)
+        local = np.random.default_rng(stage).uniform(-1, 1, shape).astype(np.float32)
+        reals = parallel.global_batch(local, mesh)
+        lr = jnp.float32(config.optimizer.learning_rates[stage])
+
+        start = time.perf_counter()
+        step = ts.make_train_step(gan, mesh, stage).lower(state, reals, alpha, lr).compile()
+        compile_s = time.perf_counter() - start
+
+        times = []
+        for i in range(config.benchmark.warmup_steps + config.benchmark.steps):
+            start = time.perf_counter()
+            state, metrics = step(state, reals, alpha, lr)
+            _block((state, metrics))
+            if i >= config.benchmark.warmup_steps:
+                times.append(time.perf_counter() - start)
+        step_s = statistics.median(times)
+        # XLA's count; on CPU the weight-gradient loops are counted once, so it is a lower bound.
+        flops = (step.cost_analysis() or {}).get("flops", float("nan"))
+        yield {
+            "stage": stage,
+            "resolution": res,
+            "batch": batch,
+            "devices": mesh.devices.size,
+            "platform": jax.devices()[0].platform,
+            "compile_s": round(compile_s, 2),
+            "step_ms": round(step_s * 1e3, 1),
+            "imgs_per_s": round(batch / step_s, 2),
+            "tflops_per_s": round(flops / step_s / 1e12, 3),
+        }
+
+
+def benchmark_input(config: ml_collections.ConfigDict) -> Iterator[dict]:
+    """Images/s of this process's input stream per stage, after the one-off decode and
+    box-filter (reported as prepare_s)."""
+    model, bench = config.model, config.benchmark
+    for stage in benchmark_stages(config):
+        batch = bench.batch_size or config.schedule.batch_sizes[stage]
+        start = time.perf_counter()
+        input_pipeline.stage_images(config.data, model.resolution, model.num_channels, stage)
+        prepare_s = time.perf_counter() - start
+        stream = input_pipeline.stage_batches(config, stage, 0, batch)
+        for _ in range(bench.warmup_steps):
+            next(stream)
+        start = time.perf_counter()
+        for _ in range(bench.input_batches):
+            next(stream)
+        elapsed = time.perf_counter() - start
+        yield {
+            "source": config.data.source,
+            "stage": stage,
+            "resolution": models.stage_resolution(stage),
+            "batch": batch,
+            "prepare_s": round(prepare_s, 2),
+            "imgs_per_s": round(bench.input_batches * batch / jax.process_count() / elapsed, 1),
+        }

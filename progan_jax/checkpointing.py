@@ -1,0 +1,107 @@
+"""Orbax checkpoints of the whole training state plus the progress through the schedule.
+
+    <workdir>/checkpoints/<images shown>/        periodic, on SIGTERM and at stage ends (last N)
+    <workdir>/stage_checkpoints/<images shown>/  the end of every stage, kept for good
+
+Each holds `state` (G, D, G_ema, both Adam states, the RNG key, the step count) and `progress`
+(JSON: images shown, stage, phase). Saves are atomic: a process killed mid-save leaves a
+temporary directory that is ignored and cleaned up, and the previous checkpoint stays intact.
+"""
+
+import dataclasses
+import errno
+import pathlib
+
+import jax
+import orbax.checkpoint as ocp
+
+from progan_jax.train_step import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    images_shown: int
+    phase_index: int  # the phase of the last step taken (optimizer resets happen on entry)
+    steps: int  # train steps taken
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class CheckpointWriteError(RuntimeError):
+    pass
+
+
+def _manager(directory: pathlib.Path, keep: int | None) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, cleanup_tmp_directories=True
+    )
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "progress"))
+
+
+def _explain(error: OSError, directory: pathlib.Path, previous: int | None) -> CheckpointWriteError:
+    reason = "the disk is full" if error.errno == errno.ENOSPC else f"{error}"
+    kept = f"checkpoint {previous} is intact" if previous is not None else "no earlier checkpoint"
+    return CheckpointWriteError(
+        f"Could not write a checkpoint to {directory}: {reason}. The {kept}; free some space "
+        "(or point --workdir elsewhere) and start the same command again to resume."
+    )
+
+
+class Checkpointer:
+    """Saves and restores (TrainState, Progress) under a workdir, on every process."""
+
+    def __init__(self, workdir: str | pathlib.Path, keep: int = 3):
+        workdir = pathlib.Path(workdir).absolute()
+        self.directory = workdir / "checkpoints"
+        self._periodic = _manager(self.directory, keep)
+        self._stages = _manager(workdir / "stage_checkpoints", None)
+
+    def latest_images_shown(self) -> int | None:
+        return self._periodic.latest_step()
+
+    def restore(self, target: TrainState, images_shown: int | None = None):
+        """(state, progress) of the latest (or given) checkpoint, placed like `target`; or None."""
+        step = self._periodic.latest_step() if images_shown is None else images_shown
+        if step is None:
+            return None
+        manager = self._periodic if step in self._periodic.all_steps() else self._stages
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()
+            ),
+        )
+        return restored.state, Progress(**restored.progress)
+
+    def save(self, state: TrainState, progress: Progress, *, stage_end: bool = False) -> None:
+        managers = [self._periodic] + ([self._stages] if stage_end else [])
+        previous = self._periodic.latest_step()
+        for manager in managers:
+            if progress.images_shown in manager.all_steps():
+                continue  # e.g. the stage-end checkpoint a resumed run already has
+            args = ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                progress=ocp.args.JsonSave(progress.to_json()),
+            )
+            try:
+                manager.save(progress.images_shown, args=args, force=True)
+            except OSError as error:
+                raise _explain(error, manager.directory, previous) from error
+
+    def wait(self) -> None:
+        """Blocks until background writes are done (and reports their errors)."""
+        for manager in (self._periodic, self._stages):
+            try:
+                manager.wait_until_finished()
+            except OSError as error:
+                raise _explain(error, manager.directory, None) from error
+
+    def close(self) -> None:
+        self.wait()
+        self._periodic.close()
+        self._stages.close()
+
+    def all_images_shown(self, stage_end: bool = False) -> list[int]:
+        return list((self._stages if stage_end else self._periodic).all_steps())

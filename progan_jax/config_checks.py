@@ -1,0 +1,124 @@
+"""Validation of a run's configuration before anything expensive starts.
+
+Every error names the field (`config.schedule.batch_sizes: ...`) and says what would be valid.
+"""
+
+import ml_collections
+
+from progan_jax import models, sources
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _fail(field: str, message: str) -> None:
+    raise ConfigError(f"config.{field}: {message}")
+
+
+def _per_stage(config, field: str, stages: int, check, what: str) -> None:
+    section, name = field.split(".")
+    values = config[section][name]
+    if not isinstance(values, tuple | list):
+        _fail(field, f"must be a tuple with one value per stage, got {values!r}")
+    if len(values) < stages:
+        _fail(
+            field,
+            f"has {len(values)} value(s) but the run has {stages} stages (4x4 up to "
+            f"{config.model.resolution}x{config.model.resolution}); give one per stage",
+        )
+    for stage, value in enumerate(values[:stages]):
+        if not check(value):
+            _fail(field, f"value {value!r} for stage {stage} must be {what}")
+
+
+def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1) -> None:
+    """Raises ConfigError for the first invalid value."""
+    model, sched, data = config.model, config.schedule, config.data
+    res = model.resolution
+    if not isinstance(res, int) or res < 4 or res & (res - 1):
+        _fail("model.resolution", f"must be a power of two >= 4, got {res!r}")
+    stages = models.num_stages(res)
+    if model.num_channels not in (1, 3):
+        _fail("model.num_channels", f"must be 1 (grayscale) or 3 (RGB), got {model.num_channels}")
+    for field in ("latent_size", "fmap_base", "fmap_max"):
+        if model[field] < 1:
+            _fail(f"model.{field}", f"must be positive, got {model[field]}")
+    if model.compute_dtype not in ("float32", "bfloat16", "float16"):
+        _fail(
+            "model.compute_dtype",
+            f"must be float32, bfloat16 or float16, got {model.compute_dtype!r}",
+        )
+
+    _per_stage(
+        config,
+        "schedule.batch_sizes",
+        stages,
+        lambda b: isinstance(b, int) and b > 0,
+        "a positive int",
+    )
+    for stage, batch in enumerate(sched.batch_sizes[:stages]):
+        if batch % devices:
+            _fail(
+                "schedule.batch_sizes",
+                f"batch {batch} of stage {stage} does not divide by the {devices} devices; "
+                f"use multiples of {devices}",
+            )
+        if batch % processes:
+            _fail("schedule.batch_sizes", f"batch {batch} does not divide by {processes} processes")
+        per_device = batch // devices
+        group = min(model.mbstd_group_size, per_device)
+        if model.mbstd_group_size > 1 and per_device % group:
+            _fail(
+                "model.mbstd_group_size",
+                f"{model.mbstd_group_size} does not divide the per-device batch {per_device} of "
+                f"stage {stage}; use a divisor of it",
+            )
+    _per_stage(config, "optimizer.learning_rates", stages, lambda lr: lr > 0, "positive")
+
+    for field in ("stabilize_images", "fade_images"):
+        if sched[field] < 0:
+            _fail(f"schedule.{field}", f"must be >= 0, got {sched[field]}")
+    if sched.stabilize_images == 0:
+        _fail("schedule.stabilize_images", "must be positive")
+    if sched.final_stabilize_images is not None and sched.final_stabilize_images < 0:
+        _fail("schedule.final_stabilize_images", "must be >= 0")
+    if not 0.0 <= config.ema_decay < 1.0:
+        _fail("ema_decay", f"must be in [0, 1), got {config.ema_decay}")
+    for field in ("gp_weight", "drift_weight"):
+        if config.loss[field] < 0:
+            _fail(f"loss.{field}", f"must be >= 0, got {config.loss[field]}")
+    if config.loss.gp_target <= 0:
+        _fail("loss.gp_target", f"must be positive, got {config.loss.gp_target}")
+
+    if data.source not in sources.SOURCES:
+        _fail("data.source", f"must be one of {', '.join(sources.SOURCES)}, got {data.source!r}")
+    if data.source == "image_folder" and not data.path:
+        _fail("data.path", "set the image folder, e.g. --config.data.path=/data/faces")
+    if data.source == "tfds" and not data.tfds_name:
+        _fail("data.tfds_name", "name the TFDS data set, e.g. --config.data.tfds_name=lsun/bedroom")
+    if data.source == "celeb_a" and res > sources.CELEBA_CROP:
+        _fail("model.resolution", f"celeb_a crops are 128x128; use <= 128 or celeb_a_hq, got {res}")
+    if data.source == "celeb_a_hq" and res > 1024:
+        _fail("model.resolution", f"celeb_a_hq goes up to 1024, got {res}")
+    if data.source == "synthetic" and data.synthetic_size < 1:
+        _fail("data.synthetic_size", f"must be positive, got {data.synthetic_size}")
+    if data.max_images is not None and data.max_images < 1:
+        _fail("data.max_images", f"must be positive, got {data.max_images}")
+
+    ckpt, logs = config.checkpoint, config.logging
+    for field in (
+        "checkpoint.every_images",
+        "checkpoint.every_minutes",
+        "logging.sample_every_images",
+    ):
+        section, name = field.split(".")
+        if config[section][name] < 0:
+            _fail(field, f"must be >= 0 (0 turns it off), got {config[section][name]}")
+    for field, value in (
+        ("checkpoint.keep", ckpt.keep),
+        ("logging.log_every_steps", logs.log_every_steps),
+        ("logging.sample_grid", logs.sample_grid),
+    ):
+        if value < 1:
+            _fail(field, f"must be >= 1, got {value}")

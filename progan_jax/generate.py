@@ -1,0 +1,101 @@
+"""Images from a checkpoint's EMA generator: a grid, single PNGs and a latent walk.
+
+    python main.py --config configs/demo.py --mode=generate
+    python main.py --config configs/demo.py --mode=generate --config.generate.checkpoint=24000 \
+        --config.generate.seed=7 --config.generate.truncation=1.5
+
+Writes under <workdir>/generated/<images shown>/: grid.png, images/<seed>_<i>.png and
+interpolation.gif (a grid of walks through latent space along great circles, as the latents
+are normalized to a sphere in G anyway).
+"""
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from progan_jax import evaluate, sampling
+
+
+def latents(gan, seed: int, count: int, truncation: float | None) -> jax.Array:
+    """Standard normal latents, or truncated to [-truncation, truncation] per component."""
+    key = jax.random.key(seed)
+    if truncation is None:
+        return gan.sample_latents(key, count)
+    shape = (count, gan.latent_size)
+    return jax.random.truncated_normal(key, -truncation, truncation, shape, jnp.float32)
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation between latent rows a and b at fractions t."""
+    na, nb = (
+        a / np.linalg.norm(a, axis=-1, keepdims=True),
+        b / np.linalg.norm(b, axis=-1, keepdims=True),
+    )
+    omega = np.arccos(np.clip(np.sum(na * nb, -1, keepdims=True), -1.0, 1.0))
+    so = np.sin(omega)
+    t = t[:, None, None]
+    safe = np.where(so < 1e-6, 1.0, so)
+    blend = np.sin((1.0 - t) * omega) / safe * a + np.sin(t * omega) / safe * b
+    linear = (1.0 - t) * a + t * b
+    return np.where(so < 1e-6, linear, blend)
+
+
+def interpolation_frames(gan, generator, seed: int, config) -> list[np.ndarray]:
+    """Frames of a grid of walks through `keyframes` latents each, looping back to the start."""
+    gen = config.generate
+    walks = gen.interpolation_grid**2
+    keys = np.asarray(latents(gan, seed + 1, walks * gen.keyframes, gen.truncation))
+    keys = keys.reshape(gen.keyframes, walks, -1)
+    frames = []
+    t = np.linspace(0.0, 1.0, gen.frames_per_keyframe, endpoint=False)
+    for k in range(gen.keyframes):
+        path = slerp(keys[k], keys[(k + 1) % gen.keyframes], t)  # [frames, walks, latent]
+        for z in path:
+            images = sampling.generate(
+                gan, generator.params, jnp.asarray(z), generator.stage, generator.alpha
+            )
+            grid = sampling.image_grid(
+                sampling.to_uint8(images), gen.interpolation_grid, config.model.resolution
+            )
+            frames.append(grid)
+    return frames
+
+
+def generate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    gen = config.generate
+    generator = evaluate.load_generator(config, workdir, gen.checkpoint)
+    gan = generator.gan
+    out = pathlib.Path(
+        gen.output or pathlib.Path(workdir) / "generated" / str(generator.images_shown)
+    )
+    z = latents(gan, gen.seed, gen.num_images, gen.truncation)
+    images = sampling.to_uint8(
+        sampling.generate(gan, generator.params, z, generator.stage, generator.alpha)
+    )
+    columns = gen.grid
+    grid_path = sampling.save_png(
+        out / "grid.png",
+        sampling.image_grid(images[: columns * columns], columns, config.model.resolution),
+    )
+    singles = [
+        sampling.save_png(out / "images" / f"{gen.seed}_{i:05d}.png", image)
+        for i, image in enumerate(images)
+    ]
+    written = {"grid": str(grid_path), "images": len(singles)}
+    if gen.keyframes > 1:
+        frames = interpolation_frames(gan, generator, gen.seed, config)
+        pil = [Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in frames]
+        gif = out / "interpolation.gif"
+        pil[0].save(gif, save_all=True, append_images=pil[1:], duration=1000 // gen.fps, loop=0)
+        written["interpolation"] = str(gif)
+        written["frames"] = len(frames)
+    return {
+        "images_shown": generator.images_shown,
+        "stage": generator.stage,
+        "alpha": generator.alpha,
+        **written,
+    }

@@ -1,0 +1,149 @@
+"""Building blocks of ProGAN: equalized-learning-rate layers and the parameter-free ops.
+
+All tensors are NHWC. Weights are stored as N(0, 1) and multiplied by He's constant
+`gain / sqrt(fan_in)` at run time ("equalized learning rate"): Adam's per-parameter
+normalisation then gives every layer the same effective learning rate.
+"""
+
+import math
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from progan_jax import conv
+
+SQRT2 = math.sqrt(2.0)
+LEAKY_SLOPE = 0.2
+
+
+def leaky_relu(x: jax.Array) -> jax.Array:
+    return jnp.where(x >= 0, x, LEAKY_SLOPE * x)
+
+
+def lerp(a: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
+    """`a` at t=0, `b` at t=1."""
+    return a + (b - a) * t
+
+
+def upsample2x(x: jax.Array) -> jax.Array:
+    """Nearest-neighbour 2x upsampling."""
+    n, h, w, c = x.shape
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, 2, w, 2, c))
+    return x.reshape(n, 2 * h, 2 * w, c)
+
+
+def downsample2x(x: jax.Array) -> jax.Array:
+    """2x2 average pooling."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def at_least_float32(x: jax.Array) -> jax.Array:
+    """Statistics and outputs are kept in (at least) float32 under bfloat16 compute."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def pixel_norm(x: jax.Array, epsilon: float = 1e-8) -> jax.Array:
+    """Normalises each pixel's feature vector to unit RMS."""
+    wide = at_least_float32(x)
+    norm = jax.lax.rsqrt(jnp.mean(jnp.square(wide), axis=-1, keepdims=True) + epsilon)
+    return (wide * norm).astype(x.dtype)
+
+
+def minibatch_stddev(x: jax.Array, group_size: int) -> jax.Array:
+    """Appends one feature map: the average stddev of the features over a group of samples.
+
+    Groups are strided as in the official code (`reshape([G, -1, ...])`): sample i belongs to
+    group i mod (N / G). The group size is clipped to the batch this layer sees (one device's
+    shard), which must then divide by it.
+    """
+    n, h, w, c = x.shape
+    g = min(group_size, n)
+    if n % g:
+        raise ValueError(
+            f"minibatch stddev: the per-device batch ({n}) must be divisible by the group size "
+            f"({g}); change model.mbstd_group_size or the batch size."
+        )
+    y = at_least_float32(x).reshape(g, n // g, h, w, c)
+    y = y - y.mean(axis=0, keepdims=True)
+    y = jnp.sqrt(jnp.mean(jnp.square(y), axis=0) + 1e-8)
+    y = y.mean(axis=(1, 2, 3))  # one value per group
+    y = jnp.tile(y, g).astype(x.dtype)  # sample i -> group i mod (n // g)
+    stat = jnp.broadcast_to(y[:, None, None, None], (n, h, w, 1))
+    return jnp.concatenate([x, stat], axis=-1)
+
+
+def he_scale(fan_in: int, gain: float, use_wscale: bool) -> float:
+    return gain / math.sqrt(fan_in) if use_wscale else 1.0
+
+
+def _weight_init(fan_in: int, gain: float, use_wscale: bool) -> Callable:
+    """N(0, 1) with equalized LR; otherwise He init folded into the stored weights."""
+    std = 1.0 if use_wscale else gain / math.sqrt(fan_in)
+    return nn.initializers.normal(stddev=std)
+
+
+class EqualizedDense(nn.Module):
+    """Dense layer with run-time He scaling."""
+
+    features: int
+    gain: float = SQRT2
+    use_wscale: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fan_in = x.shape[-1]
+        kernel = self.param(
+            "kernel", _weight_init(fan_in, self.gain, self.use_wscale), (fan_in, self.features)
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        w = (kernel * he_scale(fan_in, self.gain, self.use_wscale)).astype(self.dtype)
+        return jnp.dot(x.astype(self.dtype), w) + bias.astype(self.dtype)
+
+
+class EqualizedConv(nn.Module):
+    """Square convolution ('SAME' padding) with run-time He scaling.
+
+    `resample='up'` computes conv(upsample2x(x)) and `resample='down'` computes
+    downsample2x(conv(x)); with `fused=True` both run as one cheaper convolution over the
+    low-resolution grid (2.25x fewer FLOPs for a 3x3 kernel), as the official code's
+    `fused_scale` does. The parameters and the result are the same either way.
+    """
+
+    features: int
+    kernel_size: int = 3
+    gain: float = SQRT2
+    resample: str | None = None
+    fused: bool = True
+    use_wscale: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        fan_in = k * k * x.shape[-1]
+        kernel = self.param(
+            "kernel",
+            _weight_init(fan_in, self.gain, self.use_wscale),
+            (k, k, x.shape[-1], self.features),
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        w = (kernel * he_scale(fan_in, self.gain, self.use_wscale)).astype(self.dtype)
+        x = x.astype(self.dtype)
+        if self.resample == "up":
+            y = conv.upsample_conv(x, w) if self.fused else conv.conv(upsample2x(x), w)
+        elif self.resample == "down":
+            y = conv.conv_downsample(x, w) if self.fused else downsample2x(conv.conv(x, w))
+        elif self.resample is None:
+            y = conv.conv(x, w)
+        else:
+            raise ValueError(f"resample must be None, 'up' or 'down', got {self.resample!r}")
+        return y + bias.astype(self.dtype)
+
+
+def count_params(tree) -> int:
+    return int(sum(np.prod(p.shape) for p in jax.tree.leaves(tree)))

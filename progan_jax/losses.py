@@ -1,0 +1,61 @@
+"""WGAN-GP losses with ProGAN's drift term (official `loss.py`, `D_wgangp_acgan`, `G_wgan`)."""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+CriticFn = Callable[[jax.Array], jax.Array]  # images [N, H, W, C] -> scores [N]
+
+
+def gradient_penalty(
+    critic_fn: CriticFn, mixed: jax.Array, target: float = 1.0
+) -> tuple[jax.Array, jax.Array]:
+    """Per-sample `(||grad_x D(x)|| - target)^2 / target^2` and the gradient norms.
+
+    The gradient is taken of the *sum* of the scores over the batch, as the official code does:
+    minibatch stddev couples the samples, and the cross-sample terms belong to the penalty.
+    """
+    grads = jax.grad(lambda x: jnp.sum(critic_fn(x)))(mixed)
+    flat = grads.reshape(grads.shape[0], -1)
+    norms = optax.safe_norm(flat, 0.0, axis=1)
+    return jnp.square(norms - target) / target**2, norms
+
+
+def critic_loss(
+    critic_fn: CriticFn,
+    reals: jax.Array,
+    fakes: jax.Array,
+    key: jax.Array,
+    gp_weight: float = 10.0,
+    gp_target: float = 1.0,
+    drift_weight: float = 1e-3,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`mean(D(fake) - D(real) + gp_weight * penalty + drift_weight * D(real)^2)` and its parts.
+
+    The penalty is evaluated at `lerp(real, fake, u)` with `u ~ U[0, 1]` per sample.
+    """
+    fakes = jax.lax.stop_gradient(fakes)
+    # One batched evaluation of both sets; vmap keeps them apart for minibatch stddev.
+    real_scores, fake_scores = jax.vmap(critic_fn)(jnp.stack([reals, fakes]))
+    u = jax.random.uniform(key, (reals.shape[0], 1, 1, 1), dtype=reals.dtype)
+    mixed = reals + (fakes - reals) * u
+    penalty, norms = gradient_penalty(critic_fn, mixed, gp_target)
+    drift = jnp.square(real_scores)
+    loss = jnp.mean(fake_scores - real_scores + gp_weight * penalty + drift_weight * drift)
+    parts = {
+        "critic_loss": loss,
+        "wasserstein": jnp.mean(real_scores - fake_scores),
+        "gradient_penalty": jnp.mean(penalty),
+        "gradient_norm": jnp.mean(norms),
+        "drift": jnp.mean(drift),
+        "real_score": jnp.mean(real_scores),
+        "fake_score": jnp.mean(fake_scores),
+    }
+    return loss, parts
+
+
+def generator_loss(critic_fn: CriticFn, fakes: jax.Array) -> jax.Array:
+    """`-mean(D(G(z)))`."""
+    return -jnp.mean(critic_fn(fakes))

@@ -1,0 +1,215 @@
+"""The growing generator and critic (Karras et al. 2018, Table 2), as Flax linen modules.
+
+Both are called as `apply(params, x, stage=s, alpha=a)`: `stage` (0 -> 4x4, 1 -> 8x8, ...) is a
+static Python int and `alpha` a traced scalar in [0, 1] that fades the newest stage in. The
+parameters of every stage are created at init, so the parameter tree never changes shape as
+the networks grow: one optimizer state and one checkpoint layout serve the whole run.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from progan_jax.layers import (
+    SQRT2,
+    EqualizedConv,
+    EqualizedDense,
+    at_least_float32,
+    downsample2x,
+    leaky_relu,
+    lerp,
+    minibatch_stddev,
+    pixel_norm,
+    upsample2x,
+)
+
+
+def num_stages(resolution: int) -> int:
+    """Stages from 4x4 up to `resolution` (a power of two >= 4)."""
+    return int(math.log2(resolution)) - 1
+
+
+def stage_resolution(stage: int) -> int:
+    return 4 * 2**stage
+
+
+def feature_maps(stage: int, fmap_base: int, fmap_max: int, fmap_decay: float = 1.0) -> int:
+    """The official `nf(stage) = min(fmap_base / 2**(stage * decay), fmap_max)`.
+
+    A block at resolution 2**r uses nf(r - 1), i.e. the block of stage s uses nf(s + 1).
+    """
+    return min(int(fmap_base / 2.0 ** (stage * fmap_decay)), fmap_max)
+
+
+_RGB_LAYERS = ("to_rgb_", "from_rgb_")
+
+
+def is_active(module_name: str, stage: int) -> bool:
+    """Whether a top-level module of either network takes part in the pass at `stage`.
+
+    Module names end in their resolution (`conv1_32x32`): blocks up to the stage's resolution
+    are active, and of the RGB layers only those of this stage and the previous one (the fade).
+    """
+    resolution = int(module_name.rsplit("_", 1)[1].split("x")[0])
+    if module_name.startswith(_RGB_LAYERS):
+        return resolution in (stage_resolution(stage), stage_resolution(stage) // 2)
+    return resolution <= stage_resolution(stage)
+
+
+class _Growing(nn.Module):
+    """Fields and helpers shared by both networks."""
+
+    resolution: int = 1024
+    num_channels: int = 3
+    fmap_base: int = 8192
+    fmap_max: int = 512
+    fmap_decay: float = 1.0
+    use_wscale: bool = True
+    fused_scale: bool = True
+    dtype: Any = jnp.float32
+
+    @property
+    def num_stages(self) -> int:
+        return num_stages(self.resolution)
+
+    def nf(self, stage: int) -> int:
+        return feature_maps(stage, self.fmap_base, self.fmap_max, self.fmap_decay)
+
+    def conv(self, features: int, **kwargs) -> EqualizedConv:
+        return EqualizedConv(
+            features, use_wscale=self.use_wscale, fused=self.fused_scale, dtype=self.dtype, **kwargs
+        )
+
+    def dense(self, features: int, **kwargs) -> EqualizedDense:
+        return EqualizedDense(features, use_wscale=self.use_wscale, dtype=self.dtype, **kwargs)
+
+    def check_stage(self, stage: int) -> None:
+        if not 0 <= stage < self.num_stages:
+            raise ValueError(
+                f"stage must be in [0, {self.num_stages - 1}] for resolution {self.resolution}, "
+                f"got {stage}"
+            )
+
+
+class Generator(_Growing):
+    """Latent [N, latent_size] -> image [N, r, r, num_channels] with r = 4 * 2**stage.
+
+    The output is linear (no tanh), as in the official code; images live in [-1, 1].
+    """
+
+    latent_size: int = 512
+    normalize_latents: bool = True
+    use_pixelnorm: bool = True
+    pixelnorm_epsilon: float = 1e-8
+
+    def _norm(self, x: jax.Array) -> jax.Array:
+        return pixel_norm(x, self.pixelnorm_epsilon) if self.use_pixelnorm else x
+
+    def _block(self, x: jax.Array, stage: int) -> jax.Array:
+        res = stage_resolution(stage)
+        nf = self.nf(stage + 1)
+        if stage == 0:
+            x = self._norm(x) if self.normalize_latents else x
+            x = self.dense(16 * nf, gain=SQRT2 / 4, name="dense_4x4")(x)
+            x = self._norm(leaky_relu(x.reshape(-1, 4, 4, nf)))
+            return self._norm(leaky_relu(self.conv(nf, name="conv_4x4")(x)))
+        x = self._norm(leaky_relu(self.conv(nf, resample="up", name=f"conv0_up_{res}x{res}")(x)))
+        return self._norm(leaky_relu(self.conv(nf, name=f"conv1_{res}x{res}")(x)))
+
+    @nn.compact
+    def __call__(self, z: jax.Array, *, stage: int, alpha: jax.Array | float) -> jax.Array:
+        self.check_stage(stage)
+        to_rgb = [
+            self.conv(self.num_channels, kernel_size=1, gain=1.0, name=f"to_rgb_{r}x{r}")
+            for r in map(stage_resolution, range(self.num_stages))
+        ]
+        last = self.num_stages - 1 if self.is_initializing() else stage
+        features = []
+        x = z
+        for s in range(last + 1):
+            x = self._block(x, s)
+            features.append(x)
+        if self.is_initializing():  # create every stage's toRGB
+            for s in range(self.num_stages):
+                to_rgb[s](features[s])
+        image = to_rgb[stage](features[stage])
+        if stage > 0:
+            previous = upsample2x(to_rgb[stage - 1](features[stage - 1]))
+            image = lerp(previous, image, jnp.asarray(alpha, image.dtype))
+        return at_least_float32(image)
+
+
+class Critic(_Growing):
+    """Image [N, r, r, num_channels] with r = 4 * 2**stage -> scores [N] (float32)."""
+
+    mbstd_group_size: int = 4
+
+    def _block(self, x: jax.Array, stage: int) -> jax.Array:
+        res = stage_resolution(stage)
+        if stage == 0:
+            if self.mbstd_group_size > 1:
+                x = minibatch_stddev(x, self.mbstd_group_size)
+            x = leaky_relu(self.conv(self.nf(1), name="conv_4x4")(x))
+            x = x.reshape(x.shape[0], -1)
+            x = leaky_relu(self.dense(self.nf(0), name="dense0_4x4")(x))
+            return self.dense(1, gain=1.0, name="dense1_4x4")(x)[:, 0]
+        x = leaky_relu(self.conv(self.nf(stage + 1), name=f"conv0_{res}x{res}")(x))
+        return leaky_relu(
+            self.conv(self.nf(stage), resample="down", name=f"conv1_down_{res}x{res}")(x)
+        )
+
+    @nn.compact
+    def __call__(self, image: jax.Array, *, stage: int, alpha: jax.Array | float) -> jax.Array:
+        self.check_stage(stage)
+        expected = stage_resolution(stage)
+        if image.shape[1:3] != (expected, expected):
+            raise ValueError(
+                f"critic at stage {stage} expects {expected}x{expected} images, got {image.shape}"
+            )
+        from_rgb = [
+            self.conv(self.nf(s + 1), kernel_size=1, name=f"from_rgb_{r}x{r}")
+            for s, r in enumerate(map(stage_resolution, range(self.num_stages)))
+        ]
+        if self.is_initializing():  # create every stage's fromRGB
+            smaller = image
+            for s in reversed(range(stage)):
+                smaller = downsample2x(smaller)
+                from_rgb[s](smaller)
+        x = self._block(leaky_relu(from_rgb[stage](image)), stage)
+        if stage > 0:
+            previous = leaky_relu(from_rgb[stage - 1](downsample2x(image)))
+            x = lerp(previous, x, jnp.asarray(alpha, x.dtype))
+            for s in reversed(range(stage)):
+                x = self._block(x, s)
+        return at_least_float32(x)
+
+
+def _common_kwargs(model: ml_collections.ConfigDict) -> dict:
+    return dict(
+        resolution=model.resolution,
+        num_channels=model.num_channels,
+        fmap_base=model.fmap_base,
+        fmap_max=model.fmap_max,
+        fmap_decay=model.fmap_decay,
+        use_wscale=model.use_wscale,
+        fused_scale=model.fused_scale,
+        dtype=jnp.dtype(model.compute_dtype),
+    )
+
+
+def make_generator(model: ml_collections.ConfigDict) -> Generator:
+    return Generator(
+        latent_size=model.latent_size,
+        normalize_latents=model.normalize_latents,
+        use_pixelnorm=model.use_pixelnorm,
+        pixelnorm_epsilon=model.pixelnorm_epsilon,
+        **_common_kwargs(model),
+    )
+
+
+def make_critic(model: ml_collections.ConfigDict) -> Critic:
+    return Critic(mbstd_group_size=model.mbstd_group_size, **_common_kwargs(model))

@@ -1,0 +1,54 @@
+"""Images from the generator: fixed latents, grids, PNG files."""
+
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from progan_jax.train_step import GAN, Params
+
+
+def fixed_latents(gan: GAN, seed: int, count: int) -> jax.Array:
+    """The same `count` latents for a given seed, so grids are comparable across a run."""
+    return gan.sample_latents(jax.random.fold_in(jax.random.key(seed), 0x5A3), count)
+
+
+@functools.lru_cache(maxsize=16)
+def generator_fn(gan: GAN, stage: int):
+    """Jitted `(params, z, alpha) -> images` for one stage."""
+    return jax.jit(lambda params, z, alpha: gan.generate(params, z, stage, alpha))
+
+
+def generate(gan: GAN, params: Params, z: jax.Array, stage: int, alpha: float, batch: int = 64):
+    """Images in [-1, 1] as a float32 NumPy array, computed `batch` latents at a time."""
+    fn = generator_fn(gan, stage)
+    parts = [fn(params, z[i : i + batch], jnp.float32(alpha)) for i in range(0, len(z), batch)]
+    return np.concatenate([np.asarray(p) for p in parts])
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """[-1, 1] -> [0, 255], clipped (the generator's output is linear)."""
+    return np.clip(np.rint((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def image_grid(images: np.ndarray, columns: int, tile: int | None = None) -> np.ndarray:
+    """uint8 images [N, h, w, C] -> one uint8 grid, each image upscaled (nearest) to `tile`."""
+    n, h, w, c = images.shape
+    if tile is not None and tile > h:
+        images = images.repeat(tile // h, axis=1).repeat(tile // w, axis=2)
+        h, w = images.shape[1:3]
+    rows = -(-n // columns)
+    padded = np.zeros((rows * columns, h, w, c), images.dtype)
+    padded[:n] = images
+    grid = padded.reshape(rows, columns, h, w, c).transpose(0, 2, 1, 3, 4)
+    return grid.reshape(rows * h, columns * w, c)
+
+
+def save_png(path: str | pathlib.Path, image: np.ndarray) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+    return path

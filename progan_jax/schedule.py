@@ -1,0 +1,76 @@
+"""The progressive schedule, in images shown (as the official code), never in epochs.
+
+Stage 0 stabilizes; every later stage first fades in (alpha rises linearly from 0 to 1 with the
+images shown) and then stabilizes. Each of these is a *phase*. A step's stage, alpha, batch
+size and learning rate follow from the count of images shown before it.
+"""
+
+import dataclasses
+
+import ml_collections
+
+from progan_jax import models
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    index: int
+    stage: int
+    fading: bool
+    start: int  # images shown when the phase begins
+    end: int
+
+
+def phases(config: ml_collections.ConfigDict) -> list[Phase]:
+    """Every phase of the run, in order; zero-length fades are left out."""
+    sched = config.schedule
+    last = models.num_stages(config.model.resolution) - 1
+    final = sched.final_stabilize_images
+    result, shown = [], 0
+    for stage in range(last + 1):
+        fade = sched.fade_images if stage > 0 else 0
+        stabilize = final if stage == last and final is not None else sched.stabilize_images
+        for fading, length in ((True, fade), (False, stabilize)):
+            if length > 0:
+                result.append(Phase(len(result), stage, fading, shown, shown + length))
+                shown += length
+    return result
+
+
+def total_images(config: ml_collections.ConfigDict) -> int:
+    return phases(config)[-1].end
+
+
+def phase_at(config: ml_collections.ConfigDict, images_shown: int) -> Phase:
+    """The phase a step starting at `images_shown` belongs to (the last one once past the end)."""
+    all_phases = phases(config)
+    for phase in all_phases:
+        if images_shown < phase.end:
+            return phase
+    return all_phases[-1]
+
+
+def alpha(phase: Phase, images_shown: int) -> float:
+    """Fade-in weight of the newest stage: linear over a fade, 1 when stabilizing."""
+    if not phase.fading:
+        return 1.0
+    return min(max((images_shown - phase.start) / (phase.end - phase.start), 0.0), 1.0)
+
+
+def batch_size(config: ml_collections.ConfigDict, stage: int) -> int:
+    return config.schedule.batch_sizes[stage]
+
+
+def learning_rate(config: ml_collections.ConfigDict, stage: int) -> float:
+    return config.optimizer.learning_rates[stage]
+
+
+def steps_between(config: ml_collections.ConfigDict, start: int, end: int) -> int:
+    """How many steps take the count of images shown from `start` to at least `end`."""
+    steps, shown = 0, start
+    while shown < end:
+        phase = phase_at(config, shown)
+        batch = batch_size(config, phase.stage)
+        count = -(-(min(phase.end, end) - shown) // batch)  # ceil: a step may overshoot
+        steps, shown = steps + count, shown + count * batch
+    return steps

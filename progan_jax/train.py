@@ -1,0 +1,274 @@
+"""The training loop: schedule -> data -> jitted step -> metrics, samples, checkpoints.
+
+Starting again with the same workdir resumes from its latest checkpoint exactly: the state
+holds every parameter, optimizer moment and the RNG key, the progress holds the images shown,
+and the data stream is a function of the images shown (see input_pipeline).
+"""
+
+import dataclasses
+import functools
+import logging
+import math
+import pathlib
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from clu import metric_writers, parameter_overview, periodic_actions
+from jax.experimental import multihost_utils
+
+from progan_jax import (
+    checkpointing,
+    config_checks,
+    input_pipeline,
+    models,
+    parallel,
+    sampling,
+    schedule,
+)
+from progan_jax import train_step as ts
+from progan_jax.checkpointing import Progress
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class _StopRequest:
+    """Set by SIGTERM (preemption); every process agrees before anyone stops."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint after this step, then stopping.")
+        self.requested = True
+
+    def agreed(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        flags = multihost_utils.process_allgather(np.int32(self.requested))
+        return bool(np.max(flags))
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _flat_config(config: ml_collections.ConfigDict) -> dict:
+    flat = {}
+
+    def visit(prefix, value):
+        if isinstance(value, ml_collections.ConfigDict | dict):
+            for k, v in value.items():
+                visit(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = value if isinstance(value, int | float | str | bool) else str(value)
+
+    visit("", config)
+    return flat
+
+
+@dataclasses.dataclass
+class _Interval:
+    """Metrics of the steps since the last log line (left on device until then)."""
+
+    metrics: list = dataclasses.field(default_factory=list)
+    images: int = 0
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def summary(self) -> dict[str, float]:
+        host = jax.device_get(self.metrics)
+        means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        means["images_per_s"] = self.images / max(time.perf_counter() - self.started, 1e-9)
+        return means
+
+
+class Trainer:
+    """Owns the per-run objects; `run` is the loop."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+        config_checks.validate(config, jax.device_count(), jax.process_count())
+        self.config = config
+        self.workdir = pathlib.Path(workdir)
+        self.gan = ts.GAN.from_config(config)
+        self.mesh = parallel.make_mesh()
+        self.checkpointer = checkpointing.Checkpointer(self.workdir, config.checkpoint.keep)
+        self.writer = metric_writers.create_default_writer(
+            str(self.workdir), just_logging=jax.process_index() != 0
+        )
+        self.total = schedule.total_images(config)
+        self.latents = sampling.fixed_latents(self.gan, config.seed, config.logging.sample_grid**2)
+        self.reset_optimizers = jax.jit(
+            functools.partial(ts.reset_optimizer_states, self.gan),
+            out_shardings=parallel.replicated(self.mesh),
+            donate_argnums=0,
+        )
+        self.interval = _Interval()
+        self._sampled_at = -1
+        self._steps: dict[int, object] = {}
+
+    # ------------------------------------------------------------------ state and progress
+
+    def initial(self) -> tuple[ts.TrainState, Progress]:
+        state = ts.create_train_state(self.gan, jax.random.key(self.config.seed))
+        state = parallel.replicate(state, self.mesh)
+        restored = self.checkpointer.restore(state)
+        if restored is not None:
+            state, progress = restored
+            logging.info(
+                "Resuming from %d images shown (step %d).", progress.images_shown, progress.steps
+            )
+            return state, progress
+        first = schedule.phase_at(self.config, 0)
+        self._describe_new_run(state)
+        return state, Progress(images_shown=0, phase_index=first.index, steps=0)
+
+    def _describe_new_run(self, state: ts.TrainState) -> None:
+        if jax.process_index() == 0:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            (self.workdir / "config.json").write_text(self.config.to_json_best_effort(indent=2))
+        self.writer.write_hparams(_flat_config(self.config))
+        for name, params in (("generator", state.g_params), ("critic", state.d_params)):
+            logging.info(
+                "%s parameters:\n%s", name, parameter_overview.get_parameter_overview(params)
+            )
+
+    def step_fn(self, stage: int):
+        if stage not in self._steps:
+            self._steps[stage] = ts.make_train_step(self.gan, self.mesh, stage)
+        return self._steps[stage]
+
+    # ------------------------------------------------------------------------- outputs
+
+    def write_samples(self, state: ts.TrainState, progress: Progress, stage: int, alpha: float):
+        if self._sampled_at == progress.images_shown:
+            return
+        self._sampled_at = progress.images_shown
+        images = sampling.generate(self.gan, state.g_ema_params, self.latents, stage, alpha)
+        grid = sampling.image_grid(
+            sampling.to_uint8(images), self.config.logging.sample_grid, self.config.model.resolution
+        )
+        self.writer.write_images(progress.images_shown, {"samples": grid[None]})
+        if jax.process_index() == 0:
+            path = self.workdir / "samples" / f"{progress.images_shown:09d}.png"
+            sampling.save_png(path, grid)
+            logging.info("Samples: %s", path)
+
+    def flush_metrics(self, progress: Progress, phase: schedule.Phase, alpha: float) -> None:
+        """Writes the mean metrics since the last call; stops the run if any is not finite."""
+        if not self.interval.metrics:
+            return
+        scalars, self.interval = self.interval.summary(), _Interval()
+        if not all(math.isfinite(v) for v in scalars.values()):
+            previous = self.checkpointer.latest_images_shown()
+            bad = {k: v for k, v in scalars.items() if not math.isfinite(v)}
+            raise NonFiniteLossError(
+                f"Non-finite loss near {progress.images_shown} images shown: {bad}. Stopped "
+                f"without saving; the last good checkpoint ({previous} images shown) is in "
+                "place. Lower optimizer.learning_rates (or use float32 compute) and start the "
+                "same command again to resume from it."
+            )
+        remaining = self.total - progress.images_shown
+        scalars.update(
+            alpha=alpha,
+            stage=phase.stage,
+            resolution=models.stage_resolution(phase.stage),
+            batch_size=schedule.batch_size(self.config, phase.stage),
+            learning_rate=schedule.learning_rate(self.config, phase.stage),
+            kimg=progress.images_shown / 1000,
+            eta_hours=remaining / max(scalars["images_per_s"], 1e-9) / 3600,
+        )
+        self.writer.write_scalars(progress.images_shown, scalars)
+
+    def save(self, state, progress: Progress, phase, alpha, *, stage_end: bool = False) -> None:
+        """Checks the metrics not yet logged (never checkpoint a broken state), then saves."""
+        self.flush_metrics(progress, phase, alpha)
+        self.checkpointer.save(state, progress, stage_end=stage_end)
+
+    def end_stage(self, state, progress: Progress) -> None:
+        phase = schedule.phases(self.config)[progress.phase_index]
+        alpha = schedule.alpha(phase, progress.images_shown)
+        self.write_samples(state, progress, phase.stage, alpha)
+        self.save(state, progress, phase, alpha, stage_end=True)
+        logging.info(
+            "End of stage %d at %d images: checkpoint kept.", phase.stage, progress.images_shown
+        )
+
+    # --------------------------------------------------------------------------- loop
+
+    def run(self) -> ts.TrainState:
+        state, progress = self.initial()
+        config = self.config
+        every, minutes = config.checkpoint.every_images, config.checkpoint.every_minutes
+        remaining_steps = schedule.steps_between(config, progress.images_shown, self.total)
+        report = periodic_actions.ReportProgress(
+            num_train_steps=progress.steps + remaining_steps, writer=self.writer, every_secs=60
+        )
+        stop = _StopRequest()
+        stage, batches, last_save = None, None, time.monotonic()
+        try:
+            with metric_writers.ensure_flushes(self.writer):
+                while progress.images_shown < self.total:
+                    phase = schedule.phase_at(config, progress.images_shown)
+                    if phase.index != progress.phase_index:  # entering a new phase
+                        if phase.stage != schedule.phases(config)[progress.phase_index].stage:
+                            self.end_stage(state, progress)
+                        if config.optimizer.reset_at_phase_boundary:
+                            state = self.reset_optimizers(state)
+                        progress = dataclasses.replace(progress, phase_index=phase.index)
+                    if phase.stage != stage:  # a new pipeline and step, nothing else
+                        stage, batch = phase.stage, schedule.batch_size(config, phase.stage)
+                        res = models.stage_resolution(stage)
+                        logging.info("Stage %d: %dx%d, batch %d.", stage, res, res, batch)
+                        local = input_pipeline.stage_batches(
+                            config, stage, progress.images_shown, batch
+                        )
+                        batches = input_pipeline.prefetch_to_mesh(local, self.mesh)
+
+                    alpha = schedule.alpha(phase, progress.images_shown)
+                    lr = jnp.float32(schedule.learning_rate(config, stage))
+                    state, metrics = self.step_fn(stage)(
+                        state, next(batches), jnp.float32(alpha), lr
+                    )
+                    before = progress.images_shown
+                    progress = dataclasses.replace(
+                        progress, images_shown=before + batch, steps=progress.steps + 1
+                    )
+                    self.interval.metrics.append(metrics)
+                    self.interval.images += batch
+                    report(progress.steps)
+
+                    if progress.steps % config.logging.log_every_steps == 0:
+                        self.flush_metrics(progress, phase, alpha)
+                    if _crossed(before, progress.images_shown, config.logging.sample_every_images):
+                        self.write_samples(state, progress, stage, alpha)
+                    stopping = stop.agreed()
+                    timed = minutes > 0 and time.monotonic() - last_save > 60 * minutes
+                    if stopping or timed or _crossed(before, progress.images_shown, every):
+                        self.save(state, progress, phase, alpha)
+                        last_save = time.monotonic()
+                    if stopping:
+                        self.checkpointer.wait()
+                        logging.warning(
+                            "Stopped by SIGTERM at %d images shown; checkpoint saved.",
+                            progress.images_shown,
+                        )
+                        return state
+                self.end_stage(state, progress)
+        finally:
+            stop.restore()
+            self.checkpointer.close()
+        return state
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of `every` lies in (before, after]."""
+    return every > 0 and after // every > before // every
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.TrainState:
+    return Trainer(config, workdir).run()

@@ -1,0 +1,270 @@
+"""The training state and the data-parallel WGAN-GP train step.
+
+One step: a critic update on a batch of reals (faded like the networks), then a generator update
+with fresh latents against the *updated* critic, then the generator EMA. Each device computes
+gradients on its shard of the batch with its own random stream; `lax.pmean` over the `data`
+axis averages them, so every device applies the same update (pmap semantics, written as
+`jax.shard_map` under `jax.jit`). Minibatch-stddev groups stay inside a device's shard, as in
+the official multi-GPU code.
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh, PartitionSpec
+
+from progan_jax import losses, models, parallel
+from progan_jax.layers import downsample2x, lerp, upsample2x
+
+Params = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # train steps taken (int32)
+    g_params: Params
+    d_params: Params
+    g_ema_params: Params
+    g_opt_state: optax.OptState
+    d_opt_state: optax.OptState
+    rng: jax.Array  # typed PRNG key, split once per step
+
+
+@dataclasses.dataclass(frozen=True)
+class GAN:
+    """The static parts of training: networks, optimizer and loss weights."""
+
+    generator: models.Generator
+    critic: models.Critic
+    optimizer: optax.GradientTransformation
+    gp_weight: float = 10.0
+    gp_target: float = 1.0
+    drift_weight: float = 1e-3
+    ema_decay: float = 0.999
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "GAN":
+        opt = config.optimizer
+        return cls(
+            generator=models.make_generator(config.model),
+            critic=models.make_critic(config.model),
+            optimizer=optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
+            gp_weight=config.loss.gp_weight,
+            gp_target=config.loss.gp_target,
+            drift_weight=config.loss.drift_weight,
+            ema_decay=config.ema_decay,
+        )
+
+    @property
+    def latent_size(self) -> int:
+        return self.generator.latent_size
+
+    def sample_latents(self, key: jax.Array, n: int) -> jax.Array:
+        return jax.random.normal(key, (n, self.latent_size), jnp.float32)
+
+    def generate(self, g_params: Params, z: jax.Array, stage: int, alpha) -> jax.Array:
+        return self.generator.apply({"params": g_params}, z, stage=stage, alpha=alpha)
+
+    def critic_fn(self, d_params: Params, stage: int, alpha) -> losses.CriticFn:
+        return functools.partial(self.critic.apply, {"params": d_params}, stage=stage, alpha=alpha)
+
+
+def create_train_state(gan: GAN, key: jax.Array) -> TrainState:
+    """Initialises every stage's parameters, zeroed Adam states and the EMA copy of G.
+
+    The parameters are drawn from an `rbg` stream seeded from `key`: XLA compiles its random
+    bits far faster than threefry's for the many parameter shapes of a growing network.
+    """
+    g_key, d_key, rng = jax.random.split(key, 3)
+    g_key, d_key = (
+        jax.random.key(jax.random.bits(k, dtype=jnp.uint32), impl="rbg") for k in (g_key, d_key)
+    )
+    last = gan.generator.num_stages - 1
+    res = models.stage_resolution(last)
+
+    @jax.jit
+    def init():
+        z = jnp.zeros((1, gan.latent_size), jnp.float32)
+        image = jnp.zeros((1, res, res, gan.critic.num_channels), jnp.float32)
+        g_params = gan.generator.init(g_key, z, stage=last, alpha=1.0)["params"]
+        d_params = gan.critic.init(d_key, image, stage=last, alpha=1.0)["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            g_params=g_params,
+            d_params=d_params,
+            g_ema_params=jax.tree.map(jnp.copy, g_params),  # a copy: G's buffers get donated
+            g_opt_state=gan.optimizer.init(g_params),
+            d_opt_state=gan.optimizer.init(d_params),
+            rng=rng,
+        )
+
+    return init()
+
+
+def reset_optimizer_states(gan: GAN, state: TrainState) -> TrainState:
+    """Fresh Adam moments for both networks, as the official code does at phase boundaries."""
+    return state.replace(
+        g_opt_state=gan.optimizer.init(state.g_params),
+        d_opt_state=gan.optimizer.init(state.d_params),
+    )
+
+
+def fade_reals(reals: jax.Array, stage: int, alpha) -> jax.Array:
+    """Blends reals with their 2x-blurred version in step with the networks' fade-in."""
+    if stage == 0:
+        return reals
+    return lerp(upsample2x(downsample2x(reals)), reals, alpha)
+
+
+def step_keys(rng: jax.Array, device_index) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(next state rng, critic key, generator key) of one device for one step."""
+    next_rng, step_key = jax.random.split(rng)
+    critic_key, generator_key = jax.random.split(jax.random.fold_in(step_key, device_index))
+    return next_rng, critic_key, generator_key
+
+
+def split_active(params: Params, stage: int) -> tuple[Params, Params]:
+    """(modules used at `stage`, the rest). Only the former are differentiated and updated."""
+    active = {k: v for k, v in params.items() if models.is_active(k, stage)}
+    return active, {k: v for k, v in params.items() if k not in active}
+
+
+def critic_grads(
+    gan: GAN, state: TrainState, reals: jax.Array, key: jax.Array, stage: int, alpha
+) -> tuple[Params, dict[str, jax.Array]]:
+    """Gradient of the critic loss on one shard of (already faded) reals, for active modules."""
+    z_key, mix_key = jax.random.split(key)
+    fakes = gan.generate(state.g_params, gan.sample_latents(z_key, reals.shape[0]), stage, alpha)
+    active, frozen = split_active(state.d_params, stage)
+
+    def loss_fn(d_active):
+        return losses.critic_loss(
+            gan.critic_fn({**frozen, **d_active}, stage, alpha),
+            reals,
+            fakes,
+            mix_key,
+            gan.gp_weight,
+            gan.gp_target,
+            gan.drift_weight,
+        )
+
+    return jax.grad(loss_fn, has_aux=True)(active)
+
+
+def generator_grads(
+    gan: GAN, g_params: Params, d_params: Params, key: jax.Array, n: int, stage: int, alpha
+) -> tuple[Params, jax.Array]:
+    """Gradient of `-D(G(z))` for `n` fresh latents, for the active modules of G."""
+    z = gan.sample_latents(key, n)
+    active, frozen = split_active(g_params, stage)
+
+    def loss_fn(g_active):
+        fakes = gan.generate({**frozen, **g_active}, z, stage, alpha)
+        return losses.generator_loss(gan.critic_fn(d_params, stage, alpha), fakes)
+
+    loss, grads = jax.value_and_grad(loss_fn)(active)
+    return grads, loss
+
+
+def _pick(tree: dict, names) -> dict:
+    return {k: tree[k] for k in names}
+
+
+def adam_update(
+    gan: GAN, params: Params, grads: Params, opt_state: optax.ScaleByAdamState, learning_rate
+) -> tuple[Params, optax.ScaleByAdamState]:
+    """Adam on the modules in `grads` (the active ones); the others keep values and moments.
+
+    Adam would leave a module outside the pass where it is anyway (zero gradient, zero first
+    moment); skipping it saves compiling an update per module. A module leaves the pass only for
+    good (the RGB layers of earlier stages), so its frozen moments never matter.
+    """
+    moments = opt_state._replace(mu=_pick(opt_state.mu, grads), nu=_pick(opt_state.nu, grads))
+    updates, moments = gan.optimizer.update(grads, moments)
+    updated = jax.tree.map(lambda p, u: p - learning_rate * u, _pick(params, grads), updates)
+    new_state = moments._replace(
+        mu={**opt_state.mu, **moments.mu}, nu={**opt_state.nu, **moments.nu}
+    )
+    return {**params, **updated}, new_state
+
+
+def ema_update(gan: GAN, ema_params: Params, params: Params, names) -> Params:
+    """Moves the EMA of the named (active) modules of G towards their new values.
+
+    Inactive modules are either untrained (EMA equals the weights) or have left the pass for good.
+    """
+    updated = {
+        k: optax.incremental_update(params[k], ema_params[k], 1.0 - gan.ema_decay) for k in names
+    }
+    return {**ema_params, **updated}
+
+
+def train_step(
+    gan: GAN,
+    state: TrainState,
+    reals: jax.Array,
+    alpha: jax.Array,
+    learning_rate: jax.Array,
+    *,
+    stage: int,
+    axis_name: str | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One critic and one generator update on this device's shard of the batch.
+
+    With `axis_name`, gradients and metrics are averaged over that mapped axis.
+    """
+    mean = (lambda t: jax.lax.pmean(t, axis_name)) if axis_name else (lambda t: t)
+    device_index = jax.lax.axis_index(axis_name) if axis_name else 0
+    next_rng, critic_key, generator_key = step_keys(state.rng, device_index)
+
+    reals = fade_reals(reals, stage, alpha)
+    d_grads, metrics = critic_grads(gan, state, reals, critic_key, stage, alpha)
+    d_params, d_opt_state = adam_update(
+        gan, state.d_params, mean(d_grads), state.d_opt_state, learning_rate
+    )
+
+    g_grads, g_loss = generator_grads(
+        gan, state.g_params, d_params, generator_key, reals.shape[0], stage, alpha
+    )
+    g_params, g_opt_state = adam_update(
+        gan, state.g_params, mean(g_grads), state.g_opt_state, learning_rate
+    )
+    g_ema_params = ema_update(gan, state.g_ema_params, g_params, g_grads.keys())
+
+    new_state = TrainState(
+        step=state.step + 1,
+        g_params=g_params,
+        d_params=d_params,
+        g_ema_params=g_ema_params,
+        g_opt_state=g_opt_state,
+        d_opt_state=d_opt_state,
+        rng=next_rng,
+    )
+    return new_state, mean({**metrics, "generator_loss": g_loss})
+
+
+def make_train_step(gan: GAN, mesh: Mesh, stage: int):
+    """The jitted data-parallel step for one stage: `(state, reals, alpha, lr) -> (state, metrics)`.
+
+    `reals` is the global batch split along `data`; `alpha` and `lr` are traced scalars, so the
+    step compiles once per stage (and batch shape). The input state is donated.
+    """
+    rep, data = PartitionSpec(), PartitionSpec(parallel.DATA_AXIS)
+    per_device = functools.partial(train_step, gan, stage=stage, axis_name=parallel.DATA_AXIS)
+    # Replication of the outputs is by construction (every update is pmean'd). The check is off
+    # because the convolutions' custom VJPs return per-device weight gradients for replicated
+    # weights, which it cannot type.
+    mapped = jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(rep, data, rep, rep),
+        out_specs=(rep, rep),
+        check_vma=False,
+    )
+    return jax.jit(mapped, donate_argnums=0)

@@ -1,0 +1,24 @@
+"""XLA flags that must be in place before JAX starts its backends (main.py sets them first).
+
+XLA:CPU 0.10 runs the 2x2 convolutions over space-to-depth inputs of the fused resampling
+layers about 3x slower through YNNPACK than through its Eigen path; the whole train step is
+10-20% faster with YNNPACK convolutions off (README, "Performance"). The flag only exists in
+some jaxlib releases, and XLA aborts on unknown flags, so it is set for those releases only.
+"""
+
+import importlib.metadata
+import os
+
+_CPU_FLAGS = {"--xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
+_JAXLIB_WITH_FLAGS = ("0.10.",)
+
+
+def set_default_flags() -> None:
+    """Adds the flags to XLA_FLAGS unless the user set them already."""
+    if not importlib.metadata.version("jaxlib").startswith(_JAXLIB_WITH_FLAGS):
+        return
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    for name, value in _CPU_FLAGS.items():
+        if not any(f.startswith(name) for f in flags):
+            flags.append(f"{name}={value}")
+    os.environ["XLA_FLAGS"] = " ".join(flags)

@@ -1,0 +1,24 @@
+"""Test session setup: eight simulated CPU devices and fast compilation.
+
+XLA reads the device count when JAX initialises its backend, so it is set before anything
+imports jax.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+
+import jax
+import pytest
+
+# Compilation, not execution, dominates these tiny programs.
+jax.config.update("jax_disable_most_optimizations", True)
+
+
+@pytest.fixture
+def tiny_config():
+    from configs import tiny
+
+    return tiny.get_config()

@@ -1,0 +1,282 @@
+"""The training program end to end, through main.py in subprocesses.
+
+Runs use configs/tiny.py (16x16, three stages, 320 images) on synthetic data, with a shared
+persistent compilation cache so that only the first run of each program pays for XLA.
+"""
+
+import os
+import pathlib
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from progan_jax import checkpointing, config_checks, parallel
+from progan_jax import train_step as ts
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TOTAL_IMAGES = 320  # tiny: 64 + 2 x (64 + 64)
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("xla_cache")
+
+
+def _command(workdir, cache, *overrides, devices=1):
+    return [
+        sys.executable,
+        str(ROOT / "main.py"),
+        "--config",
+        str(ROOT / "configs" / "tiny.py"),
+        "--workdir",
+        str(workdir),
+        f"--compilation_cache={cache}",
+        f"--config.data.cache_dir={cache.parent / 'data_cache'}",
+        *overrides,
+    ], _env(devices)
+
+
+def _env(devices):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"  # compile time dominates a tiny run
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _run(workdir, cache, *overrides, devices=1, timeout=900):
+    command, env = _command(workdir, cache, *overrides, devices=devices)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _start(workdir, cache, log, *overrides, devices=1):
+    command, env = _command(workdir, cache, *overrides, devices=devices)
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(path: pathlib.Path, text: str, process: subprocess.Popen, timeout=600):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        if process.poll() is not None:
+            raise AssertionError(
+                f"exited ({process.returncode}) before {text!r}:\n{path.read_text()}"
+            )
+        time.sleep(0.2)
+    raise AssertionError(f"no {text!r} after {timeout}s")
+
+
+def _final_state(workdir, images_shown=None):
+    gan = ts.GAN.from_config(tiny.get_config())
+    target = ts.create_train_state(gan, jax.random.key(0))
+    target = parallel.replicate(target, parallel.make_mesh(jax.devices()[:1]))
+    checkpointer = checkpointing.Checkpointer(workdir)
+    try:
+        return checkpointer.restore(target, images_shown)
+    finally:
+        checkpointer.close()
+
+
+def _assert_same_state(a, b, exact=True):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        if exact:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        else:
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, compile_cache):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = _run(workdir, compile_cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result
+
+
+def test_a_tiny_run_writes_checkpoints_events_and_samples(uninterrupted):
+    workdir, _result = uninterrupted
+    assert sorted(int(p.name) for p in (workdir / "stage_checkpoints").iterdir()) == [64, 192, 320]
+    periodic = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
+    assert periodic[-1] == TOTAL_IMAGES and len(periodic) == 3  # keep=3
+    assert list(workdir.glob("events.out.tfevents.*"))
+    samples = sorted(p.name for p in (workdir / "samples").glob("*.png"))
+    assert samples == ["000000064.png", "000000192.png", "000000320.png"]
+    state, progress = _final_state(workdir)
+    assert progress.images_shown == TOTAL_IMAGES and progress.steps == 40
+    assert int(state.step) == 40
+    assert (workdir / "config.json").exists()
+
+
+def test_events_hold_losses_alpha_and_images(uninterrupted):
+    import tensorflow as tf
+
+    workdir, _ = uninterrupted
+    tags = set()
+    for path in workdir.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(v.tag for v in event.summary.value)
+    for tag in ("critic_loss", "generator_loss", "gradient_penalty", "drift", "wasserstein",
+                "real_score", "fake_score", "alpha", "stage", "learning_rate", "images_per_s",
+                "batch_size", "samples"):  # fmt: skip
+        assert tag in tags, tag
+
+
+def test_a_killed_run_resumes_exactly(uninterrupted, tmp_path, compile_cache):
+    reference, _ = uninterrupted
+    workdir = tmp_path / "killed"
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:
+        process = _start(workdir, compile_cache, log)
+        # Somewhere after the first checkpoints: mid-stage 1, at a random moment.
+        _wait_for(log_path, "Stage 1", process)
+        time.sleep(random.uniform(0.0, 1.5))
+        assert process.poll() is None, "the run ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    before = checkpointing.Checkpointer(workdir)
+    killed_at = before.latest_images_shown()
+    before.close()
+    assert killed_at is not None and killed_at < TOTAL_IMAGES
+    result = _run(workdir, compile_cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Resuming from {killed_at} images shown" in result.stderr
+    resumed, progress = _final_state(workdir)
+    expected, expected_progress = _final_state(reference)
+    assert progress == expected_progress
+    _assert_same_state(resumed, expected)
+
+
+def test_sigterm_saves_where_it_arrived(tmp_path, compile_cache):
+    workdir = tmp_path / "preempted"
+    log_path = tmp_path / "run.log"
+    no_periodic = ("--config.checkpoint.every_images=0", "--config.checkpoint.every_minutes=0")
+    with open(log_path, "w") as log:
+        process = _start(workdir, compile_cache, log, *no_periodic)
+        _wait_for(log_path, "Stage 1", process)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=300) == 0
+    text = log_path.read_text()
+    assert "Stopped by SIGTERM at" in text
+    stopped_at = int(text.split("Stopped by SIGTERM at ")[1].split()[0])
+    periodic = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
+    assert periodic[-1] == stopped_at and 64 < stopped_at < TOTAL_IMAGES
+    assert stopped_at not in [int(p.name) for p in (workdir / "stage_checkpoints").iterdir()]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, compile_cache):
+    workdir = tmp_path / "diverged"
+    result = _run(workdir, compile_cache, "--config.optimizer.learning_rates=(2e-3,1e30,1e30)")
+    assert result.returncode == 1
+    assert "Non-finite loss" in result.stderr and "last good checkpoint (64" in result.stderr
+    checkpointer = checkpointing.Checkpointer(workdir)
+    assert checkpointer.latest_images_shown() == 64
+    checkpointer.close()
+
+
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ("--config.model.resolution=100", "config.model.resolution"),
+        ("--config.schedule.batch_sizes=(8,8)", "config.schedule.batch_sizes"),
+        ("--config.schedule.fade_images=-5", "config.schedule.fade_images"),
+    ],
+)
+def test_config_errors_name_the_field(tmp_path, compile_cache, override, field):
+    result = _run(tmp_path / "bad", compile_cache, override, timeout=120)
+    assert result.returncode == 1
+    assert field in result.stderr
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_config_checks_cover_devices_groups_and_sources():
+    config = tiny.get_config()
+    config_checks.validate(config, devices=8)
+    cases = [
+        ("schedule.batch_sizes", (12, 8, 8), 8, "does not divide by the 8 devices"),
+        ("model.mbstd_group_size", 3, 1, "does not divide the per-device batch 8"),
+        ("optimizer.learning_rates", (1e-3, 0.0, 1e-3), 1, "must be positive"),
+        ("model.num_channels", 2, 1, "must be 1 (grayscale) or 3"),
+        ("data.source", "nope", 1, "must be one of"),
+        ("ema_decay", 1.0, 1, "must be in [0, 1)"),
+        ("checkpoint.keep", 0, 1, "must be >= 1"),
+    ]
+    for field, value, devices, message in cases:
+        config = tiny.get_config()
+        section, _, name = field.rpartition(".")
+        (config[section] if section else config)[name] = value
+        with pytest.raises(config_checks.ConfigError, match=f"config.{field}: .*") as error:
+            config_checks.validate(config, devices=devices)
+        assert message in str(error.value)
+    config = tiny.get_config()
+    config.data.source = "image_folder"
+    with pytest.raises(config_checks.ConfigError, match=r"config\.data\.path"):
+        config_checks.validate(config, devices=1)
+
+
+def test_full_disk_is_reported_and_the_previous_checkpoint_kept(tmp_path, monkeypatch):
+    import errno
+
+    gan = ts.GAN.from_config(tiny.get_config())
+    state = ts.create_train_state(gan, jax.random.key(0))
+    checkpointer = checkpointing.Checkpointer(tmp_path)
+    checkpointer.save(state, checkpointing.Progress(8, 0, 1))
+    checkpointer.wait()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpointer._periodic, "save", full)
+    with pytest.raises(checkpointing.CheckpointWriteError, match="disk is full") as error:
+        checkpointer.save(state, checkpointing.Progress(16, 0, 2))
+    assert "checkpoint 8 is intact" in str(error.value)
+    checkpointer.close()
+    _restored, progress = _final_state(tmp_path)
+    assert progress.images_shown == 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process_with_four_devices(tmp_path, compile_cache):
+    """JAX's distributed runtime on loopback, gloo collectives, 2 devices per process."""
+    single = _run(tmp_path / "single", compile_cache, devices=4)
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    workdir, port = tmp_path / "multi", _free_port()
+    processes, logs = [], []
+    for index in range(2):
+        log = open(tmp_path / f"process{index}.log", "w")  # noqa: SIM115
+        flags = (
+            f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2",
+            f"--process_id={index}",
+        )
+        processes.append(_start(workdir, compile_cache, log, *flags, devices=2))
+        logs.append(log)
+    for process, log in zip(processes, logs, strict=True):
+        assert process.wait(timeout=900) == 0, (tmp_path / "process0.log").read_text()[-3000:]
+        log.close()
+    for index in range(2):
+        text = (tmp_path / f"process{index}.log").read_text()
+        first, last = 4 * index, 4 * index + 4
+        assert f"process {index} of 2 reads rows [{first}, {last}) of every batch of 8" in text
+
+    multi, multi_progress = _final_state(workdir)
+    reference, progress = _final_state(tmp_path / "single")
+    assert multi_progress == progress
+    _assert_same_state(multi, reference, exact=False)

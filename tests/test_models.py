@@ -1,0 +1,125 @@
+"""The growing networks: shapes, parameter layout, fade-in semantics, paper parameter counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import celeba_hq1024
+from progan_jax import models
+from progan_jax.layers import count_params, downsample2x, upsample2x
+from progan_jax.train_step import GAN, create_train_state
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from configs import tiny
+
+    config = tiny.get_config()
+    gan = GAN.from_config(config)
+    state = create_train_state(gan, jax.random.key(0))
+    return config, gan, state
+
+
+def _latents(n, size, seed=0):
+    return jax.random.normal(jax.random.key(seed), (n, size))
+
+
+def _images(n, res, channels=3, seed=0):
+    return jax.random.uniform(jax.random.key(seed), (n, res, res, channels), minval=-1, maxval=1)
+
+
+def test_shapes_at_every_stage(tiny):
+    config, gan, state = tiny
+    z = _latents(4, config.model.latent_size)
+    for stage in range(models.num_stages(config.model.resolution)):
+        res = models.stage_resolution(stage)
+        images = gan.generate(state.g_params, z, stage, 0.5)
+        assert images.shape == (4, res, res, 3) and images.dtype == jnp.float32
+        scores = gan.critic_fn(state.d_params, stage, 0.5)(images)
+        assert scores.shape == (4,) and scores.dtype == jnp.float32
+
+
+def test_every_stage_has_parameters_from_init(tiny):
+    _, _gan, state = tiny
+    names = set(state.g_params)
+    for res in (4, 8, 16):
+        assert f"to_rgb_{res}x{res}" in names
+        assert f"from_rgb_{res}x{res}" in state.d_params
+    assert {"conv0_up_16x16", "conv1_16x16"} <= names
+    assert "conv1_down_16x16" in state.d_params
+
+
+def test_generator_fade_limits(tiny):
+    config, gan, state = tiny
+    z = _latents(4, config.model.latent_size, seed=1)
+    for stage in (1, 2):
+        # alpha = 0: exactly the previous stage's image, upsampled.
+        previous = gan.generate(state.g_params, z, stage - 1, 1.0)
+        faded_out = gan.generate(state.g_params, z, stage, 0.0)
+        np.testing.assert_allclose(faded_out, upsample2x(previous), rtol=1e-5, atol=1e-5)
+        # alpha = 1: the new path alone; the previous toRGB no longer matters.
+        new = gan.generate(state.g_params, z, stage, 1.0)
+        res = models.stage_resolution(stage - 1)
+        perturbed = dict(state.g_params)
+        perturbed[f"to_rgb_{res}x{res}"] = jax.tree.map(
+            lambda p: p + 1.0, perturbed[f"to_rgb_{res}x{res}"]
+        )
+        np.testing.assert_allclose(gan.generate(perturbed, z, stage, 1.0), new, atol=1e-5)
+        assert not np.allclose(gan.generate(perturbed, z, stage, 0.5), new)
+        # In between: linear in alpha.
+        half = gan.generate(state.g_params, z, stage, 0.5)
+        np.testing.assert_allclose(half, 0.5 * (new + faded_out), rtol=1e-4, atol=1e-5)
+
+
+def test_critic_fade_limits_and_uses_alpha(tiny):
+    _, gan, state = tiny
+    for stage in (1, 2):
+        res = models.stage_resolution(stage)
+        images = _images(8, res, seed=stage)
+        critic = lambda a, s=stage: gan.critic_fn(state.d_params, s, a)
+        # alpha = 0: the previous stage's critic on the 2x2-averaged image.
+        np.testing.assert_allclose(
+            critic(0.0)(images),
+            critic(1.0, stage - 1)(downsample2x(images)),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+        # A critic that ignores alpha is a known bug elsewhere: the scores must move with it.
+        s0, s_half, s1 = (np.asarray(critic(a)(images)) for a in (0.0, 0.5, 1.0))
+        assert np.abs(s0 - s_half).max() > 1e-3
+        assert np.abs(s_half - s1).max() > 1e-3
+        assert np.abs(s0 - s1).max() > 1e-3
+
+
+def test_critic_rejects_wrong_resolution(tiny):
+    _, gan, state = tiny
+    with pytest.raises(ValueError, match="expects 8x8"):
+        gan.critic_fn(state.d_params, 1, 1.0)(_images(4, 16))
+    with pytest.raises(ValueError, match="stage must be in"):
+        gan.generate(state.g_params, _latents(4, 16), 3, 1.0)
+
+
+def test_paper_parameter_counts():
+    """Table 2 of the paper: about 23.1M trainable parameters in each 1024x1024 network."""
+    gan = GAN.from_config(celeba_hq1024.get_config())
+    shapes = jax.eval_shape(lambda: create_train_state(gan, jax.random.key(0)))
+    g, d = count_params(shapes.g_params), count_params(shapes.d_params)
+    assert abs(g - 23.1e6) / 23.1e6 < 0.005, g
+    assert abs(d - 23.1e6) / 23.1e6 < 0.005, d
+
+
+def test_grayscale_and_bfloat16(tiny):
+    config, _, _ = tiny
+    config.model.num_channels = 1
+    gan = GAN.from_config(config)
+    state = create_train_state(gan, jax.random.key(0))
+    images = gan.generate(state.g_params, _latents(4, 16), 2, 0.3)
+    assert images.shape == (4, 16, 16, 1)
+    config.model.compute_dtype = "bfloat16"
+    gan16 = GAN.from_config(config)
+    images16 = gan16.generate(state.g_params, _latents(4, 16), 2, 0.3)
+    assert images16.dtype == jnp.float32  # outputs and parameters stay float32
+    np.testing.assert_allclose(images16, images, atol=0.1)
+    scores = gan16.critic_fn(state.d_params, 2, 0.3)(images)
+    np.testing.assert_allclose(scores, gan.critic_fn(state.d_params, 2, 0.3)(images), atol=0.1)
