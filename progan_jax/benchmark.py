@@ -31,7 +31,7 @@ def _block(tree) -> None:
 def benchmark_train_step(config: ml_collections.ConfigDict) -> Iterator[dict]:
     gan = ts.GAN.from_config(config)
     mesh = parallel.make_mesh()
-    state = parallel.replicate(ts.create_train_state(gan, jax.random.key(config.seed)), mesh)
+    state = ts.create_train_state(gan, jax.random.key(config.seed), parallel.replicated(mesh))
     alpha = jnp.float32(config.benchmark.alpha)
     for stage in benchmark_stages(config):
         batch = config.benchmark.batch_size or config.schedule.batch_sizes[stage]

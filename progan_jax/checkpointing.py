@@ -65,7 +65,14 @@ class Checkpointer:
         step = self._periodic.latest_step() if images_shown is None else images_shown
         if step is None:
             return None
-        manager = self._periodic if step in self._periodic.all_steps() else self._stages
+        periodic, stages = self._periodic.all_steps(), self._stages.all_steps()
+        if step not in periodic and step not in stages:
+            available = sorted(set(periodic) | set(stages))
+            raise FileNotFoundError(
+                f"No checkpoint at {step} images shown under {self.directory.parent}; "
+                f"there are: {available or 'none'}."
+            )
+        manager = self._periodic if step in periodic else self._stages
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         restored = manager.restore(
             step,
@@ -102,6 +109,3 @@ class Checkpointer:
         self.wait()
         self._periodic.close()
         self._stages.close()
-
-    def all_images_shown(self, stage_end: bool = False) -> list[int]:
-        return list((self._stages if stage_end else self._periodic).all_steps())

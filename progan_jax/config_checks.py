@@ -111,6 +111,7 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
         "checkpoint.every_images",
         "checkpoint.every_minutes",
         "logging.sample_every_images",
+        "eval.swd_every_images",
     ):
         section, name = field.split(".")
         if config[section][name] < 0:
@@ -119,6 +120,8 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
         ("checkpoint.keep", ckpt.keep),
         ("logging.log_every_steps", logs.log_every_steps),
         ("logging.sample_grid", logs.sample_grid),
+        ("eval.swd_train_images", config.eval.swd_train_images),
+        ("eval.batch_size", config.eval.batch_size),
     ):
         if value < 1:
             _fail(field, f"must be >= 1, got {value}")

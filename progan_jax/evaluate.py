@@ -50,14 +50,14 @@ def load_generator(
     """G_ema of the latest checkpoint, of the one at `images_shown`, or (0) the untrained G at
     the final stage."""
     gan = ts.GAN.from_config(config)
-    state = ts.create_train_state(gan, jax.random.key(config.seed))
+    mesh = parallel.make_mesh()
+    state = ts.create_train_state(gan, jax.random.key(config.seed), parallel.replicated(mesh))
     last_stage = models.num_stages(config.model.resolution) - 1
     if images_shown == 0:
         return Generator(gan, state.g_ema_params, last_stage, 1.0, 0)
-    mesh = parallel.make_mesh()
     checkpointer = checkpointing.Checkpointer(workdir)
     try:
-        restored = checkpointer.restore(parallel.replicate(state, mesh), images_shown)
+        restored = checkpointer.restore(state, images_shown)
     finally:
         checkpointer.close()
     if restored is None:
@@ -73,6 +73,55 @@ def real_batches(images: np.ndarray, indices: np.ndarray, batch: int) -> Iterato
         yield np.asarray(images[np.sort(indices[start : start + batch])])
 
 
+def real_swd_draws(num_reals: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two draws of `count` real indices: disjoint where the set allows, else a re-draw."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(num_reals)
+    count = min(count, num_reals)
+    if num_reals >= 2 * count:
+        return order[:count], order[count : 2 * count]
+    return order[:count], rng.permutation(num_reals)[:count]
+
+
+def describe_reals(
+    reals: np.ndarray, indices: np.ndarray, batch: int, seed: int
+) -> swd.Descriptors:
+    return swd.describe(real_batches(reals, indices, batch), reals.shape[1], seed=seed)
+
+
+def generated_swd(
+    generator: Generator, real_desc: swd.Descriptors, count: int, batch: int, seed: int
+) -> dict[str, float]:
+    """SWD (x1e3 per level and average) between `count` generated images and described reals."""
+    fakes = generator.batches(count, batch, seed)
+    return swd.distance(real_desc, swd.describe(fakes, generator.resolution, seed=seed + 1))
+
+
+class PeriodicSWD:
+    """SWD of G_ema while training, against one fixed draw of the current stage's reals.
+
+    The reals are described once per stage. Every process computes the same numbers (the
+    generator runs on the global mesh); the caller's writer keeps process 0's.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self._reals: dict[int, tuple[swd.Descriptors, int]] = {}
+
+    def __call__(self, generator: Generator) -> dict[str, float] | None:
+        if generator.resolution < 16:
+            return None  # SWD's coarsest level is 16x16
+        cfg, stage = self.config, generator.stage
+        if stage not in self._reals:
+            reals = input_pipeline.stage_images(
+                cfg.data, cfg.model.resolution, cfg.model.num_channels, stage
+            )
+            draw, _ = real_swd_draws(len(reals), cfg.eval.swd_train_images, cfg.seed)
+            self._reals[stage] = describe_reals(reals, draw, cfg.eval.batch_size, 1), len(draw)
+        real_desc, count = self._reals[stage]
+        return generated_swd(generator, real_desc, count, cfg.eval.batch_size, cfg.seed + 1)
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ev = config.eval
     generator = load_generator(config, workdir, ev.checkpoint)
@@ -81,7 +130,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     reals = input_pipeline.stage_images(
         data, config.model.resolution, config.model.num_channels, generator.stage
     )
-    rng = np.random.default_rng(config.seed)
     results: dict = {
         "images_shown": generator.images_shown,
         "stage": generator.stage,
@@ -89,33 +137,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     }
 
     if "swd" in ev.metrics and res >= 16:
-        count = min(ev.swd_images, len(reals))
-        order = rng.permutation(len(reals))
-        real_desc = swd.describe(real_batches(reals, order[:count], ev.batch_size), res, seed=1)
-        fake_desc = swd.describe(
-            generator.batches(count, ev.batch_size, config.seed + 1), res, seed=2
+        draw, second = real_swd_draws(len(reals), ev.swd_images, config.seed)
+        real_desc = describe_reals(reals, draw, ev.batch_size, 1)
+        results.update(
+            generated_swd(generator, real_desc, len(draw), ev.batch_size, config.seed + 1)
         )
-        results.update(swd.distance(real_desc, fake_desc))
         if ev.noise_floor:
-            # A second, disjoint draw of reals where the set allows (else a re-draw).
-            second = (
-                order[count : 2 * count]
-                if len(reals) >= 2 * count
-                else rng.permutation(len(reals))[:count]
-            )
-            floor = swd.describe(real_batches(reals, second, ev.batch_size), res, seed=3)
-            results.update(
-                {
-                    k.replace("swd", "swd_noise_floor"): v
-                    for k, v in swd.distance(real_desc, floor).items()
-                }
-            )
+            floor = swd.distance(real_desc, describe_reals(reals, second, ev.batch_size, 4))
+            results.update({k.replace("swd", "swd_noise_floor"): v for k, v in floor.items()})
     elif "swd" in ev.metrics:
         logging.warning("SWD needs 16x16 or more; the checkpoint is at %dx%d.", res, res)
 
     if "ms_ssim" in ev.metrics:
         fakes = np.concatenate(
-            list(generator.batches(ev.ms_ssim_images, ev.batch_size, config.seed + 2))
+            list(generator.batches(ev.ms_ssim_images, ev.batch_size, config.seed + 3))
         )
         results["ms_ssim"] = ms_ssim.consecutive_pairs_ms_ssim(fakes)
 

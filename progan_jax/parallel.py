@@ -32,11 +32,6 @@ def check_batch_divides(batch_size: int, devices: int, what: str = "batch size")
         )
 
 
-def replicate(tree, mesh: Mesh):
-    """Places a host pytree (identical on every process) on every device of the mesh."""
-    return jax.device_put(tree, replicated(mesh))
-
-
 def global_batch(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
     """Assembles this process's rows into the global batch array, split along `data`."""
     check_batch_divides(len(local_batch), len(mesh.local_devices), "this process's batch")

@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from progan_jax import (
     checkpointing,
     config_checks,
+    evaluate,
     input_pipeline,
     models,
     parallel,
@@ -107,6 +108,7 @@ class Trainer:
             out_shardings=parallel.replicated(self.mesh),
             donate_argnums=0,
         )
+        self.periodic_swd = evaluate.PeriodicSWD(config)
         self.interval = _Interval()
         self._sampled_at = -1
         self._steps: dict[int, object] = {}
@@ -114,8 +116,9 @@ class Trainer:
     # ------------------------------------------------------------------ state and progress
 
     def initial(self) -> tuple[ts.TrainState, Progress]:
-        state = ts.create_train_state(self.gan, jax.random.key(self.config.seed))
-        state = parallel.replicate(state, self.mesh)
+        state = ts.create_train_state(
+            self.gan, jax.random.key(self.config.seed), parallel.replicated(self.mesh)
+        )
         restored = self.checkpointer.restore(state)
         if restored is not None:
             state, progress = restored
@@ -157,6 +160,16 @@ class Trainer:
             path = self.workdir / "samples" / f"{progress.images_shown:09d}.png"
             sampling.save_png(path, grid)
             logging.info("Samples: %s", path)
+
+    def write_swd(self, state: ts.TrainState, progress: Progress, stage: int, alpha: float):
+        generator = evaluate.Generator(
+            self.gan, state.g_ema_params, stage, alpha, progress.images_shown
+        )
+        results = self.periodic_swd(generator)
+        if results is not None:
+            self.writer.write_scalars(
+                progress.images_shown, {f"swd/{k}": v for k, v in results.items()}
+            )
 
     def flush_metrics(self, progress: Progress, phase: schedule.Phase, alpha: float) -> None:
         """Writes the mean metrics since the last call; stops the run if any is not finite."""
@@ -246,6 +259,8 @@ class Trainer:
                         self.flush_metrics(progress, phase, alpha)
                     if _crossed(before, progress.images_shown, config.logging.sample_every_images):
                         self.write_samples(state, progress, stage, alpha)
+                    if _crossed(before, progress.images_shown, config.eval.swd_every_images):
+                        self.write_swd(state, progress, stage, alpha)
                     stopping = stop.agreed()
                     timed = minutes > 0 and time.monotonic() - last_save > 60 * minutes
                     if stopping or timed or _crossed(before, progress.images_shown, every):

@@ -75,21 +75,25 @@ class GAN:
         return functools.partial(self.critic.apply, {"params": d_params}, stage=stage, alpha=alpha)
 
 
-def create_train_state(gan: GAN, key: jax.Array) -> TrainState:
+def create_train_state(
+    gan: GAN, key: jax.Array, sharding: jax.sharding.Sharding | None = None
+) -> TrainState:
     """Initialises every stage's parameters, zeroed Adam states and the EMA copy of G.
 
+    With a `sharding` (the mesh's replicated one) the state is built in place on every device
+    of every process: no host copy is needed, which a multi-process run could not place.
     The parameters are drawn from an `rbg` stream seeded from `key`: XLA compiles its random
     bits far faster than threefry's for the many parameter shapes of a growing network.
     """
-    g_key, d_key, rng = jax.random.split(key, 3)
-    g_key, d_key = (
-        jax.random.key(jax.random.bits(k, dtype=jnp.uint32), impl="rbg") for k in (g_key, d_key)
-    )
     last = gan.generator.num_stages - 1
     res = models.stage_resolution(last)
 
-    @jax.jit
-    def init():
+    @functools.partial(jax.jit, out_shardings=sharding)
+    def init(key: jax.Array) -> TrainState:
+        g_key, d_key, rng = jax.random.split(key, 3)
+        g_key, d_key = (
+            jax.random.key(jax.random.bits(k, dtype=jnp.uint32), impl="rbg") for k in (g_key, d_key)
+        )
         z = jnp.zeros((1, gan.latent_size), jnp.float32)
         image = jnp.zeros((1, res, res, gan.critic.num_channels), jnp.float32)
         g_params = gan.generator.init(g_key, z, stage=last, alpha=1.0)["params"]
@@ -104,7 +108,7 @@ def create_train_state(gan: GAN, key: jax.Array) -> TrainState:
             rng=rng,
         )
 
-    return init()
+    return init(key)
 
 
 def reset_optimizer_states(gan: GAN, state: TrainState) -> TrainState:

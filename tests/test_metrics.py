@@ -87,15 +87,16 @@ def test_swd_equals_the_official_algorithm_on_fixed_inputs():
         theirs.append(per_level_theirs)
     directions = swd.sample_directions(np.random.default_rng(3), 7 * 7 * 3)
     for lod in range(len(levels)):
-        # Same descriptors up to layout (ours HWC, theirs CHW per neighbourhood) ...
+        # Same descriptors up to layout (ours row-col-channel; the official code's ogrid makes
+        # its neighbourhoods channel-column-row) ...
         np.testing.assert_allclose(
-            ours[0][lod].reshape(-1, 7, 7, 3).transpose(0, 3, 1, 2).reshape(len(ours[0][lod]), -1),
+            ours[0][lod].reshape(-1, 7, 7, 3).transpose(0, 3, 2, 1).reshape(len(ours[0][lod]), -1),
             theirs[0][lod],
             rtol=1e-4,
             atol=1e-4,
         )
         # ... and the same distance on the same directions (permuted to our layout).
-        perm = np.arange(147).reshape(3, 7, 7).transpose(1, 2, 0).ravel()
+        perm = np.arange(147).reshape(3, 7, 7).transpose(2, 1, 0).ravel()
         dist_ours = swd.sliced_wasserstein(ours[0][lod], ours[1][lod], directions[:, perm])
         dist_theirs = _official_swd(theirs[0][lod], theirs[1][lod], directions)
         np.testing.assert_allclose(float(dist_ours), dist_theirs, rtol=1e-4)
@@ -106,23 +107,28 @@ def _faces(count, seed, resolution=32):
 
 
 def test_swd_is_at_the_noise_floor_for_the_same_distribution_and_grows_with_a_shift():
-    reals = _faces(96, seed=0)
-    again = _faces(96, seed=1)  # another draw of the same distribution
+    """Two draws of the faces are as far apart as the noise floor; noisier draws (a shift of the
+    local statistics, which is what SWD measures: the descriptors are normalised, so a global
+    brightness change would not count) are further, the more so the noisier."""
+    reals = _faces(64, seed=0)
+    again = _faces(64, seed=1)  # another draw of the same distribution
+    noise = np.random.default_rng(0).normal(size=again.shape)
 
     def describe(images, seed):
-        return swd.describe([images[:48], images[48:]], 32, seed=seed)
+        return swd.describe([images[:32], images[32:]], 32, seed=seed)
 
     base = describe(reals, 10)
     floor = swd.distance(base, describe(again, 11))
     same = swd.distance(base, describe(reals, 12))
     shifted = [
-        swd.distance(base, describe(np.clip(again.astype(int) + s, 0, 255).astype(np.uint8), 13))
-        for s in (20, 60)
+        swd.distance(base, describe(np.clip(again + sigma * noise, 0, 255).astype(np.uint8), 13))
+        for sigma in (8, 32)
     ]
     assert same["swd_x1e3_avg"] < 1.5 * floor["swd_x1e3_avg"]
     assert shifted[0]["swd_x1e3_avg"] > 1.5 * floor["swd_x1e3_avg"]
-    assert shifted[1]["swd_x1e3_avg"] > shifted[0]["swd_x1e3_avg"]
-    assert set(floor) == {"swd_x1e3_32", "swd_x1e3_16", "swd_x1e3_avg"}
+    assert shifted[1]["swd_x1e3_avg"] > 1.5 * shifted[0]["swd_x1e3_avg"]
+    for level in ("swd_x1e3_32", "swd_x1e3_16"):
+        assert shifted[1][level] > floor[level]
 
 
 def test_swd_needs_16_pixels():

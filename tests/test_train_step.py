@@ -34,7 +34,7 @@ def test_eight_devices_equal_per_shard_gradients_averaged(gan_and_state):
     mesh = parallel.make_mesh()
     step = ts.make_train_step(gan, mesh, stage)
     sharded, metrics = step(
-        parallel.replicate(_copy(state), mesh),
+        jax.device_put(_copy(state), parallel.replicated(mesh)),
         jax.device_put(reals, parallel.data_sharded(mesh)),
         jnp.float32(alpha),
         jnp.float32(lr),
@@ -101,7 +101,7 @@ def test_one_compile_per_stage_whatever_alpha_and_learning_rate(gan_and_state):
     gan, state = gan_and_state
     mesh = parallel.make_mesh(jax.devices()[:2])
     step = ts.make_train_step(gan, mesh, 1)
-    current = parallel.replicate(_copy(state), mesh)
+    current = jax.device_put(_copy(state), parallel.replicated(mesh))
     reals = jax.device_put(_reals(8, 8), parallel.data_sharded(mesh))
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(

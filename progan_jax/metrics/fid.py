@@ -64,7 +64,7 @@ def statistics(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), as the TTUR reference code."""
     diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+    covmean = linalg.sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():
         offset = np.eye(sigma1.shape[0]) * eps
         covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
@@ -102,7 +102,7 @@ def evaluate_fid(config: ml_collections.ConfigDict, generator, reals: np.ndarray
         mu_real, sigma_real = statistics(features(params, batches))
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, mu=mu_real, sigma=sigma_real)
-    fakes = generator.batches(ev.fid_images, ev.batch_size, config.seed + 3)
+    fakes = generator.batches(ev.fid_images, ev.batch_size, config.seed + 4)
     mu_fake, sigma_fake = statistics(features(params, fakes))
     return {
         "fid": frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake),
