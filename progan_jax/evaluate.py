@@ -109,8 +109,8 @@ class PeriodicSWD:
         self._reals: dict[int, tuple[swd.Descriptors, int]] = {}
 
     def __call__(self, generator: Generator) -> dict[str, float] | None:
-        if generator.resolution < 16:
-            return None  # SWD's coarsest level is 16x16
+        if generator.resolution < swd.MIN_SIZE:
+            return None
         cfg, stage = self.config, generator.stage
         if stage not in self._reals:
             reals = input_pipeline.stage_images(
@@ -136,7 +136,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "resolution": res,
     }
 
-    if "swd" in ev.metrics and res >= 16:
+    minimum_size = {"swd": swd.MIN_SIZE, "ms_ssim": ms_ssim.MIN_SIZE}
+    for metric in sorted(set(ev.metrics) & set(minimum_size)):
+        if res < minimum_size[metric]:
+            logging.warning(
+                "Skipping %s: it needs %dx%d images or more; the checkpoint is at %dx%d.",
+                metric, minimum_size[metric], minimum_size[metric], res, res,
+            )  # fmt: skip
+
+    if "swd" in ev.metrics and res >= swd.MIN_SIZE:
         draw, second = real_swd_draws(len(reals), ev.swd_images, config.seed)
         real_desc = describe_reals(reals, draw, ev.batch_size, 1)
         results.update(
@@ -145,10 +153,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if ev.noise_floor:
             floor = swd.distance(real_desc, describe_reals(reals, second, ev.batch_size, 4))
             results.update({k.replace("swd", "swd_noise_floor"): v for k, v in floor.items()})
-    elif "swd" in ev.metrics:
-        logging.warning("SWD needs 16x16 or more; the checkpoint is at %dx%d.", res, res)
 
-    if "ms_ssim" in ev.metrics:
+    if "ms_ssim" in ev.metrics and res >= ms_ssim.MIN_SIZE:
         fakes = np.concatenate(
             list(generator.batches(ev.ms_ssim_images, ev.batch_size, config.seed + 3))
         )

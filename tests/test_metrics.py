@@ -149,6 +149,13 @@ def test_ms_ssim_of_identical_images_is_one_and_drops_with_difference():
     assert different < value
 
 
+def test_ms_ssim_needs_16_pixels_for_its_five_scales():
+    images = _faces(4, seed=0, resolution=16)
+    assert ms_ssim.ms_ssim(images, images) == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(ValueError, match="at least 16x16, got 8x8"):
+        ms_ssim.ms_ssim(images[:, ::2, ::2], images[:, ::2, ::2])
+
+
 def test_consecutive_pairs():
     images = _faces(6, seed=0, resolution=64)
     repeated = np.repeat(images[:3], 2, axis=0)  # pairs of identical images

@@ -10,6 +10,8 @@ from scipy import signal
 
 WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
 
+MIN_SIZE = 2 ** (len(WEIGHTS) - 1)  # the coarsest scale keeps one pixel
+
 
 def _gaussian_window(size: int, sigma: float) -> np.ndarray:
     radius = size // 2
@@ -47,6 +49,11 @@ def _box_downsample(x: np.ndarray) -> np.ndarray:
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     """Mean MS-SSIM of image pairs (a[i], b[i]), uint8 or float in [0, 255], NHWC."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if min(a.shape[1:3]) < MIN_SIZE:
+        raise ValueError(
+            f"MS-SSIM's {len(WEIGHTS)} scales need images of at least {MIN_SIZE}x{MIN_SIZE}, "
+            f"got {a.shape[1]}x{a.shape[2]}"
+        )
     ssims, contrasts = [], []
     for _ in range(len(WEIGHTS)):
         ssim, contrast = _ssim_and_contrast(a, b)

@@ -21,13 +21,14 @@ NHOOD_SIZE = 7
 NHOODS_PER_IMAGE = 128
 DIR_REPEATS = 4
 DIRS_PER_REPEAT = 128
+MIN_SIZE = 16  # the coarsest pyramid level
 _BINOMIAL = np.array([1.0, 4.0, 6.0, 4.0, 1.0], np.float32) / 16.0  # outer product: the 5x5 kernel
 
 
 def level_resolutions(resolution: int) -> list[int]:
     """Pyramid levels from `resolution` down to 16 (none below 16)."""
     levels = []
-    while resolution >= 16:
+    while resolution >= MIN_SIZE:
         levels.append(resolution)
         resolution //= 2
     return levels
@@ -129,7 +130,9 @@ def describe(images: Iterable[np.ndarray], resolution: int, seed: int) -> Descri
     """Descriptors of uint8 NHWC minibatches (all of one resolution)."""
     resolutions = level_resolutions(resolution)
     if not resolutions:
-        raise ValueError(f"SWD needs images of at least 16x16, got {resolution}x{resolution}")
+        raise ValueError(
+            f"SWD needs images of at least {MIN_SIZE}x{MIN_SIZE}, got {resolution}x{resolution}"
+        )
     rng = np.random.default_rng(seed)
     per_level = [[] for _ in resolutions]
     for batch in images:
