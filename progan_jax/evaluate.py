@@ -68,11 +68,6 @@ def load_generator(
     return Generator(gan, state.g_ema_params, phase.stage, alpha, progress.images_shown)
 
 
-def real_batches(images: np.ndarray, indices: np.ndarray, batch: int) -> Iterator[np.ndarray]:
-    for start in range(0, len(indices), batch):
-        yield np.asarray(images[np.sort(indices[start : start + batch])])
-
-
 def real_swd_draws(num_reals: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Two draws of `count` real indices: disjoint where the set allows, else a re-draw."""
     rng = np.random.default_rng(seed)
@@ -86,7 +81,8 @@ def real_swd_draws(num_reals: int, count: int, seed: int) -> tuple[np.ndarray, n
 def describe_reals(
     reals: np.ndarray, indices: np.ndarray, batch: int, seed: int
 ) -> swd.Descriptors:
-    return swd.describe(real_batches(reals, indices, batch), reals.shape[1], seed=seed)
+    batches = input_pipeline.image_batches(reals, indices, batch)
+    return swd.describe(batches, reals.shape[1], seed=seed)
 
 
 def generated_swd(
@@ -137,14 +133,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     }
 
     minimum_size = {"swd": swd.MIN_SIZE, "ms_ssim": ms_ssim.MIN_SIZE}
-    for metric in sorted(set(ev.metrics) & set(minimum_size)):
-        if res < minimum_size[metric]:
+    metrics = set()
+    for metric in ev.metrics:
+        size = minimum_size.get(metric, 0)
+        if res >= size:
+            metrics.add(metric)
+        else:
             logging.warning(
                 "Skipping %s: it needs %dx%d images or more; the checkpoint is at %dx%d.",
-                metric, minimum_size[metric], minimum_size[metric], res, res,
+                metric, size, size, res, res,
             )  # fmt: skip
 
-    if "swd" in ev.metrics and res >= swd.MIN_SIZE:
+    if "swd" in metrics:
         draw, second = real_swd_draws(len(reals), ev.swd_images, config.seed)
         real_desc = describe_reals(reals, draw, ev.batch_size, 1)
         results.update(
@@ -154,13 +154,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             floor = swd.distance(real_desc, describe_reals(reals, second, ev.batch_size, 4))
             results.update({k.replace("swd", "swd_noise_floor"): v for k, v in floor.items()})
 
-    if "ms_ssim" in ev.metrics and res >= ms_ssim.MIN_SIZE:
+    if "ms_ssim" in metrics:
         fakes = np.concatenate(
             list(generator.batches(ev.ms_ssim_images, ev.batch_size, config.seed + 3))
         )
         results["ms_ssim"] = ms_ssim.consecutive_pairs_ms_ssim(fakes)
 
-    if "fid" in ev.metrics:
+    if "fid" in metrics:
         from progan_jax.metrics import fid
 
         results.update(fid.evaluate_fid(config, generator, reals))

@@ -50,6 +50,12 @@ def stage_images(
     return cached[0]
 
 
+def image_batches(images: np.ndarray, indices: np.ndarray, batch: int) -> Iterator[np.ndarray]:
+    """`images[indices]` as in-memory minibatches (of the memory-mapped cache, read in order)."""
+    for start in range(0, len(indices), batch):
+        yield np.asarray(images[np.sort(indices[start : start + batch])])
+
+
 def _splitmix64(x: np.ndarray) -> np.ndarray:
     x = x + np.uint64(0x9E3779B97F4A7C15)
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 from scipy import linalg
 
-from progan_jax import sources
+from progan_jax import input_pipeline, sources
 from progan_jax.metrics import inception
 
 HOW_TO_GET_WEIGHTS = (
@@ -95,10 +95,8 @@ def evaluate_fid(config: ml_collections.ConfigDict, generator, reals: np.ndarray
             mu_real, sigma_real = cached["mu"], cached["sigma"]
     else:
         logging.info("FID statistics of %d reals (cached in %s).", count, path)
-        order = np.sort(np.random.default_rng(config.seed).permutation(len(reals))[:count])
-        batches = (
-            np.asarray(reals[order[i : i + ev.batch_size]]) for i in range(0, count, ev.batch_size)
-        )
+        order = np.random.default_rng(config.seed).permutation(len(reals))[:count]
+        batches = input_pipeline.image_batches(reals, np.sort(order), ev.batch_size)
         mu_real, sigma_real = statistics(features(params, batches))
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, mu=mu_real, sigma=sigma_real)
