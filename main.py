@@ -9,7 +9,7 @@ speed per stage), benchmark_input (input-pipeline speed per stage), summary (lay
 parameter counts). The workdir defaults to workdir/<config file stem>.
 
 Multi-host: pass --coordinator_address, --num_processes and --process_id (or --multihost on
-TPU pods and SLURM, where JAX finds them itself).
+TPU pods and SLURM, where JAX finds them itself). The workdir may be a bucket (gs://...).
 """
 
 from progan_jax import xla_flags
@@ -17,7 +17,7 @@ from progan_jax import xla_flags
 xla_flags.set_default_flags()  # before JAX initialises its backends
 
 import json  # noqa: E402
-import pathlib  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
@@ -34,6 +34,18 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a mul
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Initialise the distributed runtime from the environment (TPU, SLURM)."
+)
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout", 300, "Seconds the processes wait for each other at start."
+)
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout", 100, "Seconds without a heartbeat before a process counts as lost."
+)
+_SHUTDOWN_TIMEOUT = flags.DEFINE_integer(
+    "shutdown_timeout", 300, "Seconds the processes wait for each other at exit."
+)
+_STORAGE_TIMEOUT = flags.DEFINE_float(
+    "storage_timeout", 120.0, "Seconds to wait for the workdir (a bucket) to answer at start."
 )
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache",
@@ -56,19 +68,25 @@ class _LibraryInfoFilter:
 def _initialize_distributed() -> None:
     import jax
 
+    timeouts = dict(
+        initialization_timeout=_INIT_TIMEOUT.value,
+        heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value,
+        shutdown_timeout_seconds=_SHUTDOWN_TIMEOUT.value,
+    )
     if _COORDINATOR.value or (_NUM_PROCESSES.value or 1) > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only setting
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        jax.distributed.initialize(
+            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, **timeouts
+        )
     elif _MULTIHOST.value:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeouts)
 
 
 def _configure_jax() -> None:
     import jax
 
     if _COMPILATION_CACHE.value:
-        path = pathlib.Path(_COMPILATION_CACHE.value).expanduser()
-        jax.config.update("jax_compilation_cache_dir", str(path))
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_COMPILATION_CACHE.value))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     logging.get_absl_handler().addFilter(_LibraryInfoFilter())
 
@@ -80,13 +98,12 @@ def _hide_gpus_from_tensorflow() -> None:
     tf.config.set_visible_devices([], "GPU")
 
 
-def _workdir() -> pathlib.Path:
+def _workdir() -> str:
+    """--workdir as given (a local path or a bucket URL), or workdir/<config file stem>."""
     if _WORKDIR.value:
-        return pathlib.Path(_WORKDIR.value)
-    return (
-        pathlib.Path("workdir")
-        / pathlib.Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
-    )
+        return _WORKDIR.value
+    config_file = config_flags.get_config_filename(flags.FLAGS["config"])
+    return os.path.join("workdir", os.path.splitext(os.path.basename(config_file))[0])
 
 
 def _print_lines(lines) -> None:
@@ -106,6 +123,9 @@ def main(argv: list[str]) -> None:
         config_checks,
         evaluate,
         generate,
+        input_pipeline,
+        interrupt,
+        paths,
         sources,
         summary,
         train,
@@ -114,21 +134,24 @@ def main(argv: list[str]) -> None:
     expected = (
         config_checks.ConfigError,
         sources.DataSetMissingError,
+        input_pipeline.DataMismatchError,
         checkpointing.CheckpointWriteError,
         train.NonFiniteLossError,
+        paths.UnreachableError,
         FileNotFoundError,
     )
+    workdir = _workdir()
     try:
         if _MODE.value == "train":
             _hide_gpus_from_tensorflow()
-            train.train_and_evaluate(config, str(_workdir()))
+            train.train_and_evaluate(config, workdir, _STORAGE_TIMEOUT.value)
         elif _MODE.value == "evaluate":
             _hide_gpus_from_tensorflow()
-            results = evaluate.evaluate(config, str(_workdir()))
-            evaluate.write_results(results, str(_workdir()))
+            results = evaluate.evaluate(config, workdir)
+            evaluate.write_results(results, workdir)
             _print_lines([results])
         elif _MODE.value == "generate":
-            _print_lines([generate.generate(config, str(_workdir()))])
+            _print_lines([generate.generate(config, workdir)])
         elif _MODE.value == "benchmark":
             _print_lines(benchmark.benchmark_train_step(config))
         elif _MODE.value == "benchmark_input":
@@ -136,6 +159,8 @@ def main(argv: list[str]) -> None:
             _print_lines(benchmark.benchmark_input(config))
         else:
             _print_lines(summary.summarize(config))
+    except interrupt.Interrupted as stopped:
+        logging.warning("%s", stopped)  # preemption: exit 0, a restart continues
     except expected as error:
         logging.error("%s", error)
         print(f"error: {error}", file=sys.stderr)

@@ -65,6 +65,12 @@ def get_config() -> ml_collections.ConfigDict:
             download=False,  # let TFDS download / build a missing data set
             path=config_dict.placeholder(str),  # source 'image_folder'
             cache_dir=config_dict.placeholder(str),  # decoded images (None: ~/.cache/progan_jax)
+            # Each process decodes, caches and streams only its 1/N of the data set (max_images
+            # then counts per process, divided by N). None: True with several processes.
+            shard_per_process=config_dict.placeholder(bool),
+            # cache_dir is one folder shared by the run's processes (NFS, a bucket mount):
+            # process 0 builds the whole-set cache while the others wait, then all read it.
+            shared_cache=False,
             mirror_augment=True,
             synthetic_size=4096,  # source 'synthetic': number of images
             synthetic_seed=0,

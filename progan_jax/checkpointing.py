@@ -4,17 +4,19 @@
     <workdir>/stage_checkpoints/<images shown>/  the end of every stage, kept for good
 
 Each holds `state` (G, D, G_ema, both Adam states, the RNG key, the step count) and `progress`
-(JSON: images shown, stage, phase). Saves are atomic: a process killed mid-save leaves a
+(JSON: images shown, phase, stage and alpha of the last step). The workdir may be a bucket
+(`gs://...`). Saves are atomic: a process killed mid-save leaves a
 temporary directory that is ignored and cleaned up, and the previous checkpoint stays intact.
 """
 
 import dataclasses
 import errno
-import pathlib
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
+from progan_jax import paths
 from progan_jax.train_step import TrainState
 
 
@@ -23,23 +25,41 @@ class Progress:
     images_shown: int
     phase_index: int  # the phase of the last step taken (optimizer resets happen on entry)
     steps: int  # train steps taken
+    # The networks as the last step ran them; None in checkpoints written before they were kept.
+    stage: int | None = None
+    alpha: float | None = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, fields: dict) -> "Progress":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in fields.items() if k in known})
 
 
 class CheckpointWriteError(RuntimeError):
     pass
 
 
-def _manager(directory: pathlib.Path, keep: int | None) -> ocp.CheckpointManager:
+def _manager(directory: epath.Path, keep: int | None) -> ocp.CheckpointManager:
+    """A manager whose multi-host barriers are named after its directory.
+
+    A stage end saves the same step to both managers; Orbax names its barriers by step, so
+    without distinct prefixes the second save collides with the first on several hosts.
+    """
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, cleanup_tmp_directories=True
+        max_to_keep=keep,
+        create=True,
+        cleanup_tmp_directories=True,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=directory.name
+        ),
     )
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "progress"))
 
 
-def _explain(error: OSError, directory: pathlib.Path, previous: int | None) -> CheckpointWriteError:
+def _explain(error: OSError, directory: epath.Path, previous: int | None) -> CheckpointWriteError:
     reason = "the disk is full" if error.errno == errno.ENOSPC else f"{error}"
     kept = f"checkpoint {previous} is intact" if previous is not None else "no earlier checkpoint"
     return CheckpointWriteError(
@@ -51,8 +71,8 @@ def _explain(error: OSError, directory: pathlib.Path, previous: int | None) -> C
 class Checkpointer:
     """Saves and restores (TrainState, Progress) under a workdir, on every process."""
 
-    def __init__(self, workdir: str | pathlib.Path, keep: int = 3):
-        workdir = pathlib.Path(workdir).absolute()
+    def __init__(self, workdir: str | epath.PathLike, keep: int = 3):
+        workdir = paths.resolve(workdir)
         self.directory = workdir / "checkpoints"
         self._periodic = _manager(self.directory, keep)
         self._stages = _manager(workdir / "stage_checkpoints", None)
@@ -80,7 +100,7 @@ class Checkpointer:
                 state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()
             ),
         )
-        return restored.state, Progress(**restored.progress)
+        return restored.state, Progress.from_json(restored.progress)
 
     def save(self, state: TrainState, progress: Progress, *, stage_end: bool = False) -> None:
         managers = [self._periodic] + ([self._stages] if stage_end else [])

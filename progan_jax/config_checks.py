@@ -44,6 +44,19 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
     for field in ("latent_size", "fmap_base", "fmap_max"):
         if model[field] < 1:
             _fail(f"model.{field}", f"must be positive, got {model[field]}")
+    # nf(s) feeds the blocks of stage s - 1 (and s, in the critic), up to nf(stages).
+    nf = [models.feature_maps(s, model.fmap_base, model.fmap_max, model.fmap_decay) for s in
+          range(stages + 1)]  # fmt: skip
+    if 0 in nf:
+        empty = nf.index(0)
+        need = -(-(2.0 ** (stages * model.fmap_decay)) // 1)  # the ceiling
+        block = models.stage_resolution(empty - 1)
+        _fail(
+            "model.fmap_base",
+            f"{model.fmap_base} leaves the {block}x{block} layers with no feature maps "
+            f"(nf({empty}) = fmap_base / 2**({empty} * fmap_decay) < 1); use at least "
+            f"{int(need)} for resolution {res}",
+        )
     if model.compute_dtype not in ("float32", "bfloat16", "float16"):
         _fail(
             "model.compute_dtype",
@@ -105,6 +118,12 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
         _fail("data.synthetic_size", f"must be positive, got {data.synthetic_size}")
     if data.max_images is not None and data.max_images < 1:
         _fail("data.max_images", f"must be positive, got {data.max_images}")
+    if data.cache_dir and "://" in data.cache_dir:
+        _fail(
+            "data.cache_dir",
+            f"must be a local or mounted folder (the cache is memory-mapped), got "
+            f"{data.cache_dir!r}; the workdir may be a bucket, the data cache may not",
+        )
 
     ckpt, logs = config.checkpoint, config.logging
     for field in (

@@ -7,6 +7,7 @@ SWD (with the real-vs-real noise floor), MS-SSIM between consecutive generated p
 Inception weights configured, FID. Results go to stdout (one JSON line) and to TensorBoard.
 """
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Iterator
@@ -63,9 +64,12 @@ def load_generator(
     if restored is None:
         raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train first.")
     state, progress = restored
-    phase = schedule.phases(config)[progress.phase_index]  # of the last step taken
-    alpha = schedule.alpha(phase, progress.images_shown)
-    return Generator(gan, state.g_ema_params, phase.stage, alpha, progress.images_shown)
+    if progress.alpha is None:  # a checkpoint from before progress kept stage and alpha
+        phase = schedule.phases(config)[progress.phase_index]  # of the last step taken
+        progress = dataclasses.replace(
+            progress, stage=phase.stage, alpha=schedule.alpha(phase, progress.images_shown)
+        )
+    return Generator(gan, state.g_ema_params, progress.stage, progress.alpha, progress.images_shown)
 
 
 def real_swd_draws(num_reals: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,41 +85,82 @@ def real_swd_draws(num_reals: int, count: int, seed: int) -> tuple[np.ndarray, n
 def describe_reals(
     reals: np.ndarray, indices: np.ndarray, batch: int, seed: int
 ) -> swd.Descriptors:
+    """SWD descriptors (temporary files, one per level) of `reals[indices]`, read in batches."""
     batches = input_pipeline.image_batches(reals, indices, batch)
     return swd.describe(batches, reals.shape[1], seed=seed)
+
+
+def describe_generated(generator: Generator, count: int, batch: int, seed: int) -> swd.Descriptors:
+    """SWD descriptors of `count` images from latents fixed by `seed` (centres by seed + 1);
+    each minibatch is dropped once described, so the images are generated only once."""
+    fakes = generator.batches(count, batch, seed)
+    return swd.describe(fakes, generator.resolution, seed=seed + 1)
 
 
 def generated_swd(
     generator: Generator, real_desc: swd.Descriptors, count: int, batch: int, seed: int
 ) -> dict[str, float]:
     """SWD (x1e3 per level and average) between `count` generated images and described reals."""
-    fakes = generator.batches(count, batch, seed)
-    return swd.distance(real_desc, swd.describe(fakes, generator.resolution, seed=seed + 1))
+    with describe_generated(generator, count, batch, seed) as fakes:
+        return swd.distances(real_desc, [fakes])[0]
+
+
+def swd_with_noise_floor(
+    config: ml_collections.ConfigDict, generator: Generator, reals: np.ndarray
+) -> dict[str, float]:
+    """SWD of generated images against a draw of the reals and, with eval.noise_floor, of a
+    second draw against the first (`swd_noise_floor_*`), on the same directions: the sets are
+    described first, then compared one pyramid level at a time."""
+    ev = config.eval
+    draw, second = real_swd_draws(len(reals), ev.swd_images, config.seed)
+    with contextlib.ExitStack() as stack:
+        real_desc = stack.enter_context(describe_reals(reals, draw, ev.batch_size, 1))
+        others = [
+            stack.enter_context(
+                describe_generated(generator, len(draw), ev.batch_size, config.seed + 1)
+            )
+        ]
+        if ev.noise_floor:
+            others.append(stack.enter_context(describe_reals(reals, second, ev.batch_size, 4)))
+        swds = swd.distances(real_desc, others)
+    results = swds[0]
+    if ev.noise_floor:
+        results.update({k.replace("swd", "swd_noise_floor"): v for k, v in swds[1].items()})
+    return results
 
 
 class PeriodicSWD:
     """SWD of G_ema while training, against one fixed draw of the current stage's reals.
 
-    The reals are described once per stage. Every process computes the same numbers (the
-    generator runs on the global mesh); the caller's writer keeps process 0's.
+    The reals are described once per stage (their descriptors wait in temporary files, deleted
+    by `close()` or when the next stage's replace them). Every process computes the same
+    numbers (the generator runs on the global mesh); the caller's writer keeps process 0's.
     """
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
-        self._reals: dict[int, tuple[swd.Descriptors, int]] = {}
+        self._stage: int | None = None
+        self._reals: swd.Descriptors | None = None
+        self._count = 0
 
     def __call__(self, generator: Generator) -> dict[str, float] | None:
         if generator.resolution < swd.MIN_SIZE:
             return None
-        cfg, stage = self.config, generator.stage
-        if stage not in self._reals:
+        cfg = self.config
+        if generator.stage != self._stage:
+            self.close()
             reals = input_pipeline.stage_images(
-                cfg.data, cfg.model.resolution, cfg.model.num_channels, stage
+                cfg.data, cfg.model.resolution, cfg.model.num_channels, generator.stage
             )
             draw, _ = real_swd_draws(len(reals), cfg.eval.swd_train_images, cfg.seed)
-            self._reals[stage] = describe_reals(reals, draw, cfg.eval.batch_size, 1), len(draw)
-        real_desc, count = self._reals[stage]
-        return generated_swd(generator, real_desc, count, cfg.eval.batch_size, cfg.seed + 1)
+            self._reals = describe_reals(reals, draw, cfg.eval.batch_size, 1)
+            self._stage, self._count = generator.stage, len(draw)
+        return generated_swd(generator, self._reals, self._count, cfg.eval.batch_size, cfg.seed + 1)
+
+    def close(self) -> None:
+        if self._reals is not None:
+            self._reals.close()
+        self._stage, self._reals = None, None
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -145,19 +190,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             )  # fmt: skip
 
     if "swd" in metrics:
-        draw, second = real_swd_draws(len(reals), ev.swd_images, config.seed)
-        real_desc = describe_reals(reals, draw, ev.batch_size, 1)
-        results.update(
-            generated_swd(generator, real_desc, len(draw), ev.batch_size, config.seed + 1)
-        )
-        if ev.noise_floor:
-            floor = swd.distance(real_desc, describe_reals(reals, second, ev.batch_size, 4))
-            results.update({k.replace("swd", "swd_noise_floor"): v for k, v in floor.items()})
+        results.update(swd_with_noise_floor(config, generator, reals))
 
     if "ms_ssim" in metrics:
-        fakes = np.concatenate(
-            list(generator.batches(ev.ms_ssim_images, ev.batch_size, config.seed + 3))
-        )
+        fakes = generator.batches(ev.ms_ssim_images, ev.batch_size, config.seed + 3)
         results["ms_ssim"] = ms_ssim.consecutive_pairs_ms_ssim(fakes)
 
     if "fid" in metrics:

@@ -9,15 +9,12 @@ interpolation.gif (a grid of walks through latent space along great circles, as 
 are normalized to a sphere in G anyway).
 """
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from PIL import Image
 
-from progan_jax import evaluate, sampling
+from progan_jax import evaluate, paths, sampling
 
 
 def latents(gan, seed: int, count: int, truncation: float | None) -> jax.Array:
@@ -69,9 +66,7 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     gen = config.generate
     generator = evaluate.load_generator(config, workdir, gen.checkpoint)
     gan = generator.gan
-    out = pathlib.Path(
-        gen.output or pathlib.Path(workdir) / "generated" / str(generator.images_shown)
-    )
+    out = paths.resolve(gen.output or f"{workdir}/generated/{generator.images_shown}")
     z = latents(gan, gen.seed, gen.num_images, gen.truncation)
     images = sampling.to_uint8(
         sampling.generate(gan, generator.params, z, generator.stage, generator.alpha)
@@ -88,9 +83,13 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     written = {"grid": str(grid_path), "images": len(singles)}
     if gen.keyframes > 1:
         frames = interpolation_frames(gan, generator, gen.seed, config)
-        pil = [Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in frames]
-        gif = out / "interpolation.gif"
-        pil[0].save(gif, save_all=True, append_images=pil[1:], duration=1000 // gen.fps, loop=0)
+        pil = [sampling.to_pil(f) for f in frames]
+        gif = sampling.write_image_file(
+            out / "interpolation.gif",
+            lambda f: pil[0].save(
+                f, "GIF", save_all=True, append_images=pil[1:], duration=1000 // gen.fps, loop=0
+            ),
+        )
         written["interpolation"] = str(gif)
         written["frames"] = len(frames)
     return {

@@ -9,6 +9,12 @@ The stream is a pure function of (seed, position): the image shown at global pos
 so a resumed run continues the stream exactly from its count of images shown, and a global
 batch is the same whatever the number of processes: process `i` of `P` reads only rows
 `[i * B/P, (i+1) * B/P)` of every global batch of `B` images.
+
+In shard mode (`data.shard_per_process`, by default when there are several processes) process
+`i` holds only its shard of `N_i` images and fills its rows from it: its `q`-th image shown
+(`q` counts the rows it has filled, `p // P` for the first row of a batch) is
+`permutation([seed, i], q // N_i)[q % N_i]`, mirrored by the same hash of `p`: still a pure
+function of (seed, images shown, process index), so a resumed run continues exactly.
 """
 
 import collections
@@ -21,33 +27,90 @@ from collections.abc import Iterator
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from progan_jax import models, parallel, sources
 
-_CHUNK = 4096  # images per chunk when box-filtering a whole set
+
+def process_shard(data: ml_collections.ConfigDict) -> sources.Shard:
+    """This process's share of the data set: all of it, or 1/N of it in shard mode."""
+    count = jax.process_count()
+    sharded = count > 1 if data.shard_per_process is None else data.shard_per_process
+    return sources.Shard(jax.process_index(), count) if sharded else sources.WHOLE
 
 
 def stage_images(
     data: ml_collections.ConfigDict, resolution: int, channels: int, stage: int
 ) -> np.ndarray:
-    """The data set at stage `stage`'s resolution, uint8 [N, r, r, C] (cached on disk)."""
-    base = sources.load_images(data, resolution, channels).images
+    """This process's images at stage `stage`'s resolution, uint8 [N, r, r, C] (cached on disk).
+
+    In shard mode these are this process's shard only, so evaluation (SWD, FID reals) in a
+    sharded multi-process run measures against the local shard. With `data.shared_cache` and
+    the whole set on every process, process 0 builds the cache while the others wait at a
+    barrier, then all read it.
+    """
+    shard = process_shard(data)
+    prepare = functools.partial(_cached_stage, data, resolution, channels, stage, shard)
+    if not (data.shared_cache and shard == sources.WHOLE and jax.process_count() > 1):
+        return prepare()
+    if jax.process_index() == 0:
+        prepare()
+    multihost_utils.sync_global_devices(f"progan_jax: data cache of stage {stage} is ready")
+    return prepare()  # reads what process 0 built
+
+
+def _cached_stage(
+    data: ml_collections.ConfigDict,
+    resolution: int,
+    channels: int,
+    stage: int,
+    shard: sources.Shard,
+) -> np.ndarray:
+    """The shard's images box-filtered to the stage's resolution, built once (resumably)."""
+    base = sources.load_images(data, resolution, channels, shard).images
     res = models.stage_resolution(stage)
     if res == resolution:
         return base
-    key = sources.cache_key(data, resolution, channels)
-    path = sources.cache_dir(data) / key / f"images_{res}.u8"
-    cached = sources.read_array_cache(path)
-    if cached is None:
-        logging.info("Box-filtering %d images to %dx%d.", len(base), res, res)
-        chunks = (
-            sources.box_downsample(base[i : i + _CHUNK], resolution // res)
-            for i in range(0, len(base), _CHUNK)
+    chunk = sources.chunk_items(base.shape[1:])
+
+    def read(start: int) -> Iterator[np.ndarray]:
+        for i in range(start, len(base), chunk):
+            yield from sources.box_downsample(base[i : i + chunk], resolution // res)
+
+    images, _ = sources.cached_array(
+        sources.cache_path(data, resolution, channels, shard, res),
+        read,
+        (res, res, channels),
+        chunk=chunk,
+        what=f"box-filtering {len(base)} images to {res}x{res}",
+    )
+    return images
+
+
+class DataMismatchError(RuntimeError):
+    """The processes of a run see different data sets."""
+
+
+def agreed_count(count: int, shard: sources.Shard) -> int:
+    """The number of images over all processes, after checking that they agree.
+
+    With the whole set on every process, differing counts mean that the hosts see different
+    data (another folder, another TFDS version): an error that names them. With shards, the
+    sum.
+    """
+    if jax.process_count() == 1:
+        return count
+    counts = [int(c) for c in multihost_utils.process_allgather(np.int32(count))]
+    if shard != sources.WHOLE:
+        return sum(counts)
+    if len(set(counts)) > 1:
+        per_process = ", ".join(f"process {i}: {c}" for i, c in enumerate(counts))
+        raise DataMismatchError(
+            f"The processes see different data sets ({per_process} images). Every host must "
+            "read the same data, or set data.shard_per_process=True."
         )
-        sources.write_array_cache(path, (image for chunk in chunks for image in chunk), {})
-        cached = sources.read_array_cache(path)
-    return cached[0]
+    return count
 
 
 def image_batches(images: np.ndarray, indices: np.ndarray, batch: int) -> Iterator[np.ndarray]:
@@ -71,17 +134,18 @@ def mirror_flags(seed: int, positions: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def epoch_permutation(seed: int, epoch: int, size: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(size)
+def epoch_permutation(key: tuple[int, ...], epoch: int, size: int) -> np.ndarray:
+    return np.random.default_rng([*key, epoch]).permutation(size)
 
 
-def image_indices(seed: int, positions: np.ndarray, size: int) -> np.ndarray:
-    """Which image of the set is shown at each global position."""
+def image_indices(key: tuple[int, ...], positions: np.ndarray, size: int) -> np.ndarray:
+    """Which image of the set is shown at each position of the stream: `key` is `(seed,)`, or
+    `(seed, process index)` for a process's own stream over its shard."""
     epochs, offsets = np.divmod(positions, size)
     indices = np.empty_like(positions)
     for epoch in np.unique(epochs):
         at = epochs == epoch
-        indices[at] = epoch_permutation(seed, int(epoch), size)[offsets[at]]
+        indices[at] = epoch_permutation(key, int(epoch), size)[offsets[at]]
     return indices
 
 
@@ -95,14 +159,12 @@ def local_rows(batch_size: int, process_index: int, process_count: int) -> tuple
     return process_index * share, (process_index + 1) * share
 
 
-def load_batch(images: np.ndarray, positions: np.ndarray, seed: int, mirror: bool) -> np.ndarray:
-    """uint8 images at the given global positions, mirrored where the hash says so."""
-    indices = image_indices(seed, positions, len(images))
+def load_batch(images: np.ndarray, indices: np.ndarray, flip: np.ndarray | None) -> np.ndarray:
+    """uint8 `images[indices]`, mirrored where `flip` is set."""
     order = np.argsort(indices)  # sorted reads are kinder to a memory map
-    batch = np.empty((len(positions), *images.shape[1:]), np.uint8)
+    batch = np.empty((len(indices), *images.shape[1:]), np.uint8)
     batch[order] = images[indices[order]]
-    if mirror:
-        flip = mirror_flags(seed, positions)
+    if flip is not None:
         batch[flip] = batch[flip, :, ::-1]
     return batch
 
@@ -121,19 +183,26 @@ def batches(
     mirror: bool = True,
     process_index: int = 0,
     process_count: int = 1,
+    sharded: bool = False,
     prefetch: int = 2,
 ) -> Iterator[np.ndarray]:
     """This process's share of consecutive global batches, from global position `start`.
 
-    float32 [B / P, r, r, C] in [-1, 1]. `prefetch` batches are read ahead on worker threads
-    (NumPy releases the GIL while it copies). The stream needs random access by position, which
-    the decoded cache gives and a tf.data pipeline over records would not.
+    float32 [B / P, r, r, C] in [-1, 1]: rows of the whole set's stream, or with `sharded`
+    (`images` is this process's shard) of the process's own stream (see the module doc).
+    `prefetch` batches are read ahead on worker threads (NumPy releases the GIL while it
+    copies). The stream needs random access by position, which the decoded cache gives and a
+    tf.data pipeline over records would not.
     """
     first, last = local_rows(batch_size, process_index, process_count)
+    key = (seed, process_index) if sharded else (seed,)
 
     def load(number: int) -> np.ndarray:
-        positions = start + number * batch_size + np.arange(first, last)
-        return to_float(load_batch(images, positions, seed, mirror))
+        batch_start = start + number * batch_size
+        positions = batch_start + np.arange(first, last)
+        own = batch_start // process_count + np.arange(last - first) if sharded else positions
+        flip = mirror_flags(seed, positions) if mirror else None
+        return to_float(load_batch(images, image_indices(key, own, len(images)), flip))
 
     with concurrent.futures.ThreadPoolExecutor(max(prefetch, 1)) as pool:
         pending = collections.deque(pool.submit(load, n) for n in range(max(prefetch, 1)))
@@ -146,14 +215,20 @@ def batches(
 def stage_batches(
     config: ml_collections.ConfigDict, stage: int, start: int, batch_size: int
 ) -> Iterator[np.ndarray]:
-    """`batches` of the configured data set at `stage`, for this process."""
+    """`batches` of the configured data set at `stage`, for this process.
+
+    Logs the number of images over all processes after checking that they agree.
+    """
     data = config.data
+    shard = process_shard(data)
     images = stage_images(data, config.model.resolution, config.model.num_channels, stage)
+    total = agreed_count(len(images), shard)
     index, count = jax.process_index(), jax.process_count()
     first, last = local_rows(batch_size, index, count)
     logging.info(
-        "Input: %d images; process %d of %d reads rows [%d, %d) of every batch of %d.",
-        len(images),
+        "Input: %d images, %s; process %d of %d reads rows [%d, %d) of every batch of %d.",
+        total,
+        f"{len(images)} in this process's shard" if shard != sources.WHOLE else "on every process",
         index,
         count,
         first,
@@ -168,6 +243,7 @@ def stage_batches(
         mirror=data.mirror_augment,
         process_index=index,
         process_count=count,
+        sharded=shard != sources.WHOLE,
         prefetch=data.prefetch,
     )
 

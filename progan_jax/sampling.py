@@ -1,13 +1,16 @@
 """Images from the generator: fixed latents, grids, PNG files."""
 
 import functools
-import pathlib
+import io
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from PIL import Image
 
+from progan_jax import paths
 from progan_jax.train_step import GAN, Params
 
 
@@ -47,8 +50,19 @@ def image_grid(images: np.ndarray, columns: int, tile: int | None = None) -> np.
     return grid.reshape(rows * h, columns * w, c)
 
 
-def save_png(path: str | pathlib.Path, image: np.ndarray) -> pathlib.Path:
-    path = pathlib.Path(path)
+def to_pil(image: np.ndarray) -> Image.Image:
+    return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def write_image_file(path: str | os.PathLike, save) -> epath.Path:
+    """Encodes with `save(file_object)` and writes the bytes to `path` (local or a bucket)."""
+    path = paths.resolve(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+    buffer = io.BytesIO()
+    save(buffer)
+    path.write_bytes(buffer.getvalue())
     return path
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> epath.Path:
+    return write_image_file(path, lambda f: to_pil(image).save(f, format="PNG"))

@@ -3,23 +3,42 @@
 Every source (TFDS CelebA, TFDS CelebA-HQ, any TFDS image data set, an image folder, the
 built-in synthetic faces) ends up as one array `[N, R, R, C]` of uint8 on disk, read through a
 memory map. Decoding happens once, not once per stage or per epoch; the per-stage arrays are
-box-filtered from it (`input_pipeline.stage_images`).
+box-filtered from it (`input_pipeline.stage_images`). A process may decode only its `Shard` of
+the source (1/N of it: per-host caches on a pod).
+
+Building a cache can outlast a preemption's grace period, so it is resumable: images are
+appended to `<name>.partial` and committed every ~`CHUNK_BYTES` (the data flushed to disk, then
+`<stem>.progress.json` replaced). SIGTERM (`interrupt.check` between images) or an error cuts
+the partial file back to its last commit and stops the decoding threads; the next build
+continues after that commit, and the finished partial file becomes the cache by a rename (no
+copy, no second full-size file). One process at a time builds in a cache folder (a `flock` on
+its `.lock`; the others wait, then read); the builder first removes the `*.tmp` files that a
+killed process left.
 """
 
+import collections
 import concurrent.futures
+import contextlib
 import dataclasses
+import fcntl
+import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import pathlib
-from collections.abc import Callable, Iterable, Iterator
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import BinaryIO
 
 import ml_collections
 import numpy as np
 from PIL import Image
 
-from progan_jax import synthetic
+from progan_jax import interrupt, synthetic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CELEBA_CROP_CENTER = (121, 89)  # (row, column) of the official 128x128 crop, dataset_tool.py
@@ -32,6 +51,11 @@ CELEBA_FILES = (
     "identity_CelebA.txt",
 )
 SOURCES = ("synthetic", "celeb_a", "celeb_a_hq", "tfds", "image_folder")
+CHUNK_BYTES = 256 << 20  # images committed at a time while building a cache (~5,500 at 128x128)
+_LOCK_POLL_S = 0.2
+
+# Reads a source from item `start` on: per item, its image, or why it could not be used.
+Reader = Callable[[int], Iterator[np.ndarray | str]]
 
 
 class DataSetMissingError(RuntimeError):
@@ -42,6 +66,25 @@ class DataSetMissingError(RuntimeError):
 class CachedImages:
     images: np.ndarray  # [N, R, R, C] uint8 (a read-only memory map)
     skipped: tuple[str, ...]  # files that could not be decoded
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """Process `index` of `count` decodes and caches only this share of the source."""
+
+    index: int = 0
+    count: int = 1
+
+    def bounds(self, total: int) -> tuple[int, int]:
+        """Items `[first, last)` of `total`: contiguous, as `tfds.even_splits`."""
+        return self.index * total // self.count, (self.index + 1) * total // self.count
+
+    def limit(self, max_images: int | None) -> int | None:
+        """The share of `data.max_images` (rounded up, so that no share is empty)."""
+        return None if max_images is None else -(-max_images // self.count)
+
+
+WHOLE = Shard()
 
 
 # --------------------------------------------------------------------------- image helpers
@@ -90,8 +133,11 @@ def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:
 # --------------------------------------------------------------------------------- sources
 
 
-def _synthetic(data: ml_collections.ConfigDict, resolution: int, channels: int):
-    for i in range(data.synthetic_size):
+def _synthetic(
+    data: ml_collections.ConfigDict, resolution: int, channels: int, shard: Shard, start: int
+) -> Iterator[np.ndarray]:
+    first, last = shard.bounds(data.synthetic_size)
+    for i in range(first + start, last):
         yield _to_channels(synthetic.draw_face(i, resolution, data.synthetic_seed), channels)
 
 
@@ -109,7 +155,30 @@ def _decode_file(path: pathlib.Path, resolution: int, channels: int) -> np.ndarr
         return f"{path}: {error}"
 
 
-def _image_folder(data: ml_collections.ConfigDict, resolution: int, channels: int, skipped):
+def _parallel_map(fn: Callable, items: Sequence, workers: int) -> Iterator:
+    """`map(fn, items)` on `workers` threads, in order, at most `2 * workers` items ahead.
+
+    `Executor.map` submits every item at once, and leaving its pool waits for all of them;
+    closing this generator (SIGTERM, an error) cancels what has not started, so the threads
+    stop within one item each.
+    """
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending: collections.deque[concurrent.futures.Future] = collections.deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) > 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _image_folder(
+    data: ml_collections.ConfigDict, resolution: int, channels: int, shard: Shard, start: int
+) -> Iterator[np.ndarray | str]:
     if not data.path:
         raise ValueError("data.path: set the image folder, e.g. --config.data.path=/data/faces")
     root = pathlib.Path(data.path).expanduser()
@@ -120,12 +189,9 @@ def _image_folder(data: ml_collections.ConfigDict, resolution: int, channels: in
         raise DataSetMissingError(
             f"data.path: no image files ({', '.join(IMAGE_SUFFIXES)}) under {root}."
         )
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:  # PIL releases the GIL
-        for result in pool.map(lambda p: _decode_file(p, resolution, channels), paths):
-            if isinstance(result, str):
-                skipped.append(result)
-            else:
-                yield result
+    first, last = shard.bounds(len(paths))
+    decode = functools.partial(_decode_file, resolution=resolution, channels=channels)
+    yield from _parallel_map(decode, paths[first + start : last], os.cpu_count() or 1)
 
 
 def _tfds_name(data: ml_collections.ConfigDict, resolution: int) -> str:
@@ -161,17 +227,26 @@ def _missing_message(name: str, data_dir: str, manual_dir: str) -> str:
     )
 
 
-def _tfds(data: ml_collections.ConfigDict, resolution: int, channels: int, skipped):
+def _tfds(
+    data: ml_collections.ConfigDict, resolution: int, channels: int, shard: Shard, start: int
+) -> Iterator[np.ndarray]:
     import tensorflow_datasets as tfds
 
     if data.tfds_mock_examples:
         with tfds.testing.mock_data(num_examples=data.tfds_mock_examples):
-            yield from _read_tfds(data, resolution, channels)
+            yield from _read_tfds(data, resolution, channels, shard, start)
     else:
-        yield from _read_tfds(data, resolution, channels)
+        yield from _read_tfds(data, resolution, channels, shard, start)
 
 
-def _read_tfds(data: ml_collections.ConfigDict, resolution: int, channels: int):
+def _read_tfds(
+    data: ml_collections.ConfigDict, resolution: int, channels: int, shard: Shard, start: int
+) -> Iterator[np.ndarray]:
+    """The split (in shard mode `tfds.even_splits(split, n)[i]`) from example `start` on.
+
+    The images are decoded after the skip: a resumed build reads the skipped records' bytes
+    but does not decode them again.
+    """
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
@@ -185,25 +260,46 @@ def _read_tfds(data: ml_collections.ConfigDict, resolution: int, channels: int):
             builder.download_and_prepare(download_config=config)
         except Exception as error:  # network, quota, checksum or missing manual files
             raise DataSetMissingError(_missing_message(name, data_dir, manual_dir)) from error
+    split = (
+        tfds.even_splits(data.split, shard.count)[shard.index] if shard.count > 1 else data.split
+    )
+    key = data.image_key
     try:
-        dataset = builder.as_dataset(split=data.split, shuffle_files=False)
+        dataset = builder.as_dataset(
+            split=split, shuffle_files=False, decoders={key: tfds.decode.SkipDecoding()}
+        )
     except (AssertionError, FileNotFoundError, ValueError) as error:
         raise DataSetMissingError(_missing_message(name, data_dir, manual_dir)) from error
 
-    key = data.image_key
-    dataset = dataset.map(lambda ex: ex[key], num_parallel_calls=tf.data.AUTOTUNE)
+    feature = builder.info.features[key]
+    dataset = dataset.skip(start).map(
+        lambda ex: feature.decode_example(ex[key]), num_parallel_calls=tf.data.AUTOTUNE
+    )
     for image in dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
-        if data.source == "celeb_a":
-            crop = celeba_crop(image)
-            yield box_downsample(_to_channels(crop, channels)[None], CELEBA_CROP // resolution)[0]
-        elif image.shape == (resolution, resolution, channels):
-            yield image
-        else:
-            yield square_resize(
-                Image.fromarray(np.squeeze(image, -1) if image.shape[-1] == 1 else image),
-                resolution,
-                channels,
-            )
+        yield _fit_tfds_image(image, data.source == "celeb_a", resolution, channels)
+
+
+def _fit_tfds_image(image: np.ndarray, celeb_a: bool, resolution: int, channels: int) -> np.ndarray:
+    """A TFDS image at `resolution` x `resolution` x `channels` (CelebA: the official crop)."""
+    if celeb_a:
+        crop = celeba_crop(image)
+        return box_downsample(_to_channels(crop, channels)[None], CELEBA_CROP // resolution)[0]
+    if image.shape == (resolution, resolution, channels):
+        return image
+    return square_resize(
+        Image.fromarray(np.squeeze(image, -1) if image.shape[-1] == 1 else image),
+        resolution,
+        channels,
+    )
+
+
+_READERS: dict[str, Callable] = {
+    "synthetic": _synthetic,
+    "image_folder": _image_folder,
+    "celeb_a": _tfds,
+    "celeb_a_hq": _tfds,
+    "tfds": _tfds,
+}
 
 
 # ----------------------------------------------------------------------------------- cache
@@ -218,7 +314,9 @@ def _folder_fingerprint(path: str) -> str:
     return digest.hexdigest()
 
 
-def cache_key(data: ml_collections.ConfigDict, resolution: int, channels: int) -> str:
+def cache_key(
+    data: ml_collections.ConfigDict, resolution: int, channels: int, shard: Shard = WHOLE
+) -> str:
     """A directory name that changes whenever the decoded images would."""
     fields = {
         "source": data.source,
@@ -235,7 +333,8 @@ def cache_key(data: ml_collections.ConfigDict, resolution: int, channels: int) -
         "channels": channels,
     }
     digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{data.source}-{resolution}px-{channels}ch-{digest}"
+    key = f"{data.source}-{resolution}px-{channels}ch-{digest}"
+    return key if shard == WHOLE else f"{key}-shard{shard.index}of{shard.count}"
 
 
 def cache_dir(data: ml_collections.ConfigDict) -> pathlib.Path:
@@ -245,25 +344,16 @@ def cache_dir(data: ml_collections.ConfigDict) -> pathlib.Path:
     return pathlib.Path(base) / "progan_jax"
 
 
-def write_array_cache(path: pathlib.Path, images: Iterable[np.ndarray], meta: dict) -> int:
-    """Streams images into `path` (raw uint8) with a JSON sidecar, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    count, shape = 0, None
-    with open(tmp, "wb") as f:
-        for image in images:
-            shape = image.shape
-            f.write(np.ascontiguousarray(image, np.uint8).tobytes())
-            count += 1
-    if not count:
-        tmp.unlink()
-        return 0
-    meta = {**meta, "count": count, "shape": list(shape)}
-    json_tmp = tmp.with_suffix(".json.tmp")
-    json_tmp.write_text(json.dumps(meta))
-    os.replace(tmp, path)
-    os.replace(json_tmp, path.with_suffix(".json"))
-    return count
+def cache_path(
+    data: ml_collections.ConfigDict,
+    resolution: int,
+    channels: int,
+    shard: Shard = WHOLE,
+    size: int | None = None,
+) -> pathlib.Path:
+    """The cache file of `shard`'s images at `size` x `size` (default: `resolution`)."""
+    key = cache_key(data, resolution, channels, shard)
+    return cache_dir(data) / key / f"images_{size or resolution}.u8"
 
 
 def read_array_cache(path: pathlib.Path) -> tuple[np.ndarray, dict] | None:
@@ -275,39 +365,208 @@ def read_array_cache(path: pathlib.Path) -> tuple[np.ndarray, dict] | None:
     return np.memmap(path, np.uint8, mode="r", shape=shape), meta
 
 
-def _limited(images: Iterator[np.ndarray], limit: int | None) -> Iterator[np.ndarray]:
-    for i, image in enumerate(images):
-        if limit is not None and i >= limit:
-            return
-        yield image
+def chunk_items(shape: Sequence[int]) -> int:
+    """Items of `shape` (uint8) per commit of a build: about `CHUNK_BYTES`."""
+    return max(1, CHUNK_BYTES // math.prod(shape))
 
 
-_READERS: dict[str, Callable] = {
-    "synthetic": lambda data, res, ch, skipped: _synthetic(data, res, ch),
-    "image_folder": _image_folder,
-    "celeb_a": _tfds,
-    "celeb_a_hq": _tfds,
-    "tfds": _tfds,
-}
+def cached_array(
+    path: pathlib.Path,
+    read: Reader,
+    shape: Sequence[int],
+    *,
+    chunk: int,
+    limit: int | None = None,
+    what: str,
+) -> tuple[np.ndarray, dict]:
+    """The images cached at `path`, built first from `read` if missing (see the module doc).
 
-
-def load_images(data: ml_collections.ConfigDict, resolution: int, channels: int) -> CachedImages:
-    """The source's images at `resolution`, decoded on the first call and cached on disk."""
-    if data.source not in _READERS:
-        raise ValueError(f"data.source must be one of {SOURCES}, got {data.source!r}")
-    path = cache_dir(data) / cache_key(data, resolution, channels) / f"images_{resolution}.u8"
+    `shape` is one image's; a commit follows every `chunk` items read; `limit` caps the
+    number of images; `what` names the work in logs and errors.
+    """
     cached = read_array_cache(path)
     if cached is None:
-        skipped: list[str] = []
-        logging.info("Decoding %s into %s (once).", data.source, path.parent)
-        images = _READERS[data.source](data, resolution, channels, skipped)
-        if not write_array_cache(path, _limited(images, data.max_images), {"skipped": skipped}):
-            raise DataSetMissingError(
-                f"{data.source}: no usable image ({len(skipped)} file(s) could not be decoded"
-                + (f", e.g. {skipped[0]})." if skipped else ").")
-            )
+        with _build_lock(path.parent):
+            if read_array_cache(path) is None:  # or another process built it while we waited
+                _remove_stale_temps(path.parent)
+                _build(path, read, shape, chunk, limit, what)
         cached = read_array_cache(path)
-    images, meta = cached
+    return cached
+
+
+@dataclasses.dataclass
+class _Progress:
+    """What the committed part of a build holds."""
+
+    consumed: int = 0  # source items read: images and skipped files
+    count: int = 0  # images written
+    skipped: list[str] = dataclasses.field(default_factory=list)
+
+
+def _temp_path(path: pathlib.Path) -> pathlib.Path:
+    """A name no other writer uses, on any host or container (PIDs repeat across containers)."""
+    unique = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex}"
+    return path.with_name(f"{path.name}.{unique}.tmp")
+
+
+def _write_json(path: pathlib.Path, value: dict) -> None:
+    """Writes atomically: readers see the old file or the new one, never a part."""
+    tmp = _temp_path(path)
+    try:
+        tmp.write_text(json.dumps(value))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _try_lock(file: BinaryIO) -> bool:
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as error:  # no locks on this file system (e.g. Lustre without -o flock)
+        logging.warning("Cannot lock %s (%s): builds there are not exclusive.", file.name, error)
+    return True
+
+
+@contextlib.contextmanager
+def _build_lock(directory: pathlib.Path) -> Iterator[None]:
+    """Holds the folder's build lock, waiting (interruptibly) while another process builds.
+
+    The kernel releases the lock when its holder dies, so a killed builder never blocks the
+    next one, which then resumes its work.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "ab") as lock:
+        if not _try_lock(lock):
+            logging.info("Waiting for another process that builds %s.", directory)
+            while not _try_lock(lock):
+                interrupt.check(f"the wait for {directory}")
+                time.sleep(_LOCK_POLL_S)
+        yield
+
+
+def _remove_stale_temps(directory: pathlib.Path) -> None:
+    """Under the build lock no `*.tmp` is a live writer's: they are what killed ones left."""
+    for path in directory.glob("*.tmp"):
+        logging.info("Removing %s, left by a process that was killed.", path)
+        path.unlink(missing_ok=True)
+
+
+def _committed(progress_path: pathlib.Path) -> _Progress:
+    if progress_path.exists():
+        return _Progress(**json.loads(progress_path.read_text()))
+    return _Progress()
+
+
+def _build(
+    path: pathlib.Path, read: Reader, shape: Sequence[int], chunk: int, limit: int | None, what: str
+) -> None:
+    """Builds the cache at `path`, from the last commit of an earlier build if there is one."""
+    partial = path.with_name(f"{path.name}.partial")
+    progress_path = path.with_suffix(".progress.json")
+    image_bytes = math.prod(shape)
+    try:
+        with open(partial, "ab") as out:
+            progress = _resume(out, progress_path, image_bytes)
+            logging.info("%s into %s (once), from item %d.", what, path, progress.consumed)
+            with contextlib.closing(read(progress.consumed)) as items:
+                _append(out, items, progress, progress_path, chunk, limit, what)
+    except BaseException:
+        _roll_back(partial, progress_path, image_bytes)
+        raise
+    _finish(path, partial, progress_path, progress, shape, what)
+
+
+def _resume(out: BinaryIO, progress_path: pathlib.Path, image_bytes: int) -> _Progress:
+    """The last commit of an earlier build, the partial file cut back to it."""
+    progress = _committed(progress_path)
+    if os.fstat(out.fileno()).st_size < progress.count * image_bytes:  # not this file's record
+        progress = _Progress()
+    out.truncate(progress.count * image_bytes)
+    return progress
+
+
+def _append(
+    out: BinaryIO,
+    items: Iterator[np.ndarray | str],
+    progress: _Progress,
+    progress_path: pathlib.Path,
+    chunk: int,
+    limit: int | None,
+    what: str,
+) -> None:
+    """Writes the items' images, committing every `chunk` items; stops on SIGTERM."""
+    for item in items:
+        if progress.count == limit:  # data.max_images
+            break
+        interrupt.check(what)
+        progress.consumed += 1
+        if isinstance(item, str):
+            progress.skipped.append(item)
+        else:
+            out.write(np.ascontiguousarray(item, np.uint8).data)
+            progress.count += 1
+        if progress.consumed % chunk == 0:
+            _commit(out, progress, progress_path)
+            logging.info("%s: %d images cached.", what, progress.count)
+    _commit(out, progress, progress_path)
+
+
+def _commit(out: BinaryIO, progress: _Progress, progress_path: pathlib.Path) -> None:
+    """Makes the images durable before recording them: a crash never records more."""
+    out.flush()
+    os.fsync(out.fileno())
+    _write_json(progress_path, dataclasses.asdict(progress))
+
+
+def _roll_back(partial: pathlib.Path, progress_path: pathlib.Path, image_bytes: int) -> None:
+    """Cuts the partial file back to its last commit, or removes it if there is none."""
+    committed = _committed(progress_path)
+    if committed.consumed:
+        os.truncate(partial, committed.count * image_bytes)
+    else:
+        partial.unlink(missing_ok=True)
+
+
+def _finish(
+    path: pathlib.Path,
+    partial: pathlib.Path,
+    progress_path: pathlib.Path,
+    progress: _Progress,
+    shape: Sequence[int],
+    what: str,
+) -> None:
+    """The partial file becomes the cache (metadata first: a reader needs both)."""
+    if not progress.count:
+        partial.unlink()
+        progress_path.unlink()
+        skipped = progress.skipped
+        raise DataSetMissingError(
+            f"{what}: no usable image ({len(skipped)} file(s) could not be decoded"
+            + (f", e.g. {skipped[0]})." if skipped else ").")
+        )
+    meta = {"skipped": progress.skipped, "count": progress.count, "shape": list(shape)}
+    _write_json(path.with_suffix(".json"), meta)
+    os.replace(partial, path)
+    progress_path.unlink()
+
+
+def load_images(
+    data: ml_collections.ConfigDict, resolution: int, channels: int, shard: Shard = WHOLE
+) -> CachedImages:
+    """The source's images (`shard`'s share) at `resolution`, decoded once into the cache."""
+    if data.source not in _READERS:
+        raise ValueError(f"data.source must be one of {SOURCES}, got {data.source!r}")
+    shape = (resolution, resolution, channels)
+    images, meta = cached_array(
+        cache_path(data, resolution, channels, shard),
+        functools.partial(_READERS[data.source], data, resolution, channels, shard),
+        shape,
+        chunk=chunk_items(shape),
+        limit=shard.limit(data.max_images),
+        what=f"decoding {data.source}",
+    )
     if meta["skipped"]:
         logging.warning(
             "Skipped %d file(s) that could not be decoded, e.g. %s",

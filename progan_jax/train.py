@@ -9,8 +9,6 @@ import dataclasses
 import functools
 import logging
 import math
-import pathlib
-import signal
 import time
 
 import jax
@@ -21,12 +19,15 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
 from progan_jax import (
+    agreement,
     checkpointing,
     config_checks,
     evaluate,
     input_pipeline,
+    interrupt,
     models,
     parallel,
+    paths,
     sampling,
     schedule,
 )
@@ -38,39 +39,34 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-class _StopRequest:
-    """Set by SIGTERM (preemption); every process agrees before anyone stops."""
+class _Decisions:
+    """Whether to stop (SIGTERM) or to save (timer) now: the same answer on every process.
 
-    def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+    Orbax's save is collective, and so is the next step's all-reduce: processes that disagreed
+    would wait for each other in different places for ever. So only process 0's clock times the
+    saves, SIGTERM on any process stops all of them, and in a multi-process run the two flags
+    are exchanged once per log interval (where the metrics sync the host anyway), never per
+    step, which would stall asynchronous dispatch. A single process decides at every step.
+    """
 
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint after this step, then stopping.")
-        self.requested = True
+    def __init__(self, every_minutes: float, interval_steps: int):
+        self.every_s = 60.0 * every_minutes
+        self.interval_steps = interval_steps
+        self.last_save = time.monotonic()
 
-    def agreed(self) -> bool:
-        if jax.process_count() == 1:
-            return self.requested
-        flags = multihost_utils.process_allgather(np.int32(self.requested))
-        return bool(np.max(flags))
+    def __call__(self, steps: int) -> tuple[bool, bool]:
+        """(stop, save) after `steps` train steps."""
+        several = jax.process_count() > 1
+        if several and steps % self.interval_steps:
+            return False, False
+        due = self.every_s > 0 and time.monotonic() - self.last_save > self.every_s
+        flags = np.array([interrupt.requested(), due and jax.process_index() == 0], np.int32)
+        if several:
+            flags = np.max(multihost_utils.process_allgather(flags), axis=0)
+        return bool(flags[0]), bool(flags[1])
 
-    def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
-
-
-def _flat_config(config: ml_collections.ConfigDict) -> dict:
-    flat = {}
-
-    def visit(prefix, value):
-        if isinstance(value, ml_collections.ConfigDict | dict):
-            for k, v in value.items():
-                visit(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            flat[prefix] = value if isinstance(value, int | float | str | bool) else str(value)
-
-    visit("", config)
-    return flat
+    def saved(self) -> None:
+        self.last_save = time.monotonic()
 
 
 @dataclasses.dataclass
@@ -91,10 +87,17 @@ class _Interval:
 class Trainer:
     """Owns the per-run objects; `run` is the loop."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str,
+        storage_timeout_s: float = 120.0,
+    ):
         config_checks.validate(config, jax.device_count(), jax.process_count())
+        agreement.check_processes_agree(config)
         self.config = config
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = paths.resolve(workdir)
+        paths.ensure_directory(self.workdir, storage_timeout_s)
         self.gan = ts.GAN.from_config(config)
         self.mesh = parallel.make_mesh()
         self.checkpointer = checkpointing.Checkpointer(self.workdir, config.checkpoint.keep)
@@ -110,6 +113,7 @@ class Trainer:
         )
         self.periodic_swd = evaluate.PeriodicSWD(config)
         self.interval = _Interval()
+        self.decisions = _Decisions(config.checkpoint.every_minutes, config.logging.log_every_steps)
         self._sampled_at = -1
         self._steps: dict[int, object] = {}
 
@@ -119,6 +123,9 @@ class Trainer:
         state = ts.create_train_state(
             self.gan, jax.random.key(self.config.seed), parallel.replicated(self.mesh)
         )
+        saved_config = self.workdir / "config.json"
+        if self.checkpointer.latest_images_shown() is not None and saved_config.exists():
+            agreement.check_resume(saved_config.read_text(), self.config)
         restored = self.checkpointer.restore(state)
         if restored is not None:
             state, progress = restored
@@ -132,9 +139,9 @@ class Trainer:
 
     def _describe_new_run(self, state: ts.TrainState) -> None:
         if jax.process_index() == 0:
-            self.workdir.mkdir(parents=True, exist_ok=True)
             (self.workdir / "config.json").write_text(self.config.to_json_best_effort(indent=2))
-        self.writer.write_hparams(_flat_config(self.config))
+        hparams = agreement.config_fields(self.config)
+        self.writer.write_hparams({k: _scalar(v) for k, v in hparams.items()})
         for name, params in (("generator", state.g_params), ("critic", state.d_params)):
             logging.info(
                 "%s parameters:\n%s", name, parameter_overview.get_parameter_overview(params)
@@ -200,7 +207,10 @@ class Trainer:
     def save(self, state, progress: Progress, phase, alpha, *, stage_end: bool = False) -> None:
         """Checks the metrics not yet logged (never checkpoint a broken state), then saves."""
         self.flush_metrics(progress, phase, alpha)
+        progress = dataclasses.replace(progress, stage=phase.stage, alpha=float(alpha))
         self.checkpointer.save(state, progress, stage_end=stage_end)
+        self.decisions.saved()
+        logging.info("Checkpoint at %d images shown.", progress.images_shown)
 
     def end_stage(self, state, progress: Progress) -> None:
         phase = schedule.phases(self.config)[progress.phase_index]
@@ -216,13 +226,12 @@ class Trainer:
     def run(self) -> ts.TrainState:
         state, progress = self.initial()
         config = self.config
-        every, minutes = config.checkpoint.every_images, config.checkpoint.every_minutes
+        every = config.checkpoint.every_images
         remaining_steps = schedule.steps_between(config, progress.images_shown, self.total)
         report = periodic_actions.ReportProgress(
             num_train_steps=progress.steps + remaining_steps, writer=self.writer, every_secs=60
         )
-        stop = _StopRequest()
-        stage, batches, last_save = None, None, time.monotonic()
+        stage, batches = None, None
         try:
             with metric_writers.ensure_flushes(self.writer):
                 while progress.images_shown < self.total:
@@ -261,11 +270,9 @@ class Trainer:
                         self.write_samples(state, progress, stage, alpha)
                     if _crossed(before, progress.images_shown, config.eval.swd_every_images):
                         self.write_swd(state, progress, stage, alpha)
-                    stopping = stop.agreed()
-                    timed = minutes > 0 and time.monotonic() - last_save > 60 * minutes
+                    stopping, timed = self.decisions(progress.steps)
                     if stopping or timed or _crossed(before, progress.images_shown, every):
                         self.save(state, progress, phase, alpha)
-                        last_save = time.monotonic()
                     if stopping:
                         self.checkpointer.wait()
                         logging.warning(
@@ -275,7 +282,6 @@ class Trainer:
                         return state
                 self.end_stage(state, progress)
         finally:
-            stop.restore()
             self.checkpointer.close()
         return state
 
@@ -285,5 +291,14 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return every > 0 and after // every > before // every
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.TrainState:
-    return Trainer(config, workdir).run()
+def _scalar(value):
+    """A TensorBoard hparam value: a number, string or bool as it is, anything else as text."""
+    return value if isinstance(value, int | float | str | bool) else str(value)
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, storage_timeout_s: float = 120.0
+) -> ts.TrainState:
+    """Trains (or resumes) the run in `workdir`; SIGTERM stops it at the next safe point."""
+    with interrupt.sigterm_requests_stop():
+        return Trainer(config, workdir, storage_timeout_s).run()

@@ -22,3 +22,9 @@ def tiny_config():
     from configs import tiny
 
     return tiny.get_config()
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory):
+    """A persistent XLA cache shared by the subprocess runs: each program compiles once."""
+    return tmp_path_factory.mktemp("xla_cache")

@@ -1,6 +1,12 @@
 """Input pipeline: sources, crops, box filtering, the deterministic stream, sharding."""
 
+import concurrent.futures
+import os
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -10,7 +16,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import tiny
-from progan_jax import input_pipeline, parallel, sources, synthetic
+from progan_jax import input_pipeline, interrupt, parallel, sources, synthetic
 
 
 @pytest.fixture
@@ -21,6 +27,27 @@ def data_config(tmp_path):
     config.data.cache_dir = str(tmp_path / "cache")
     config.data.data_dir = str(tmp_path / "tfds")
     return config
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMALL_SET = 20  # synthetic 16x16 images, committed in chunks of CHUNK images
+CHUNK = 4
+
+
+@pytest.fixture
+def small_chunks(data_config, monkeypatch):
+    """20 images in chunks of 4: an interrupted build has complete chunks to keep."""
+    data_config.data.synthetic_size = SMALL_SET
+    monkeypatch.setattr(sources, "CHUNK_BYTES", CHUNK * 16 * 16 * 3)
+    return data_config
+
+
+@pytest.fixture
+def sigterm_handler():
+    interrupt.reset()
+    with interrupt.sigterm_requests_stop():
+        yield
+    interrupt.reset()
 
 
 def _take(iterator, n):
@@ -65,8 +92,8 @@ def test_celeba_through_tfds(data_config):
     """The celeb_a path end to end: TFDS (mocked with marker images), crop, box filter, cache."""
     marker = _marker_image()
 
-    def as_dataset(self, split, **kwargs):
-        return tf.data.Dataset.from_tensors({"image": marker}).repeat(3)
+    def as_dataset(self, split, **kwargs):  # the images encoded: the pipeline skips decoding
+        return tf.data.Dataset.from_tensors({"image": tf.io.encode_png(marker)}).repeat(3)
 
     data_config.data.source = "celeb_a"
     data_config.model.resolution = 16  # 128 crop -> 16 by 8x8 box filtering
@@ -232,3 +259,210 @@ def test_stage_batches_are_sharded_over_eight_devices(data_config):
     base = sources.load_images(data_config.data, 16, 3).images
     stage = input_pipeline.stage_images(data_config.data, 16, 3, 1)
     np.testing.assert_array_equal(stage, sources.box_downsample(np.asarray(base), 2))
+
+
+def _uninterrupted(config, tmp_path, stage: int = 2) -> np.ndarray:
+    clean = config.data.copy_and_resolve_references()
+    clean.cache_dir = str(tmp_path / "uninterrupted")
+    return np.array(input_pipeline.stage_images(clean, 16, 3, stage))
+
+
+def _leftovers(cache: pathlib.Path) -> dict[str, list[pathlib.Path]]:
+    return {
+        "temp": sorted(cache.rglob("*.tmp")),
+        "partial": sorted(cache.rglob("*.partial")),
+        "progress": sorted(cache.rglob("*.progress.json")),
+    }
+
+
+def _counting(monkeypatch, module, name: str, on_call=None, delay: float = 0.0) -> list[int]:
+    """Counts calls of `module.name`, slowed by `delay` s; `on_call(n)` runs after the n-th."""
+    original, calls = getattr(module, name), []
+
+    def wrapper(*args, **kwargs):
+        time.sleep(delay)
+        result = original(*args, **kwargs)
+        calls.append(len(calls) + 1)
+        if on_call:
+            on_call(len(calls))
+        return result
+
+    monkeypatch.setattr(module, name, wrapper)
+    return calls
+
+
+def _sigterm_at(call: int):
+    def on_call(n):
+        if n == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return on_call
+
+
+@pytest.mark.parametrize(
+    ("stage", "module", "function", "signal_at", "committed", "calls_left"),
+    [
+        # Decoding: SIGTERM while drawing image 10, after two complete chunks of four.
+        (2, synthetic, "draw_face", 10, 8, SMALL_SET - 8),
+        # Box filtering (a call per chunk): SIGTERM during the third chunk.
+        (1, sources, "box_downsample", 3, 8, 3),
+    ],
+    ids=["decode", "box_filter"],
+)
+def test_sigterm_stops_preparation_promptly_and_a_restart_reuses_complete_chunks(
+    small_chunks,
+    tmp_path,
+    monkeypatch,
+    sigterm_handler,
+    stage,
+    module,
+    function,
+    signal_at,
+    committed,
+    calls_left,
+):
+    data = small_chunks.data
+    want = _uninterrupted(small_chunks, tmp_path, stage)
+    if stage != 2:
+        input_pipeline.stage_images(data, 16, 3, 2)  # the base is decoded; box filtering stops
+    calls = _counting(monkeypatch, module, function, _sigterm_at(signal_at))
+    with pytest.raises(interrupt.Interrupted):
+        input_pipeline.stage_images(data, 16, 3, stage)
+    assert len(calls) == signal_at  # stopped at the signal, not at the end of the set
+    cache = pathlib.Path(data.cache_dir)
+    left = _leftovers(cache)
+    assert left["temp"] == []
+    (partial,) = left["partial"]  # the complete chunks only, kept for the restart
+    assert partial.stat().st_size == committed * (2 ** (stage + 2)) ** 2 * 3
+
+    interrupt.reset()
+    got = input_pipeline.stage_images(data, 16, 3, stage)
+    assert len(calls) == signal_at + calls_left
+    np.testing.assert_array_equal(got, want)
+    assert _leftovers(cache) == {"temp": [], "partial": [], "progress": []}
+
+
+def test_a_resumed_tfds_build_skips_the_committed_examples(
+    small_chunks, tmp_path, monkeypatch, sigterm_handler
+):
+    data = small_chunks.data
+    data.source, data.tfds_mock_examples = "celeb_a_hq", 10  # the same 10 examples every read
+    want = _uninterrupted(small_chunks, tmp_path)
+    calls = _counting(monkeypatch, sources, "_fit_tfds_image", _sigterm_at(6))
+    with pytest.raises(interrupt.Interrupted):
+        sources.load_images(data, 16, 3)
+    interrupt.reset()
+    got = sources.load_images(data, 16, 3).images
+    assert len(calls) == 6 + (10 - CHUNK)  # resumed after the first chunk
+    np.testing.assert_array_equal(got, want)
+
+
+def test_processes_sharing_a_cache_folder_build_it_once(small_chunks, tmp_path, monkeypatch):
+    """Two builders of one folder: threads here, which `flock` excludes as it does processes
+    (its locks belong to open files)."""
+    calls = _counting(monkeypatch, synthetic, "draw_face", delay=0.01)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = [pool.submit(sources.load_images, small_chunks.data, 16, 3) for _ in range(2)]
+        loaded = [np.array(r.result().images) for r in results]
+    assert len(calls) == SMALL_SET  # one built, the other waited and read
+    for images in loaded:
+        np.testing.assert_array_equal(images, _uninterrupted(small_chunks, tmp_path))
+
+
+def test_sigterm_stops_the_decoding_threads(data_config, tmp_path, monkeypatch, sigterm_handler):
+    root, workers = tmp_path / "images", os.cpu_count() or 1
+    for i in range(20 + 4 * workers):
+        _write(root / f"{i:03d}.png", np.full((8, 8, 3), i, np.uint8))
+    data_config.data.source = "image_folder"
+    data_config.data.path = str(root)
+    calls = _counting(monkeypatch, sources, "_decode_file", _sigterm_at(5), delay=0.02)
+    with pytest.raises(interrupt.Interrupted):
+        sources.load_images(data_config.data, 16, 3)
+    stopped_at = len(calls)
+    time.sleep(0.3)
+    assert len(calls) == stopped_at  # no thread decodes on
+    assert stopped_at <= 5 + 3 * workers  # the look-ahead, not every file
+    assert _leftovers(pathlib.Path(data_config.data.cache_dir))["temp"] == []
+
+
+def test_an_error_mid_decode_leaves_no_temp_files(small_chunks, tmp_path, monkeypatch):
+    def fail(n):
+        if n == 10:
+            raise RuntimeError("a decoder crashed")
+
+    _counting(monkeypatch, synthetic, "draw_face", fail)
+    with pytest.raises(RuntimeError, match="a decoder crashed"):
+        sources.load_images(small_chunks.data, 16, 3)
+    cache = pathlib.Path(small_chunks.data.cache_dir)
+    left = _leftovers(cache)
+    assert left["temp"] == []
+    assert [p.stat().st_size for p in left["partial"]] == [8 * 16 * 16 * 3]  # complete chunks
+    monkeypatch.undo()
+    got = sources.load_images(small_chunks.data, 16, 3).images
+    np.testing.assert_array_equal(got, _uninterrupted(small_chunks, tmp_path))
+
+
+_SLOW_BUILD = """
+import pathlib, sys, time
+from configs import tiny
+from progan_jax import sources, synthetic
+
+config = tiny.get_config()
+config.data.synthetic_size, config.data.cache_dir = int(sys.argv[1]), sys.argv[2]
+sources.CHUNK_BYTES = int(sys.argv[3])
+draw = synthetic.draw_face
+
+
+def slow_draw(index, *args):
+    time.sleep(0.1)
+    pathlib.Path(sys.argv[4]).write_text(str(index))
+    return draw(index, *args)
+
+
+synthetic.draw_face = slow_draw
+sources.load_images(config.data, 16, 3)
+"""
+
+
+def _last_drawn(path: pathlib.Path) -> int:
+    text = path.read_text() if path.exists() else ""
+    return int(text) if text else -1
+
+
+def test_a_killed_build_leaves_nothing_stale_after_the_next_start(
+    small_chunks, tmp_path, monkeypatch
+):
+    data, drawn = small_chunks.data, tmp_path / "drawn"
+    command = [sys.executable, "-c", _SLOW_BUILD, str(SMALL_SET), data.cache_dir]
+    process = subprocess.Popen([*command, str(sources.CHUNK_BYTES), str(drawn)], cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while _last_drawn(drawn) < 9 and time.monotonic() < deadline:
+        assert process.poll() is None, "the build ended before it could be killed"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # in the third chunk of four images
+    process.wait()
+    cache = pathlib.Path(data.cache_dir)
+    (key,) = cache.iterdir()
+    (key / "images_16.u8.otherhost.7.0123abcd.tmp").write_bytes(b"a killed writer's temp file")
+
+    calls = _counting(monkeypatch, synthetic, "draw_face")
+    got = sources.load_images(data, 16, 3).images
+    assert _leftovers(cache) == {"temp": [], "partial": [], "progress": []}
+    assert 0 < len(calls) < SMALL_SET  # the killed build's complete chunks were kept
+    np.testing.assert_array_equal(got, _uninterrupted(small_chunks, tmp_path))
+
+
+def test_sharded_streams_read_only_their_shard_and_resume():
+    images = synthetic.draw_faces(10, 4)
+    for index in range(2):
+        first, last = sources.Shard(index, 2).bounds(10)
+        shard = images[first:last]
+        stream = dict(seed=3, batch_size=4, process_index=index, process_count=2, sharded=True)
+        whole = _take(_stream(shard, **stream), 6)  # 12 rows: more than an epoch of 5
+        as_uint8 = np.rint((np.concatenate(whole) + 1) * 127.5).astype(np.uint8)
+        own = {x.tobytes() for x in shard}
+        assert {x.tobytes() for x in as_uint8} == own
+        assert len({x.tobytes() for x in as_uint8[:5]}) == 5  # a permutation per epoch
+        resumed = _take(_stream(shard, **{**stream, "start": 3 * 4}), 3)
+        for a, b in zip(whole[3:], resumed, strict=True):
+            np.testing.assert_array_equal(a, b)

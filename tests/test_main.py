@@ -1,17 +1,12 @@
 """The training program end to end, through main.py in subprocesses.
 
-Runs use configs/tiny.py (16x16, three stages, 320 images) on synthetic data, with a shared
-persistent compilation cache so that only the first run of each program pays for XLA.
+Runs use configs/tiny.py (16x16, three stages, 320 images) on synthetic data (`tests/runs.py`).
 """
 
 import json
-import os
-import pathlib
 import random
+import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import jax
@@ -19,86 +14,24 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from progan_jax import checkpointing, config_checks, parallel
+from progan_jax import checkpointing, config_checks, evaluate
 from progan_jax import train_step as ts
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TOTAL_IMAGES = 320  # tiny: 64 + 2 x (64 + 64)
-
-
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("xla_cache")
-
-
-def _command(workdir, cache, *overrides, devices=1):
-    return [
-        sys.executable,
-        str(ROOT / "main.py"),
-        "--config",
-        str(ROOT / "configs" / "tiny.py"),
-        "--workdir",
-        str(workdir),
-        f"--compilation_cache={cache}",
-        f"--config.data.cache_dir={cache.parent / 'data_cache'}",
-        *overrides,
-    ], _env(devices)
-
-
-def _env(devices):
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"  # compile time dominates a tiny run
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _run(workdir, cache, *overrides, devices=1, timeout=900):
-    command, env = _command(workdir, cache, *overrides, devices=devices)
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _start(workdir, cache, log, *overrides, devices=1):
-    command, env = _command(workdir, cache, *overrides, devices=devices)
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-
-
-def _wait_for(path: pathlib.Path, text: str, process: subprocess.Popen, timeout=600):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text():
-            return
-        if process.poll() is not None:
-            raise AssertionError(
-                f"exited ({process.returncode}) before {text!r}:\n{path.read_text()}"
-            )
-        time.sleep(0.2)
-    raise AssertionError(f"no {text!r} after {timeout}s")
-
-
-def _final_state(workdir, images_shown=None):
-    gan = ts.GAN.from_config(tiny.get_config())
-    mesh = parallel.make_mesh(jax.devices()[:1])
-    target = ts.create_train_state(gan, jax.random.key(0), parallel.replicated(mesh))
-    checkpointer = checkpointing.Checkpointer(workdir)
-    try:
-        return checkpointer.restore(target, images_shown)
-    finally:
-        checkpointer.close()
-
-
-def _assert_same_state(a, b, atol=0.0):
-    """Equal states; bit for bit unless given a tolerance."""
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x, y = jax.random.key_data(x), jax.random.key_data(y)
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0.0, atol=atol)
+from tests.runs import (
+    TOTAL_IMAGES,
+    assert_same_state,
+    final_state,
+    free_port,
+    multiprocess_flags,
+    run,
+    start,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, compile_cache):
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    result = _run(workdir, compile_cache)
+    result = run(workdir, compile_cache)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result
 
@@ -111,7 +44,7 @@ def test_a_tiny_run_writes_checkpoints_events_and_samples(uninterrupted):
     assert list(workdir.glob("events.out.tfevents.*"))
     samples = sorted(p.name for p in (workdir / "samples").glob("*.png"))
     assert samples == ["000000064.png", "000000192.png", "000000320.png"]
-    state, progress = _final_state(workdir)
+    state, progress = final_state(workdir)
     assert progress.images_shown == TOTAL_IMAGES and progress.steps == 40
     assert int(state.step) == 40
     assert (workdir / "config.json").exists()
@@ -138,19 +71,19 @@ def _json_line(stdout: str) -> dict:
 def test_evaluate_reports_metrics_of_a_checkpoint(uninterrupted, compile_cache):
     workdir, _ = uninterrupted
     small = ("--config.eval.swd_images=64", "--config.eval.ms_ssim_images=8")
-    trained = _run(workdir, compile_cache, "--mode=evaluate", *small)
+    trained = run(workdir, compile_cache, "--mode=evaluate", *small)
     assert trained.returncode == 0, trained.stderr[-3000:]
     result = _json_line(trained.stdout)
     assert result["images_shown"] == TOTAL_IMAGES and result["resolution"] == 16
     for key in ("swd_x1e3_16", "swd_x1e3_avg", "swd_noise_floor_x1e3_16", "ms_ssim"):
         assert np.isfinite(result[key]), key
     assert 0.0 < result["ms_ssim"] < 1.0
-    untrained = _run(
+    untrained = run(
         workdir, compile_cache, "--mode=evaluate", "--config.eval.checkpoint=0", *small
     )
     assert untrained.returncode == 0, untrained.stderr[-3000:]
     assert _json_line(untrained.stdout)["images_shown"] == 0
-    missing = _run(workdir, compile_cache, "--mode=evaluate", "--config.eval.checkpoint=100")
+    missing = run(workdir, compile_cache, "--mode=evaluate", "--config.eval.checkpoint=100")
     assert missing.returncode == 1
     assert "No checkpoint at 100 images shown" in missing.stderr and "320" in missing.stderr
 
@@ -160,7 +93,7 @@ def test_generate_writes_what_it_says(uninterrupted, compile_cache, tmp_path):
 
     workdir, _ = uninterrupted
     out = tmp_path / "generated"
-    result = _run(
+    result = run(
         workdir,
         compile_cache,
         "--mode=generate",
@@ -192,9 +125,9 @@ def test_a_killed_run_resumes_exactly(uninterrupted, tmp_path, compile_cache):
     workdir = tmp_path / "killed"
     log_path = tmp_path / "first.log"
     with open(log_path, "w") as log:
-        process = _start(workdir, compile_cache, log)
+        process = start(workdir, compile_cache, log)
         # Somewhere after the first checkpoints: mid-stage 1, at a random moment.
-        _wait_for(log_path, "Stage 1", process)
+        wait_for(log_path, "Stage 1", process)
         time.sleep(random.uniform(0.0, 1.5))
         assert process.poll() is None, "the run ended before it could be killed"
         process.send_signal(signal.SIGKILL)
@@ -203,13 +136,13 @@ def test_a_killed_run_resumes_exactly(uninterrupted, tmp_path, compile_cache):
     killed_at = before.latest_images_shown()
     before.close()
     assert killed_at is not None and killed_at < TOTAL_IMAGES
-    result = _run(workdir, compile_cache)
+    result = run(workdir, compile_cache)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Resuming from {killed_at} images shown" in result.stderr
-    resumed, progress = _final_state(workdir)
-    expected, expected_progress = _final_state(reference)
+    resumed, progress = final_state(workdir)
+    expected, expected_progress = final_state(reference)
     assert progress == expected_progress
-    _assert_same_state(resumed, expected)
+    assert_same_state(resumed, expected)
 
 
 def test_sigterm_saves_where_it_arrived(tmp_path, compile_cache):
@@ -217,8 +150,8 @@ def test_sigterm_saves_where_it_arrived(tmp_path, compile_cache):
     log_path = tmp_path / "run.log"
     no_periodic = ("--config.checkpoint.every_images=0", "--config.checkpoint.every_minutes=0")
     with open(log_path, "w") as log:
-        process = _start(workdir, compile_cache, log, *no_periodic)
-        _wait_for(log_path, "Stage 1", process)
+        process = start(workdir, compile_cache, log, *no_periodic)
+        wait_for(log_path, "Stage 1", process)
         time.sleep(0.5)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=300) == 0
@@ -232,7 +165,7 @@ def test_sigterm_saves_where_it_arrived(tmp_path, compile_cache):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, compile_cache):
     workdir = tmp_path / "diverged"
-    result = _run(workdir, compile_cache, "--config.optimizer.learning_rates=(2e-3,1e30,1e30)")
+    result = run(workdir, compile_cache, "--config.optimizer.learning_rates=(2e-3,1e30,1e30)")
     assert result.returncode == 1
     assert "Non-finite loss" in result.stderr and "last good checkpoint (64" in result.stderr
     checkpointer = checkpointing.Checkpointer(workdir)
@@ -249,7 +182,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, comp
     ],
 )
 def test_config_errors_name_the_field(tmp_path, compile_cache, override, field):
-    result = _run(tmp_path / "bad", compile_cache, override, timeout=120)
+    result = run(tmp_path / "bad", compile_cache, override, timeout=120)
     assert result.returncode == 1
     assert field in result.stderr
     assert not (tmp_path / "bad" / "checkpoints").exists()
@@ -297,31 +230,21 @@ def test_full_disk_is_reported_and_the_previous_checkpoint_kept(tmp_path, monkey
         checkpointer.save(state, checkpointing.Progress(16, 0, 2))
     assert "checkpoint 8 is intact" in str(error.value)
     checkpointer.close()
-    _restored, progress = _final_state(tmp_path)
+    _restored, progress = final_state(tmp_path)
     assert progress.images_shown == 8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_equal_one_process_with_four_devices(tmp_path, compile_cache):
     """JAX's distributed runtime on loopback, gloo collectives, 2 devices per process."""
-    single = _run(tmp_path / "single", compile_cache, devices=4)
+    single = run(tmp_path / "single", compile_cache, devices=4)
     assert single.returncode == 0, single.stderr[-3000:]
 
-    workdir, port = tmp_path / "multi", _free_port()
+    workdir, port = tmp_path / "multi", free_port()
     processes, logs = [], []
     for index in range(2):
         log = open(tmp_path / f"process{index}.log", "w")  # noqa: SIM115
-        flags = (
-            f"--coordinator_address=127.0.0.1:{port}",
-            "--num_processes=2",
-            f"--process_id={index}",
-        )
-        processes.append(_start(workdir, compile_cache, log, *flags, devices=2))
+        flags = (*multiprocess_flags(port, index), "--config.data.shard_per_process=False")
+        processes.append(start(workdir, compile_cache, log, *flags, devices=2))
         logs.append(log)
     for process, log in zip(processes, logs, strict=True):
         assert process.wait(timeout=900) == 0, (tmp_path / "process0.log").read_text()[-3000:]
@@ -336,8 +259,58 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path, compile_cac
     # (Adam scales near-zero gradients up to full steps): tight at the end of stage 0 (8
     # steps), looser after stage 1; the last checkpoint's progress must still agree exactly.
     for images_shown, atol in ((64, 1e-5), (192, 1e-3), (None, None)):
-        multi, multi_progress = _final_state(workdir, images_shown)
-        reference, progress = _final_state(tmp_path / "single", images_shown)
+        multi, multi_progress = final_state(workdir, images_shown)
+        reference, progress = final_state(tmp_path / "single", images_shown)
         assert multi_progress == progress
         if atol is not None:
-            _assert_same_state(multi, reference, atol=atol)
+            assert_same_state(multi, reference, atol=atol)
+
+
+def test_resuming_with_other_network_shapes_names_the_field(uninterrupted, compile_cache, tmp_path):
+    reference, _ = uninterrupted
+    workdir = tmp_path / "copy"
+    shutil.copytree(reference, workdir)
+    wider = run(workdir, compile_cache, "--config.model.latent_size=32", timeout=300)
+    assert wider.returncode == 1
+    assert "config.model.latent_size: the workdir's checkpoints were trained with other" in (
+        wider.stderr
+    )
+    assert "model.latent_size: 16 -> 32" in wider.stderr
+    assert "Traceback" not in wider.stderr
+    other_loss = run(workdir, compile_cache, "--config.loss.drift_weight=0.002", timeout=300)
+    assert other_loss.returncode == 0, other_loss.stderr[-3000:]
+    assert "Resuming with config.loss.drift_weight changed: 0.001 -> 0.002" in other_loss.stderr
+
+
+def test_evaluate_and_generate_use_the_checkpoints_alpha(tmp_path):
+    """A checkpoint mid-fade is evaluated at the alpha it was trained with, whatever today's
+    schedule says."""
+    config = tiny.get_config()
+    gan = ts.GAN.from_config(config)
+    state = ts.create_train_state(gan, jax.random.key(0))
+    checkpointer = checkpointing.Checkpointer(tmp_path)
+    progress = checkpointing.Progress(224, phase_index=3, steps=28, stage=2, alpha=0.375)
+    checkpointer.save(state, progress)
+    checkpointer.close()
+    config.schedule.fade_images = 640  # today's schedule would put 224 images at alpha 0.05
+    generator = evaluate.load_generator(config, str(tmp_path), None)
+    assert (generator.stage, generator.alpha, generator.images_shown) == (2, 0.375, 224)
+
+
+def test_sigterm_during_the_first_decode_exits_0_promptly(tmp_path, compile_cache):
+    """Preparation is preemptible: decoding 50,000 images would take about a minute."""
+    cache = tmp_path / "data"
+    log_path = tmp_path / "run.log"
+    overrides = ("--config.data.synthetic_size=50000", f"--config.data.cache_dir={cache}")
+    with open(log_path, "w") as log:
+        process = start(tmp_path / "run", compile_cache, log, *overrides)
+        wait_for(log_path, "decoding synthetic into", process)
+        time.sleep(1.0)
+        process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        assert process.wait(timeout=120) == 0
+    assert time.monotonic() - sent < 15
+    text = log_path.read_text()
+    assert "SIGTERM during decoding synthetic" in text
+    leftovers = [p.name for p in cache.rglob("*") if p.is_file() and ".u8" in p.name]
+    assert leftovers == [], leftovers
