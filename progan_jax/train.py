@@ -282,6 +282,7 @@ class Trainer:
                         return state
                 self.end_stage(state, progress)
         finally:
+            self.periodic_swd.close()
             self.checkpointer.close()
         return state
 

@@ -38,9 +38,21 @@ def test_frechet_distance_of_known_gaussians():
 def test_statistics_of_samples_approach_the_distribution():
     rng = np.random.default_rng(1)
     feats = rng.normal(loc=2.0, scale=3.0, size=(20000, 4))
-    mu, sigma = fid.statistics(feats)
+    mu, sigma = fid.statistics(np.array_split(feats, 7))
     np.testing.assert_allclose(mu, 2.0, atol=0.1)
     np.testing.assert_allclose(sigma, 9.0 * np.eye(4), atol=0.3)
+
+
+def test_streamed_statistics_equal_those_of_all_features_at_once():
+    """Minibatches of float32 features (of unequal sizes, with a large common offset, as pool
+    features have) give np.mean and np.cov of the whole set, as the previous code computed."""
+    rng = np.random.default_rng(2)
+    feats = (1e3 + rng.gamma(2.0, size=(1000, 6)) @ rng.normal(size=(6, 6))).astype(np.float32)
+    batches = np.split(feats, [64, 128, 500, 999])
+    mu, sigma = fid.statistics(iter(batches))
+    all_at_once = feats.astype(np.float64)
+    np.testing.assert_allclose(mu, all_at_once.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(all_at_once, rowvar=False), rtol=1e-9, atol=1e-12)
 
 
 def test_inception_shapes_and_parameter_names():

@@ -78,9 +78,7 @@ def test_evaluate_reports_metrics_of_a_checkpoint(uninterrupted, compile_cache):
     for key in ("swd_x1e3_16", "swd_x1e3_avg", "swd_noise_floor_x1e3_16", "ms_ssim"):
         assert np.isfinite(result[key]), key
     assert 0.0 < result["ms_ssim"] < 1.0
-    untrained = run(
-        workdir, compile_cache, "--mode=evaluate", "--config.eval.checkpoint=0", *small
-    )
+    untrained = run(workdir, compile_cache, "--mode=evaluate", "--config.eval.checkpoint=0", *small)
     assert untrained.returncode == 0, untrained.stderr[-3000:]
     assert _json_line(untrained.stdout)["images_shown"] == 0
     missing = run(workdir, compile_cache, "--mode=evaluate", "--config.eval.checkpoint=100")

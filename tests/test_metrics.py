@@ -1,8 +1,14 @@
-"""Metrics against NumPy transcriptions of the official code and closed forms."""
+"""Metrics against NumPy transcriptions of the official code, the previous (all in memory)
+implementations, and closed forms."""
 
+import os
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.ndimage
+from scipy import signal
 
 from progan_jax import sources, synthetic
 from progan_jax.metrics import ms_ssim, swd
@@ -97,7 +103,7 @@ def test_swd_equals_the_official_algorithm_on_fixed_inputs():
         )
         # ... and the same distance on the same directions (permuted to our layout).
         perm = np.arange(147).reshape(3, 7, 7).transpose(2, 1, 0).ravel()
-        dist_ours = swd.sliced_wasserstein(ours[0][lod], ours[1][lod], directions[:, perm])
+        dist_ours = swd.sliced_wasserstein(ours[0][lod], (ours[1][lod],), directions[:, perm])[0]
         dist_theirs = _official_swd(theirs[0][lod], theirs[1][lod], directions)
         np.testing.assert_allclose(float(dist_ours), dist_theirs, rtol=1e-4)
 
@@ -114,16 +120,17 @@ def test_swd_is_at_the_noise_floor_for_the_same_distribution_and_grows_with_a_sh
     again = _faces(64, seed=1)  # another draw of the same distribution
     noise = np.random.default_rng(0).normal(size=again.shape)
 
-    def describe(images, seed):
-        return swd.describe([images[:32], images[32:]], 32, seed=seed)
+    def distance(base, images, seed):
+        with swd.describe([images[:32], images[32:]], 32, seed=seed) as other:
+            return swd.distances(base, [other])[0]
 
-    base = describe(reals, 10)
-    floor = swd.distance(base, describe(again, 11))
-    same = swd.distance(base, describe(reals, 12))
-    shifted = [
-        swd.distance(base, describe(np.clip(again + sigma * noise, 0, 255).astype(np.uint8), 13))
-        for sigma in (8, 32)
-    ]
+    with swd.describe([reals[:32], reals[32:]], 32, seed=10) as base:
+        floor = distance(base, again, 11)
+        same = distance(base, reals, 12)
+        shifted = [
+            distance(base, np.clip(again + sigma * noise, 0, 255).astype(np.uint8), 13)
+            for sigma in (8, 32)
+        ]
     assert same["swd_x1e3_avg"] < 1.5 * floor["swd_x1e3_avg"]
     assert shifted[0]["swd_x1e3_avg"] > 1.5 * floor["swd_x1e3_avg"]
     assert shifted[1]["swd_x1e3_avg"] > 1.5 * shifted[0]["swd_x1e3_avg"]
@@ -134,6 +141,103 @@ def test_swd_is_at_the_noise_floor_for_the_same_distribution_and_grows_with_a_sh
 def test_swd_needs_16_pixels():
     with pytest.raises(ValueError, match="at least 16x16"):
         swd.describe([np.zeros((2, 8, 8, 3), np.uint8)], 8, seed=0)
+
+
+# ------------------------------------------------- SWD, the previous in-memory implementation
+
+
+def _previous_normalize(descriptors):
+    """As the previous `normalize_descriptors`, but with float64 sums: NumPy's float32 mean
+    over the leading axes adds sequentially and drifts (by ~1e-4 already on these small sets)."""
+    d = np.asarray(descriptors, np.float64)
+    d = d - d.mean(axis=(0, 1, 2), keepdims=True)
+    d = d / d.std(axis=(0, 1, 2), keepdims=True)
+    return d.astype(np.float32).reshape(d.shape[0], -1)
+
+
+def _previous_describe(images, resolution, seed):
+    """Every level's normalised descriptors of every image, held in memory."""
+    resolutions = swd.level_resolutions(resolution)
+    rng = np.random.default_rng(seed)
+    per_level = [[] for _ in resolutions]
+    for batch in images:
+        pyramid = swd.laplacian_pyramid(jnp.asarray(batch), len(resolutions))
+        for lod, level in enumerate(pyramid):
+            centres = swd.sample_centres(rng, batch.shape[0], level.shape[1])
+            per_level[lod].append(np.asarray(swd.extract_descriptors(level, jnp.asarray(centres))))
+    return [_previous_normalize(np.concatenate(d)) for d in per_level], resolutions
+
+
+@jax.jit
+def _previous_sliced_wasserstein(a, b, directions):
+    def one_repeat(dirs):
+        proj_a = jnp.sort(a @ dirs, axis=0)
+        proj_b = jnp.sort(b @ dirs, axis=0)
+        return jnp.mean(jnp.abs(proj_a - proj_b))
+
+    return jnp.mean(jax.lax.map(one_repeat, directions))
+
+
+def _previous_distance(a, b, seed=0):
+    (levels_a, resolutions), (levels_b, _) = a, b
+    rng = np.random.default_rng(seed)
+    result = {}
+    for res, da, db in zip(resolutions, levels_a, levels_b, strict=True):
+        n = min(len(da), len(db))
+        directions = jnp.asarray(swd.sample_directions(rng, da.shape[1]))
+        swd_value = _previous_sliced_wasserstein(
+            jnp.asarray(da[:n]), jnp.asarray(db[:n]), directions
+        )
+        result[f"swd_x1e3_{res}"] = float(swd_value) * 1e3
+    result["swd_x1e3_avg"] = float(np.mean(list(result.values())))
+    return result
+
+
+def _batches(images, size):
+    return [images[i : i + size] for i in range(0, len(images), size)]
+
+
+@pytest.mark.parametrize(("resolution", "count", "batch"), [(32, 24, 10), (64, 12, 5)])
+def test_streamed_swd_equals_the_previous_implementation(resolution, count, batch):
+    """Level files compared one level at a time, with the reference's sorted projections
+    shared by the others (one of them shorter): the numbers of the previous code, which held
+    every level of every set and compared pairs."""
+    reals = _faces(count, seed=0, resolution=resolution)
+    again = _faces(count, seed=1, resolution=resolution)
+    noisy = np.random.default_rng(0).normal(0, 16, again.shape)
+    noisy = np.clip(again + noisy, 0, 255).astype(np.uint8)[: count - 3]  # a shorter set
+    sets = [(reals, 1), (again, 2), (noisy, 3)]
+    previous = [_previous_describe(_batches(x, batch), resolution, seed) for x, seed in sets]
+    expected = [_previous_distance(previous[0], other) for other in previous[1:]]
+    described = [swd.describe(_batches(x, batch), resolution, seed) for x, seed in sets]
+    try:
+        got = swd.distances(described[0], described[1:])
+    finally:
+        for d in described:
+            d.close()
+    assert [sorted(g) for g in got] == [sorted(e) for e in expected]
+    for g, e in zip(got, expected, strict=True):
+        for key in e:
+            assert g[key] == pytest.approx(e[key], rel=1e-5), key
+
+
+def test_descriptor_normalisation_stays_accurate_over_a_large_set():
+    """A coarse level's descriptors (pixel values around 128) of 200 images: a float32 sum
+    that adds sequentially is already off by 2e-3 here; ours must match float64 sums."""
+    rng = np.random.default_rng(0)
+    raw = (128 + 40 * rng.standard_normal((200 * 128, 7, 7, 3))).astype(np.float32)
+    expected = _previous_normalize(raw)
+    got = np.asarray(swd.normalize_descriptors(jnp.asarray(raw))).reshape(len(raw), -1)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_descriptor_files_are_removed_on_close():
+    images = _faces(2, seed=0)
+    with swd.describe([images], 32, seed=0) as described:
+        directory = described.directory.name
+        assert sorted(os.listdir(directory)) == ["level_16.f32", "level_32.f32"]
+        assert os.path.getsize(os.path.join(directory, "level_16.f32")) == 2 * 128 * 147 * 4
+    assert not os.path.exists(directory)
 
 
 # ------------------------------------------------------------------------------ MS-SSIM
@@ -159,11 +263,93 @@ def test_ms_ssim_needs_16_pixels_for_its_five_scales():
 def test_consecutive_pairs():
     images = _faces(6, seed=0, resolution=64)
     repeated = np.repeat(images[:3], 2, axis=0)  # pairs of identical images
-    assert ms_ssim.consecutive_pairs_ms_ssim(repeated) == pytest.approx(1.0)
-    assert ms_ssim.consecutive_pairs_ms_ssim(images) < 0.9
+    assert ms_ssim.consecutive_pairs_ms_ssim([repeated]) == pytest.approx(1.0)
+    assert ms_ssim.consecutive_pairs_ms_ssim([images]) < 0.9
 
 
 def test_box_filtered_faces_stay_close_to_drawn_ones():
     big = _faces(4, seed=0, resolution=64)
     small = sources.box_downsample(big, 2)
     assert ms_ssim.ms_ssim(small.repeat(2, 1).repeat(2, 2), big) > 0.8
+
+
+# ----------------------------------------------- MS-SSIM, the previous SciPy implementation
+
+_WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
+
+
+def _previous_gaussian_window(size, sigma):
+    radius = size // 2
+    offset, start, stop = 0.0, -radius, radius + 1
+    if size % 2 == 0:
+        offset, stop = 0.5, stop - 1
+    x, y = np.mgrid[offset + start : stop, offset + start : stop]
+    g = np.exp(-((x**2 + y**2) / (2.0 * sigma**2)))
+    return g / g.sum()
+
+
+def _previous_ssim_and_contrast(a, b, max_val=255.0, filter_size=11, filter_sigma=1.5):
+    _, height, width, _ = a.shape
+    size = min(filter_size, height, width)
+    sigma = size * filter_sigma / filter_size
+    window = _previous_gaussian_window(size, sigma).reshape(1, size, size, 1)
+    mu_a = signal.fftconvolve(a, window, mode="valid")
+    mu_b = signal.fftconvolve(b, window, mode="valid")
+    var_a = signal.fftconvolve(a * a, window, mode="valid") - mu_a * mu_a
+    var_b = signal.fftconvolve(b * b, window, mode="valid") - mu_b * mu_b
+    cov = signal.fftconvolve(a * b, window, mode="valid") - mu_a * mu_b
+    c1, c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2
+    v1, v2 = 2.0 * cov + c2, var_a + var_b + c2
+    ssim = np.mean(
+        ((2.0 * mu_a * mu_b + c1) * v1) / ((mu_a**2 + mu_b**2 + c1) * v2), axis=(1, 2, 3)
+    )
+    return ssim, np.mean(v1 / v2, axis=(1, 2, 3))
+
+
+def _previous_box_downsample(x):
+    return (x[:, 0::2, 0::2] + x[:, 1::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 1::2]) * 0.25
+
+
+def _previous_ms_ssim(a, b):
+    """The previous module's `ms_ssim`: float64, every pair at once, SciPy on the host."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    ssims, contrasts = [], []
+    for _ in range(len(_WEIGHTS)):
+        ssim, contrast = _previous_ssim_and_contrast(a, b)
+        ssims.append(ssim)
+        contrasts.append(contrast)
+        a, b = _previous_box_downsample(a), _previous_box_downsample(b)
+    ssims = np.clip(np.asarray(ssims), 0.0, np.inf)
+    contrasts = np.clip(np.asarray(contrasts), 0.0, np.inf)
+    per_pair = np.prod(contrasts[:-1] ** _WEIGHTS[:-1, None], axis=0) * ssims[-1] ** _WEIGHTS[-1]
+    return float(np.mean(per_pair))
+
+
+def _ms_ssim_cases():
+    rng = np.random.default_rng(0)
+    faces = _faces(6, seed=0, resolution=64)
+    flat = lambda level: np.clip(level + rng.normal(0, 1, faces.shape), 0, 255)
+    return {
+        "different faces": (faces, faces[::-1]),
+        "noisy faces": (faces, np.clip(faces + rng.normal(0, 25, faces.shape), 0, 255)),
+        "nearly flat grey": (flat(128), flat(128)),
+        "nearly flat white": (flat(250), flat(251)),
+        "uniform noise": tuple(rng.integers(0, 256, (2, *faces.shape), dtype=np.uint8)),
+        "16x16, window 11 to 1": (faces[:, ::4, ::4], faces[::-1, ::4, ::4]),
+        "32x48": (faces[:, :32, :48], faces[::-1, :32, :48]),
+    }
+
+
+@pytest.mark.parametrize("case", list(_ms_ssim_cases()))
+def test_jax_ms_ssim_equals_the_previous_scipy_implementation(case):
+    a, b = _ms_ssim_cases()[case]
+    assert ms_ssim.ms_ssim(a, b) == pytest.approx(_previous_ms_ssim(a, b), rel=1e-5)
+
+
+def test_consecutive_pairs_stream_over_batches_of_any_size():
+    """Pairs that straddle two batches count, and an odd last image does not."""
+    images = _faces(13, seed=2, resolution=32)
+    batches = [images[:3], images[3:7], images[7:8], images[8:13]]
+    expected = _previous_ms_ssim(images[0:12:2], images[1:12:2])
+    assert ms_ssim.consecutive_pairs_ms_ssim(batches) == pytest.approx(expected, rel=1e-5)
+    assert ms_ssim.consecutive_pairs_ms_ssim(iter(batches)) == pytest.approx(expected, rel=1e-5)

@@ -1,20 +1,23 @@
 """Fréchet Inception distance with the Flax port of the TF FID Inception-v3.
 
-Weights are read from a local .npz (made by `python -m progan_jax.metrics.convert_fid_weights`);
-nothing is downloaded. The reals' statistics are cached per data set, resolution and count.
+Weights are read from a .npz (made by `python -m progan_jax.metrics.convert_fid_weights`; a
+local path or a bucket URL); nothing is downloaded. The reals' statistics are cached per data
+set, resolution and count, in `eval.fid_stats_dir` (which may be a bucket) or the data cache.
 """
 
+import io
 import logging
-import pathlib
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from scipy import linalg
 
-from progan_jax import input_pipeline, sources
+from progan_jax import input_pipeline, paths, sources
 from progan_jax.metrics import inception
 
 HOW_TO_GET_WEIGHTS = (
@@ -29,13 +32,18 @@ HOW_TO_GET_WEIGHTS = (
 )
 
 
-def load_weights(path: str | pathlib.Path) -> dict:
+def _load_npz(path: epath.Path):
+    """An .npz from a local disk or a bucket (np.load wants a seekable file)."""
+    return np.load(io.BytesIO(path.read_bytes()))
+
+
+def load_weights(path: str | os.PathLike) -> dict:
     """The .npz written by the converter as the Flax parameter tree."""
-    path = pathlib.Path(path).expanduser()
+    path = paths.resolve(path)
     if not path.exists():
         raise FileNotFoundError(f"No Inception weights at {path}. {HOW_TO_GET_WEIGHTS}")
     tree: dict = {}
-    with np.load(path) as archive:
+    with _load_npz(path) as archive:
         for key in archive.files:
             *modules, leaf = key.split(".")
             node = tree
@@ -50,15 +58,32 @@ def _features(params, images):
     return inception.InceptionV3().apply({"params": params}, inception.preprocess(images))
 
 
-def features(params: dict, batches: Iterable[np.ndarray]) -> np.ndarray:
-    """[N, 2048] pool features of uint8 NHWC minibatches."""
-    return np.concatenate(
-        [np.asarray(_features(params, jnp.asarray(b)), np.float64) for b in batches]
-    )
+def features(params: dict, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """[n, 2048] pool features of each uint8 NHWC minibatch, as they are computed."""
+    for batch in batches:
+        yield np.asarray(_features(params, jnp.asarray(batch)))
 
 
-def statistics(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return feats.mean(axis=0), np.cov(feats, rowvar=False)
+def statistics(feature_batches: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (ddof 1, as np.cov) of feature minibatches, without holding them.
+
+    Running float64 sums of x - s and (x - s)(x - s)^T, with s the first minibatch's mean: the
+    shift keeps `sum xx^T / n - mean mean^T` from cancelling catastrophically.
+    """
+    count, shift, total, outer = 0, None, None, None
+    for batch in feature_batches:
+        x = np.asarray(batch, np.float64)
+        if shift is None:
+            shift = x.mean(axis=0)
+            total, outer = np.zeros_like(shift), np.zeros((len(shift), len(shift)))
+        x = x - shift
+        count += len(x)
+        total += x.sum(axis=0)
+        outer += x.T @ x
+    if count < 2:
+        raise ValueError(f"FID statistics need at least two images, got {count}")
+    mean = total / count
+    return shift + mean, (outer - count * np.outer(mean, mean)) / (count - 1)
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
@@ -72,14 +97,13 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
-def _reference_path(config: ml_collections.ConfigDict, resolution: int, count: int) -> pathlib.Path:
+def _reference_path(config: ml_collections.ConfigDict, resolution: int, count: int) -> epath.Path:
+    """Where the reals' statistics are cached: `eval.fid_stats_dir` (may be a bucket) or the
+    data cache, under the key of the images they describe (this process's shard, if sharded)."""
     data = config.data
-    root = (
-        pathlib.Path(config.eval.fid_stats_dir).expanduser()
-        if config.eval.fid_stats_dir
-        else sources.cache_dir(data)
-    )
-    key = sources.cache_key(data, config.model.resolution, config.model.num_channels)
+    root = paths.resolve(config.eval.fid_stats_dir or sources.cache_dir(data))
+    shard = input_pipeline.process_shard(data)
+    key = sources.cache_key(data, config.model.resolution, config.model.num_channels, shard)
     return root / key / f"fid_stats_{resolution}px_{count}.npz"
 
 
@@ -91,7 +115,7 @@ def evaluate_fid(config: ml_collections.ConfigDict, generator, reals: np.ndarray
     count = min(ev.fid_images, len(reals))
     path = _reference_path(config, generator.resolution, count)
     if path.exists():
-        with np.load(path) as cached:
+        with _load_npz(path) as cached:
             mu_real, sigma_real = cached["mu"], cached["sigma"]
     else:
         logging.info("FID statistics of %d reals (cached in %s).", count, path)
@@ -99,7 +123,9 @@ def evaluate_fid(config: ml_collections.ConfigDict, generator, reals: np.ndarray
         batches = input_pipeline.image_batches(reals, np.sort(order), ev.batch_size)
         mu_real, sigma_real = statistics(features(params, batches))
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, mu=mu_real, sigma=sigma_real)
+        buffer = io.BytesIO()
+        np.savez(buffer, mu=mu_real, sigma=sigma_real)
+        path.write_bytes(buffer.getvalue())
     fakes = generator.batches(ev.fid_images, ev.batch_size, config.seed + 4)
     mu_fake, sigma_fake = statistics(features(params, fakes))
     return {

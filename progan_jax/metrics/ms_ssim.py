@@ -3,70 +3,131 @@
 The official `metrics/ms_ssim.py` (the TF-models port): 11x11 Gaussian window with sigma 1.5,
 k1 0.01, k2 0.03, max value 255, five scales with weights (0.0448, 0.2856, 0.3001, 0.2363,
 0.1333), 2x2 box downsampling between scales, negative values clipped to zero.
+
+It runs in JAX on one minibatch of pairs at a time and only a running sum crosses batches, so
+memory does not depend on the number of images. The Gaussian window is separable, so the 'valid'
+filtering is two 1-D passes.
 """
 
-import numpy as np
-from scipy import signal
+from collections.abc import Iterable
 
-WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+FILTER_SIZE, FILTER_SIGMA = 11, 1.5
+K1, K2, MAX_VALUE = 0.01, 0.03, 255.0
 
 MIN_SIZE = 2 ** (len(WEIGHTS) - 1)  # the coarsest scale keeps one pixel
 
 
 def _gaussian_window(size: int, sigma: float) -> np.ndarray:
+    """The official 2-D window (normalised `exp(-(x^2 + y^2) / 2 sigma^2)` on a centred grid) is
+    the outer product of this 1-D window with itself."""
     radius = size // 2
     offset, start, stop = 0.0, -radius, radius + 1
     if size % 2 == 0:
         offset, stop = 0.5, stop - 1
-    x, y = np.mgrid[offset + start : stop, offset + start : stop]
-    g = np.exp(-((x**2 + y**2) / (2.0 * sigma**2)))
+    x = np.arange(offset + start, stop)
+    g = np.exp(-(x**2) / (2.0 * sigma**2))
     return g / g.sum()
 
 
-def _ssim_and_contrast(a, b, max_val=255.0, filter_size=11, filter_sigma=1.5, k1=0.01, k2=0.03):
-    """Per-image SSIM and contrast-structure terms of NHWC float images."""
-    _, height, width, _ = a.shape
-    size = min(filter_size, height, width)
-    sigma = size * filter_sigma / filter_size
-    window = _gaussian_window(size, sigma).reshape(1, size, size, 1)
-    mu_a = signal.fftconvolve(a, window, mode="valid")
-    mu_b = signal.fftconvolve(b, window, mode="valid")
-    var_a = signal.fftconvolve(a * a, window, mode="valid") - mu_a * mu_a
-    var_b = signal.fftconvolve(b * b, window, mode="valid") - mu_b * mu_b
-    cov = signal.fftconvolve(a * b, window, mode="valid") - mu_a * mu_b
-    c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
+def _filter_valid(x: jax.Array, window: np.ndarray, axis: int) -> jax.Array:
+    """'valid' correlation with a symmetric 1-D window along `axis` (= the official convolution)."""
+    out = x.shape[axis] - len(window) + 1
+    taps = [float(w) * jax.lax.slice_in_dim(x, i, i + out, axis=axis) for i, w in enumerate(window)]
+    return sum(taps[1:], taps[0])
+
+
+def _ssim_and_contrast(
+    a: jax.Array, b: jax.Array, shift_a: jax.Array, shift_b: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """SSIM and contrast-structure terms of two CHW images given as `image - shift`.
+
+    Variances and covariance do not depend on the shift; taking moments of images centred on
+    their mean keeps `E[x^2] - E[x]^2` accurate in float32. The luminance term uses the true
+    means (shift added back).
+    """
+    _, height, width = a.shape
+    size = min(FILTER_SIZE, height, width)
+    window = _gaussian_window(size, size * FILTER_SIGMA / FILTER_SIZE)
+    moments = jnp.stack([a, b, a * a, b * b, a * b])  # filtered together: one pass each way
+    mu_a, mu_b, aa, bb, ab = _filter_valid(_filter_valid(moments, window, 2), window, 3)
+    var_a, var_b, cov = aa - mu_a * mu_a, bb - mu_b * mu_b, ab - mu_a * mu_b
+    mu_a, mu_b = mu_a + shift_a, mu_b + shift_b
+    c1, c2 = (K1 * MAX_VALUE) ** 2, (K2 * MAX_VALUE) ** 2
     v1, v2 = 2.0 * cov + c2, var_a + var_b + c2
-    ssim = np.mean(
-        ((2.0 * mu_a * mu_b + c1) * v1) / ((mu_a**2 + mu_b**2 + c1) * v2), axis=(1, 2, 3)
-    )
-    return ssim, np.mean(v1 / v2, axis=(1, 2, 3))
+    ssim = ((2.0 * mu_a * mu_b + c1) * v1) / ((mu_a**2 + mu_b**2 + c1) * v2)
+    return jnp.mean(ssim), jnp.mean(v1 / v2)
 
 
-def _box_downsample(x: np.ndarray) -> np.ndarray:
+def _box_downsample(x: jax.Array) -> jax.Array:
     return (x[:, 0::2, 0::2] + x[:, 1::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 1::2]) * 0.25
+
+
+def _one_pair(a: jax.Array, b: jax.Array) -> jax.Array:
+    """MS-SSIM of two HWC images in [0, 255], filtered as CHW: rows are the long contiguous
+    axis, which XLA vectorises (1.7x faster on CPU than 3 channels innermost)."""
+    a, b = (jnp.transpose(x.astype(jnp.float32), (2, 0, 1)) for x in (a, b))
+    shift_a, shift_b = jnp.mean(a), jnp.mean(b)
+    a, b = a - shift_a, b - shift_b  # box downsampling keeps the shift
+    ssims, contrasts = [], []
+    for scale in range(len(WEIGHTS)):
+        if scale:
+            a, b = _box_downsample(a), _box_downsample(b)
+        ssim, contrast = _ssim_and_contrast(a, b, shift_a, shift_b)
+        ssims.append(ssim)
+        contrasts.append(contrast)
+    weights = jnp.asarray(WEIGHTS, jnp.float32)
+    ssims = jnp.maximum(jnp.stack(ssims), 0.0)
+    contrasts = jnp.maximum(jnp.stack(contrasts), 0.0)
+    return jnp.prod(contrasts[:-1] ** weights[:-1]) * ssims[-1] ** weights[-1]
+
+
+@jax.jit
+def per_pair(a: jax.Array, b: jax.Array) -> jax.Array:
+    """MS-SSIM of each pair (a[i], b[i]) of NHWC images in [0, 255]: float32 [N].
+
+    One pair at a time (a loop on the device): a pair's intermediates stay in cache, which
+    halves the time on CPU against filtering the whole minibatch at once.
+    """
+    return jax.lax.map(lambda pair: _one_pair(*pair), (a, b))
+
+
+def _check_size(height: int, width: int) -> None:
+    if min(height, width) < MIN_SIZE:
+        raise ValueError(
+            f"MS-SSIM's {len(WEIGHTS)} scales need images of at least {MIN_SIZE}x{MIN_SIZE}, "
+            f"got {height}x{width}"
+        )
 
 
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     """Mean MS-SSIM of image pairs (a[i], b[i]), uint8 or float in [0, 255], NHWC."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if min(a.shape[1:3]) < MIN_SIZE:
-        raise ValueError(
-            f"MS-SSIM's {len(WEIGHTS)} scales need images of at least {MIN_SIZE}x{MIN_SIZE}, "
-            f"got {a.shape[1]}x{a.shape[2]}"
-        )
-    ssims, contrasts = [], []
-    for _ in range(len(WEIGHTS)):
-        ssim, contrast = _ssim_and_contrast(a, b)
-        ssims.append(ssim)
-        contrasts.append(contrast)
-        a, b = _box_downsample(a), _box_downsample(b)
-    ssims = np.clip(np.asarray(ssims), 0.0, np.inf)
-    contrasts = np.clip(np.asarray(contrasts), 0.0, np.inf)
-    per_pair = np.prod(contrasts[:-1] ** WEIGHTS[:-1, None], axis=0) * ssims[-1] ** WEIGHTS[-1]
-    return float(np.mean(per_pair))
+    _check_size(*np.shape(a)[1:3])
+    return float(np.mean(np.asarray(per_pair(jnp.asarray(a), jnp.asarray(b)), np.float64)))
 
 
-def consecutive_pairs_ms_ssim(images: np.ndarray) -> float:
-    """MS-SSIM between images 0-1, 2-3, ... of a generated set, as the paper reports it."""
-    count = len(images) // 2 * 2
-    return ms_ssim(images[0:count:2], images[1:count:2])
+def consecutive_pairs_ms_ssim(batches: Iterable[np.ndarray]) -> float:
+    """MS-SSIM between images 0-1, 2-3, ... of a generated set, as the paper reports it.
+
+    The set comes as NHWC minibatches of any sizes (a pair may straddle two); the per-pair
+    values are summed in float64 as they come.
+    """
+    total, pairs = 0.0, 0
+    left = None  # the odd image at the end of the previous batch
+    for batch in batches:
+        _check_size(*batch.shape[1:3])
+        if left is not None and len(left):
+            batch = np.concatenate([left, batch])
+        even = len(batch) // 2 * 2
+        left = batch[even:]
+        if even:
+            values = per_pair(jnp.asarray(batch[0:even:2]), jnp.asarray(batch[1:even:2]))
+            total += float(np.sum(np.asarray(values, np.float64)))
+            pairs += even // 2
+    if not pairs:
+        raise ValueError("MS-SSIM needs at least two images")
+    return total / pairs

@@ -1,0 +1,135 @@
+"""Time and peak memory of the evaluation metrics at 256x256, one subprocess per measurement.
+
+    python benchmarks/eval_memory.py                      # the four cases below (14 min, 2 cores)
+    python benchmarks/eval_memory.py --cases=ms_ssim:2000,ms_ssim:20000
+
+Each case runs `evaluate.evaluate` (the `--mode=evaluate` path) on an untrained generator
+(`eval.checkpoint=0`) of a narrow 256x256 network built from configs/tiny.py, in a fresh process
+so that peak RSS (`ru_maxrss`) belongs to that case alone, and prints one JSON line: seconds of
+the `evaluate` call (compilation included), the process's peak RSS, and the metrics. Case names:
+
+    ms_ssim:N            eval.metrics=(ms_ssim,), eval.ms_ssim_images=N
+    swd:N                eval.metrics=(swd,), eval.swd_images=N, with the noise floor
+    evaluate:N:M         both in one run, N SWD images and M MS-SSIM images
+
+The synthetic data set (`--synthetic_size` faces at 256x256, drawn once into `--cache_dir`) is
+prepared before any case is timed. With fewer than 2 N images the noise floor's second draw of
+reals is a re-draw of the same set (`evaluate.real_swd_draws`), not a disjoint one.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import ml_collections
+
+DEFAULT_CASES = "ms_ssim:2000,ms_ssim:20000,swd:4096,evaluate:4096:20000"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", default=DEFAULT_CASES, help="comma-separated, see above")
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--fmap_base", type=int, default=128, help="smallest valid at 256: 128")
+    parser.add_argument("--fmap_max", type=int, default=4)
+    parser.add_argument("--batch_size", type=int, default=64, help="eval.batch_size")
+    parser.add_argument("--synthetic_size", type=int, default=4096)
+    parser.add_argument(
+        "--cache_dir",
+        default=os.path.join(tempfile.gettempdir(), "progan_eval_memory"),
+        help="decoded synthetic images (kept between runs)",
+    )
+    parser.add_argument("--run_case", help=argparse.SUPPRESS)  # set for the subprocesses
+    return parser.parse_args(argv)
+
+
+def make_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
+    """configs/tiny.py at `args.resolution`, narrow, synthetic faces, untrained generator."""
+    from configs import tiny
+    from progan_jax import config_checks, models
+
+    config = tiny.get_config()
+    stages = models.num_stages(args.resolution)
+    config.model.resolution = args.resolution
+    config.model.fmap_base = args.fmap_base
+    config.model.fmap_max = args.fmap_max
+    config.optimizer.learning_rates = (2e-3,) * stages
+    config.schedule.batch_sizes = (8,) * stages
+    config.data.synthetic_size = args.synthetic_size
+    config.data.cache_dir = args.cache_dir
+    config.eval.checkpoint = 0
+    config.eval.batch_size = args.batch_size
+    config.eval.noise_floor = True
+    config_checks.validate(config, devices=1)
+    return config
+
+
+def configure_case(config: ml_collections.ConfigDict, case: str) -> None:
+    kind, *counts = case.split(":")
+    counts = [int(c) for c in counts]
+    if kind == "ms_ssim" and len(counts) == 1:
+        config.eval.metrics, config.eval.ms_ssim_images = ("ms_ssim",), counts[0]
+    elif kind == "swd" and len(counts) == 1:
+        config.eval.metrics, config.eval.swd_images = ("swd",), counts[0]
+    elif kind == "evaluate" and len(counts) == 2:
+        config.eval.metrics = ("swd", "ms_ssim")
+        config.eval.swd_images, config.eval.ms_ssim_images = counts
+    else:
+        raise ValueError(f"unknown case {case!r}; use ms_ssim:N, swd:N or evaluate:N:M")
+
+
+def run_case(args: argparse.Namespace) -> dict:
+    """One measurement, in this (fresh) process."""
+    from progan_jax import evaluate
+
+    config = make_config(args)
+    configure_case(config, args.run_case)
+    with tempfile.TemporaryDirectory() as workdir:
+        start = time.perf_counter()
+        results = evaluate.evaluate(config, workdir)
+        seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {
+        "case": args.run_case,
+        "seconds": round(seconds, 1),
+        "peak_rss_gib": round(peak_kib / 2**20, 3),
+        "results": results,
+    }
+
+
+def prepare_data(args: argparse.Namespace) -> None:
+    """Draws and caches the synthetic faces once, outside any timed case."""
+    from progan_jax import sources
+
+    config = make_config(args)
+    start = time.perf_counter()
+    images = sources.load_images(config.data, config.model.resolution, config.model.num_channels)
+    print(
+        json.dumps(
+            {
+                "data": f"{len(images.images)} synthetic faces at {args.resolution}x"
+                f"{args.resolution} in {args.cache_dir}",
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        ),
+        flush=True,
+    )
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    if args.run_case:
+        print(json.dumps(run_case(args)), flush=True)
+        return
+    prepare_data(args)
+    for case in args.cases.split(","):
+        subprocess.run([sys.executable, __file__, *argv, f"--run_case={case}"], check=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
