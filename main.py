@@ -142,9 +142,11 @@ def main(argv: list[str]) -> None:
     )
     workdir = _workdir()
     try:
+        if _MODE.value in ("train", "evaluate", "generate"):
+            paths.ensure_directory(paths.resolve(workdir), _STORAGE_TIMEOUT.value)
         if _MODE.value == "train":
             _hide_gpus_from_tensorflow()
-            train.train_and_evaluate(config, workdir, _STORAGE_TIMEOUT.value)
+            train.train_and_evaluate(config, workdir)
         elif _MODE.value == "evaluate":
             _hide_gpus_from_tensorflow()
             results = evaluate.evaluate(config, workdir)

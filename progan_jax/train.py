@@ -87,17 +87,11 @@ class _Interval:
 class Trainer:
     """Owns the per-run objects; `run` is the loop."""
 
-    def __init__(
-        self,
-        config: ml_collections.ConfigDict,
-        workdir: str,
-        storage_timeout_s: float = 120.0,
-    ):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
         config_checks.validate(config, jax.device_count(), jax.process_count())
         agreement.check_processes_agree(config)
         self.config = config
         self.workdir = paths.resolve(workdir)
-        paths.ensure_directory(self.workdir, storage_timeout_s)
         self.gan = ts.GAN.from_config(config)
         self.mesh = parallel.make_mesh()
         self.checkpointer = checkpointing.Checkpointer(self.workdir, config.checkpoint.keep)
@@ -297,9 +291,7 @@ def _scalar(value):
     return value if isinstance(value, int | float | str | bool) else str(value)
 
 
-def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, storage_timeout_s: float = 120.0
-) -> ts.TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.TrainState:
     """Trains (or resumes) the run in `workdir`; SIGTERM stops it at the next safe point."""
     with interrupt.sigterm_requests_stop():
-        return Trainer(config, workdir, storage_timeout_s).run()
+        return Trainer(config, workdir).run()

@@ -98,6 +98,17 @@ def test_an_unreachable_bucket_is_a_clear_error_in_bounded_time(gcs, tmp_path, c
     )
     elapsed = time.monotonic() - started
     assert result.returncode == 1, result.stderr[-3000:]
-    assert f"error: gs://{BUCKET}/unreachable" in result.stderr
+    assert f"error: gs://{BUCKET}/unreachable did not answer within 10 s" in result.stderr
     assert elapsed < 120
+    generated = run(
+        f"gs://{BUCKET}/unreachable",
+        compile_cache,
+        "--mode=generate",
+        "--storage_timeout=5",
+        extra_env=env,
+        cwd=cwd,
+        timeout=180,
+    )
+    assert generated.returncode == 1
+    assert "did not answer within 5 s" in generated.stderr
     assert list(cwd.iterdir()) == []
