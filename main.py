@@ -134,7 +134,7 @@ def main(argv: list[str]) -> None:
     expected = (
         config_checks.ConfigError,
         sources.DataSetMissingError,
-        input_pipeline.DataMismatchError,
+        input_pipeline.DataPreparationError,
         checkpointing.CheckpointWriteError,
         train.NonFiniteLossError,
         paths.UnreachableError,
@@ -149,7 +149,8 @@ def main(argv: list[str]) -> None:
             train.train_and_evaluate(config, workdir)
         elif _MODE.value == "evaluate":
             _hide_gpus_from_tensorflow()
-            results = evaluate.evaluate(config, workdir)
+            with interrupt.sigterm_requests_stop():  # stops between minibatches
+                results = evaluate.evaluate(config, workdir)
             evaluate.write_results(results, workdir)
             _print_lines([results])
         elif _MODE.value == "generate":

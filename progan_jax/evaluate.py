@@ -16,7 +16,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from progan_jax import checkpointing, input_pipeline, models, parallel, sampling, schedule
+from progan_jax import (
+    checkpointing,
+    input_pipeline,
+    interrupt,
+    models,
+    parallel,
+    sampling,
+    schedule,
+)
 from progan_jax import train_step as ts
 from progan_jax.metrics import ms_ssim, swd
 
@@ -39,6 +47,7 @@ class Generator:
         """`count` generated uint8 images in minibatches, from latents fixed by `seed`."""
         key = jax.random.key(seed)
         for start in range(0, count, batch):
+            interrupt.check("evaluation")
             n = min(batch, count - start)
             z = self.gan.sample_latents(jax.random.fold_in(key, start), n)
             images = sampling.generate(self.gan, self.params, z, self.stage, self.alpha)

@@ -22,7 +22,8 @@ import concurrent.futures
 import functools
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import jax
 import ml_collections
@@ -30,7 +31,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from progan_jax import models, parallel, sources
+from progan_jax import interrupt, models, parallel, sources
+
+T = TypeVar("T")
 
 
 def process_shard(data: ml_collections.ConfigDict) -> sources.Shard:
@@ -52,12 +55,42 @@ def stage_images(
     """
     shard = process_shard(data)
     prepare = functools.partial(_cached_stage, data, resolution, channels, stage, shard)
-    if not (data.shared_cache and shard == sources.WHOLE and jax.process_count() > 1):
+    if data.shared_cache and shard == sources.WHOLE and jax.process_count() > 1:
+        _together(prepare if jax.process_index() == 0 else lambda: None)  # 0 builds, all wait
+    return _together(prepare)  # builds this process's cache, or reads what process 0 built
+
+
+_OK, _INTERRUPTED, _FAILED = 0, 1, 2
+
+
+def _together(prepare: Callable[[], T]) -> T:
+    """Runs `prepare` here and stops every process if it failed or was interrupted anywhere.
+
+    A process that failed alone would leave the others waiting in the next collective until the
+    runtime's heartbeat timeout, and a SIGTERM would no longer mean a clean exit 0. So the
+    processes exchange how their preparation ended (one all-gather, which is also the barrier of
+    a shared cache) and all stop the same way: `Interrupted` if any was, else an error.
+    """
+    if jax.process_count() == 1:
         return prepare()
-    if jax.process_index() == 0:
-        prepare()
-    multihost_utils.sync_global_devices(f"progan_jax: data cache of stage {stage} is ready")
-    return prepare()  # reads what process 0 built
+    result, status, error = None, _OK, None
+    try:
+        result = prepare()
+    except interrupt.Interrupted as stopped:
+        status, error = _INTERRUPTED, stopped
+    except Exception as failure:
+        status, error = _FAILED, failure
+    statuses = np.asarray(multihost_utils.process_allgather(np.int32(status)))
+    if error is not None:
+        raise error
+    if (statuses == _INTERRUPTED).any():
+        raise interrupt.Interrupted("SIGTERM on another process during data preparation: stopped.")
+    if (statuses == _FAILED).any():
+        failed = ", ".join(str(i) for i in np.flatnonzero(statuses == _FAILED))
+        raise DataPreparationError(
+            f"Data preparation failed on process(es) {failed}; their logs say why."
+        )
+    return result
 
 
 def _cached_stage(
@@ -88,8 +121,8 @@ def _cached_stage(
     return images
 
 
-class DataMismatchError(RuntimeError):
-    """The processes of a run see different data sets."""
+class DataPreparationError(RuntimeError):
+    """The processes of a run see different data sets, or another process failed to prepare."""
 
 
 def agreed_count(count: int, shard: sources.Shard) -> int:
@@ -106,7 +139,7 @@ def agreed_count(count: int, shard: sources.Shard) -> int:
         return sum(counts)
     if len(set(counts)) > 1:
         per_process = ", ".join(f"process {i}: {c}" for i, c in enumerate(counts))
-        raise DataMismatchError(
+        raise DataPreparationError(
             f"The processes see different data sets ({per_process} images). Every host must "
             "read the same data, or set data.shard_per_process=True."
         )
@@ -116,6 +149,7 @@ def agreed_count(count: int, shard: sources.Shard) -> int:
 def image_batches(images: np.ndarray, indices: np.ndarray, batch: int) -> Iterator[np.ndarray]:
     """`images[indices]` as in-memory minibatches (of the memory-mapped cache, read in order)."""
     for start in range(0, len(indices), batch):
+        interrupt.check("reading images for evaluation")
         yield np.asarray(images[np.sort(indices[start : start + batch])])
 
 

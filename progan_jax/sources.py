@@ -483,6 +483,7 @@ def _resume(out: BinaryIO, progress_path: pathlib.Path, image_bytes: int) -> _Pr
     progress = _committed(progress_path)
     if os.fstat(out.fileno()).st_size < progress.count * image_bytes:  # not this file's record
         progress = _Progress()
+        progress_path.unlink(missing_ok=True)
     out.truncate(progress.count * image_bytes)
     return progress
 
@@ -523,10 +524,12 @@ def _commit(out: BinaryIO, progress: _Progress, progress_path: pathlib.Path) -> 
 def _roll_back(partial: pathlib.Path, progress_path: pathlib.Path, image_bytes: int) -> None:
     """Cuts the partial file back to its last commit, or removes it if there is none."""
     committed = _committed(progress_path)
-    if committed.consumed:
+    size = partial.stat().st_size if partial.exists() else 0
+    if committed.consumed and committed.count * image_bytes <= size:  # never pad with zeros
         os.truncate(partial, committed.count * image_bytes)
     else:
         partial.unlink(missing_ok=True)
+        progress_path.unlink(missing_ok=True)
 
 
 def _finish(

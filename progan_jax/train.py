@@ -88,8 +88,8 @@ class Trainer:
     """Owns the per-run objects; `run` is the loop."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        agreement.check_processes_agree(config)  # first: a lone failure would strand the rest
         config_checks.validate(config, jax.device_count(), jax.process_count())
-        agreement.check_processes_agree(config)
         self.config = config
         self.workdir = paths.resolve(workdir)
         self.gan = ts.GAN.from_config(config)

@@ -47,7 +47,7 @@ def _count_mismatch_message() -> str:
     """The error when whole-set processes see different counts (here 10 and 11 images)."""
     try:
         input_pipeline.agreed_count(SIZE + jax.process_index(), sources.WHOLE)
-    except input_pipeline.DataMismatchError as error:
+    except input_pipeline.DataPreparationError as error:
         return str(error)
     return ""
 

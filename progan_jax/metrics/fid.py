@@ -8,6 +8,8 @@ set, resolution and count, in `eval.fid_stats_dir` (which may be a bucket) or th
 import io
 import logging
 import os
+import uuid
+import zipfile
 from collections.abc import Iterable, Iterator
 
 import jax
@@ -107,6 +109,28 @@ def _reference_path(config: ml_collections.ConfigDict, resolution: int, count: i
     return root / key / f"fid_stats_{resolution}px_{count}.npz"
 
 
+def _cached_statistics(path: epath.Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached (mu, sigma), or None if absent or unreadable (then they are recomputed)."""
+    if not path.exists():
+        return None
+    try:
+        with _load_npz(path) as cached:
+            return cached["mu"], cached["sigma"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        logging.warning("Ignoring unreadable FID statistics %s (%s).", path, error)
+        return None
+
+
+def _save_statistics(path: epath.Path, mu: np.ndarray, sigma: np.ndarray) -> None:
+    """Written under a unique name, then renamed: a killed writer never leaves a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, mu=mu, sigma=sigma)
+    partial = path.parent / f"{path.name}.{uuid.uuid4().hex}.tmp"
+    partial.write_bytes(buffer.getvalue())
+    partial.rename(path)
+
+
 def evaluate_fid(config: ml_collections.ConfigDict, generator, reals: np.ndarray) -> dict:
     ev = config.eval
     if not ev.fid_weights:
@@ -114,18 +138,16 @@ def evaluate_fid(config: ml_collections.ConfigDict, generator, reals: np.ndarray
     params = load_weights(ev.fid_weights)
     count = min(ev.fid_images, len(reals))
     path = _reference_path(config, generator.resolution, count)
-    if path.exists():
-        with _load_npz(path) as cached:
-            mu_real, sigma_real = cached["mu"], cached["sigma"]
+    cached = _cached_statistics(path)
+    if cached is not None:
+        mu_real, sigma_real = cached
     else:
         logging.info("FID statistics of %d reals (cached in %s).", count, path)
         order = np.random.default_rng(config.seed).permutation(len(reals))[:count]
         batches = input_pipeline.image_batches(reals, np.sort(order), ev.batch_size)
         mu_real, sigma_real = statistics(features(params, batches))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        np.savez(buffer, mu=mu_real, sigma=sigma_real)
-        path.write_bytes(buffer.getvalue())
+        if jax.process_index() == 0:
+            _save_statistics(path, mu_real, sigma_real)
     fakes = generator.batches(ev.fid_images, ev.batch_size, config.seed + 4)
     mu_fake, sigma_fake = statistics(features(params, fakes))
     return {
