@@ -110,3 +110,25 @@ def test_process_0_clock_alone_times_the_saves(monkeypatch, index):
     decisions = train._Decisions(every_minutes=1e-9, interval_steps=1)
     stop, save = decisions(1)
     assert not stop and save == (index == 0)
+
+
+def test_a_data_failure_on_one_process_stops_both(tmp_path, compile_cache):
+    """Process 1's half of the folder is unreadable: both exit with an error, none waits."""
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (16, 16), (200, 100, 50)).save(folder / f"{name}.png")
+    for name in ("c", "d"):
+        (folder / f"{name}.png").write_bytes(b"not an image")
+    folder_flags = (
+        "--config.data.source=image_folder",
+        f"--config.data.path={folder}",
+        f"--config.data.cache_dir={tmp_path / 'cache'}",
+    )
+    _workdir, processes, logs = _two_processes(tmp_path, compile_cache, *folder_flags)
+    texts = _finish(processes, logs, timeout=240)
+    assert [p.returncode for p in processes] == [1, 1], texts[0][-3000:]
+    assert "Data preparation failed on process(es) 1" in texts[0]
+    assert "no usable image" in texts[1]
