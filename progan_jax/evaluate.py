@@ -121,7 +121,8 @@ def swd_with_noise_floor(
     second draw against the first (`swd_noise_floor_*`), on the same directions: the sets are
     described first, then compared one pyramid level at a time."""
     ev = config.eval
-    draw, second = real_swd_draws(len(reals), ev.swd_images, config.seed)
+    count = min(ev.swd_images, input_pipeline.smallest_share(len(reals)))
+    draw, second = real_swd_draws(len(reals), count, config.seed)
     with contextlib.ExitStack() as stack:
         real_desc = stack.enter_context(describe_reals(reals, draw, ev.batch_size, 1))
         others = [
@@ -161,7 +162,8 @@ class PeriodicSWD:
             reals = input_pipeline.stage_images(
                 cfg.data, cfg.model.resolution, cfg.model.num_channels, generator.stage
             )
-            draw, _ = real_swd_draws(len(reals), cfg.eval.swd_train_images, cfg.seed)
+            count = min(cfg.eval.swd_train_images, input_pipeline.smallest_share(len(reals)))
+            draw, _ = real_swd_draws(len(reals), count, cfg.seed)
             self._reals = describe_reals(reals, draw, cfg.eval.batch_size, 1)
             self._stage, self._count = generator.stage, len(draw)
         return generated_swd(generator, self._reals, self._count, cfg.eval.batch_size, cfg.seed + 1)

@@ -146,6 +146,18 @@ def agreed_count(count: int, shard: sources.Shard) -> int:
     return count
 
 
+def smallest_share(count: int) -> int:
+    """The fewest images any process holds (its shard, in shard mode).
+
+    Metrics draw this many reals at most, so that every process generates the same number of
+    images: the generator runs on the global mesh, and programs of different shapes on
+    different processes would wait for each other for ever.
+    """
+    if jax.process_count() == 1:
+        return count
+    return int(np.min(multihost_utils.process_allgather(np.int32(count))))
+
+
 def image_batches(images: np.ndarray, indices: np.ndarray, batch: int) -> Iterator[np.ndarray]:
     """`images[indices]` as in-memory minibatches (of the memory-mapped cache, read in order)."""
     for start in range(0, len(indices), batch):
