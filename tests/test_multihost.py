@@ -132,4 +132,3 @@ def test_a_data_failure_on_one_process_stops_both(tmp_path, compile_cache):
     assert [p.returncode for p in processes] == [1, 1], texts[0][-3000:]
     assert "Data preparation failed on process(es) 1" in texts[0]
     assert "no usable image" in texts[1]
-
