@@ -98,13 +98,13 @@ def check_processes_agree(config: ml_collections.ConfigDict) -> None:
     if len(set(digests)) == 1:
         return
     fields = [json.loads(t) for t in _allgather_bytes(text.encode())]
-    report = []
+    report, first = [], None
     for index, other in enumerate(fields[1:], start=1):
         names = differing_fields(fields[0], other)
         if names:
+            first = first or names[0]
             shown = ", ".join(f"{k} ({fields[0].get(k)!r} vs {other.get(k)!r})" for k in names)
             report.append(f"process {index} differs from process 0 in {shown}")
-    first = differing_fields(fields[0], next(f for f in fields if f != fields[0]))[0]
     raise ConfigError(
         f"config.{first}: the processes of this run resolved different configs: "
         + "; ".join(report)

@@ -5,7 +5,7 @@ Every error names the field (`config.schedule.batch_sizes: ...`) and says what w
 
 import ml_collections
 
-from progan_jax import models, sources
+from progan_jax import models, paths, sources
 
 
 class ConfigError(ValueError):
@@ -118,7 +118,7 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
         _fail("data.synthetic_size", f"must be positive, got {data.synthetic_size}")
     if data.max_images is not None and data.max_images < 1:
         _fail("data.max_images", f"must be positive, got {data.max_images}")
-    if data.cache_dir and "://" in data.cache_dir:
+    if data.cache_dir and paths.is_remote(data.cache_dir):
         _fail(
             "data.cache_dir",
             f"must be a local or mounted folder (the cache is memory-mapped), got "

@@ -91,6 +91,13 @@ def real_swd_draws(num_reals: int, count: int, seed: int) -> tuple[np.ndarray, n
     return order[:count], rng.permutation(num_reals)[:count]
 
 
+def draw_reals(reals: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`real_swd_draws` of at most the smallest process's share of the reals, so that every
+    process generates as many images (see `input_pipeline.smallest_share`)."""
+    count = min(count, input_pipeline.smallest_share(len(reals)))
+    return real_swd_draws(len(reals), count, seed)
+
+
 def describe_reals(
     reals: np.ndarray, indices: np.ndarray, batch: int, seed: int
 ) -> swd.Descriptors:
@@ -121,8 +128,7 @@ def swd_with_noise_floor(
     second draw against the first (`swd_noise_floor_*`), on the same directions: the sets are
     described first, then compared one pyramid level at a time."""
     ev = config.eval
-    count = min(ev.swd_images, input_pipeline.smallest_share(len(reals)))
-    draw, second = real_swd_draws(len(reals), count, config.seed)
+    draw, second = draw_reals(reals, ev.swd_images, config.seed)
     with contextlib.ExitStack() as stack:
         real_desc = stack.enter_context(describe_reals(reals, draw, ev.batch_size, 1))
         others = [
@@ -162,8 +168,7 @@ class PeriodicSWD:
             reals = input_pipeline.stage_images(
                 cfg.data, cfg.model.resolution, cfg.model.num_channels, generator.stage
             )
-            count = min(cfg.eval.swd_train_images, input_pipeline.smallest_share(len(reals)))
-            draw, _ = real_swd_draws(len(reals), count, cfg.seed)
+            draw, _ = draw_reals(reals, cfg.eval.swd_train_images, cfg.seed)
             self._reals = describe_reals(reals, draw, cfg.eval.batch_size, 1)
             self._stage, self._count = generator.stage, len(draw)
         return generated_swd(generator, self._reals, self._count, cfg.eval.batch_size, cfg.seed + 1)

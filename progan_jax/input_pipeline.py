@@ -132,9 +132,7 @@ def agreed_count(count: int, shard: sources.Shard) -> int:
     data (another folder, another TFDS version): an error that names them. With shards, the
     sum.
     """
-    if jax.process_count() == 1:
-        return count
-    counts = [int(c) for c in multihost_utils.process_allgather(np.int32(count))]
+    counts = _process_counts(count)
     if shard != sources.WHOLE:
         return sum(counts)
     if len(set(counts)) > 1:
@@ -153,9 +151,14 @@ def smallest_share(count: int) -> int:
     images: the generator runs on the global mesh, and programs of different shapes on
     different processes would wait for each other for ever.
     """
+    return min(_process_counts(count))
+
+
+def _process_counts(count: int) -> list[int]:
+    """Every process's `count`, in process order."""
     if jax.process_count() == 1:
-        return count
-    return int(np.min(multihost_utils.process_allgather(np.int32(count))))
+        return [count]
+    return [int(c) for c in multihost_utils.process_allgather(np.int32(count))]
 
 
 def image_batches(images: np.ndarray, indices: np.ndarray, batch: int) -> Iterator[np.ndarray]:

@@ -11,15 +11,14 @@ import threading
 
 from etils import epath
 
-_REMOTE_PREFIXES = ("gs://", "s3://")
-
 
 class UnreachableError(OSError):
     """The workdir (or another output path) cannot be reached; the message says what to check."""
 
 
 def is_remote(path: str | os.PathLike) -> bool:
-    return str(path).startswith(_REMOTE_PREFIXES)
+    """Whether `path` is a URL (`gs://...`, `s3://...`) rather than a local path."""
+    return "://" in str(path)
 
 
 def resolve(path: str | os.PathLike) -> epath.Path:

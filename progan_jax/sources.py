@@ -232,10 +232,8 @@ def _tfds(
 ) -> Iterator[np.ndarray]:
     import tensorflow_datasets as tfds
 
-    if data.tfds_mock_examples:
-        with tfds.testing.mock_data(num_examples=data.tfds_mock_examples):
-            yield from _read_tfds(data, resolution, channels, shard, start)
-    else:
+    mock = data.tfds_mock_examples
+    with tfds.testing.mock_data(num_examples=mock) if mock else contextlib.nullcontext():
         yield from _read_tfds(data, resolution, channels, shard, start)
 
 

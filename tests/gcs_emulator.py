@@ -56,7 +56,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -67,6 +66,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.runs import free_port
+
 # Hosts TF's GCS filesystem talks to (storage JSON API and uploads).
 _GOOGLE_HOSTS = ("www.googleapis.com", "storage.googleapis.com")
 # TF reads object media from https://storage.googleapis.com/BUCKET/OBJECT; the
@@ -76,15 +77,9 @@ _XML_HOST = "storage.googleapis.com"
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _closed_port() -> int:
     """A localhost port that nothing listens on (bound, then released)."""
-    return _free_port()
+    return free_port()
 
 
 def fake_gcs_server_binary() -> Path:
@@ -244,7 +239,7 @@ class GcsEmulator:
         ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert(*_GOOGLE_HOSTS).configure_cert(ssl_ctx)
 
-        self.port = _free_port()
+        self.port = free_port()
         self._stderr = open(tmp / "fake-gcs-server.log", "wb")  # noqa: SIM115
         self._proc = subprocess.Popen(
             [

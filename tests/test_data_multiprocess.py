@@ -4,7 +4,6 @@ one CPU device each, running tests/data_process.py on a tiny synthetic set."""
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -13,14 +12,9 @@ import numpy as np
 import pytest
 
 from progan_jax import input_pipeline, synthetic
+from tests.runs import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_two(mode: str, cache: pathlib.Path, tmp_path: pathlib.Path) -> list[dict]:
@@ -31,7 +25,7 @@ def _run_two(mode: str, cache: pathlib.Path, tmp_path: pathlib.Path) -> list[dic
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": str(ROOT),
     }
-    port, program = _free_port(), [sys.executable, str(ROOT / "tests" / "data_process.py")]
+    port, program = free_port(), [sys.executable, str(ROOT / "tests" / "data_process.py")]
     outs, logs = ([tmp_path / f"process{i}.{ext}" for i in range(2)] for ext in ("npz", "log"))
     processes = []
     for i in range(2):
