@@ -123,13 +123,12 @@ def main(argv: list[str]) -> None:
         config_checks,
         evaluate,
         generate,
-        input_pipeline,
         interrupt,
         paths,
-        sources,
         summary,
         train,
     )
+    from progan_jax.data import input_pipeline, sources
 
     expected = (
         config_checks.ConfigError,
@@ -154,7 +153,7 @@ def main(argv: list[str]) -> None:
             evaluate.write_results(results, workdir)
             _print_lines([results])
         elif _MODE.value == "generate":
-            _print_lines([generate.generate(config, workdir)])
+            _print_lines([generate.write_generated(config, workdir)])
         elif _MODE.value == "benchmark":
             _print_lines(benchmark.benchmark_train_step(config))
         elif _MODE.value == "benchmark_input":

@@ -14,7 +14,7 @@ the `evaluate` call (compilation included), the process's peak RSS, and the metr
 
 The synthetic data set (`--synthetic_size` faces at 256x256, drawn once into `--cache_dir`) is
 prepared before any case is timed. With fewer than 2 N images the noise floor's second draw of
-reals is a re-draw of the same set (`evaluate.real_swd_draws`), not a disjoint one.
+reals is a re-draw of the same set (`generator_swd.real_swd_draws`), not a disjoint one.
 """
 
 import argparse
@@ -104,7 +104,7 @@ def run_case(args: argparse.Namespace) -> dict:
 
 def prepare_data(args: argparse.Namespace) -> None:
     """Draws and caches the synthetic faces once, outside any timed case."""
-    from progan_jax import sources
+    from progan_jax.data import sources
 
     config = make_config(args)
     start = time.perf_counter()

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from progan_jax import input_pipeline, models, parallel
-from progan_jax import train_step as ts
+from progan_jax import gan as gan_lib
+from progan_jax import models, parallel, train_step
+from progan_jax.data import input_pipeline
 
 
 def benchmark_stages(config: ml_collections.ConfigDict) -> list[int]:
@@ -29,9 +30,8 @@ def _block(tree) -> None:
 
 
 def benchmark_train_step(config: ml_collections.ConfigDict) -> Iterator[dict]:
-    gan = ts.GAN.from_config(config)
     mesh = parallel.make_mesh()
-    state = ts.create_train_state(gan, jax.random.key(config.seed), parallel.replicated(mesh))
+    gan, state = gan_lib.initialize(config, mesh)
     alpha = jnp.float32(config.benchmark.alpha)
     for stage in benchmark_stages(config):
         batch = config.benchmark.batch_size or config.schedule.batch_sizes[stage]
@@ -43,7 +43,7 @@ def benchmark_train_step(config: ml_collections.ConfigDict) -> Iterator[dict]:
         lr = jnp.float32(config.optimizer.learning_rates[stage])
 
         start = time.perf_counter()
-        step = ts.make_train_step(gan, mesh, stage).lower(state, reals, alpha, lr).compile()
+        step = train_step.make_train_step(gan, mesh, stage).lower(state, reals, alpha, lr).compile()
         compile_s = time.perf_counter() - start
 
         times = []

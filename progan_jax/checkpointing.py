@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from progan_jax import paths
-from progan_jax.train_step import TrainState
+from progan_jax.gan import TrainState
 
 
 @dataclasses.dataclass(frozen=True)

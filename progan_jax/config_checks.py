@@ -5,7 +5,8 @@ Every error names the field (`config.schedule.batch_sizes: ...`) and says what w
 
 import ml_collections
 
-from progan_jax import models, paths, sources
+from progan_jax import models, paths
+from progan_jax.data import sources
 
 
 class ConfigError(ValueError):

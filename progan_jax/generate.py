@@ -52,7 +52,7 @@ def interpolation_frames(gan, generator, seed: int, config) -> list[np.ndarray]:
     for k in range(gen.keyframes):
         path = slerp(keys[k], keys[(k + 1) % gen.keyframes], t)  # [frames, walks, latent]
         for z in path:
-            images = sampling.generate(
+            images = sampling.generate_images(
                 gan, generator.params, jnp.asarray(z), generator.stage, generator.alpha
             )
             grid = sampling.image_grid(
@@ -62,14 +62,14 @@ def interpolation_frames(gan, generator, seed: int, config) -> list[np.ndarray]:
     return frames
 
 
-def generate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def write_generated(config: ml_collections.ConfigDict, workdir: str) -> dict:
     gen = config.generate
     generator = evaluate.load_generator(config, workdir, gen.checkpoint)
     gan = generator.gan
     out = paths.resolve(gen.output or f"{workdir}/generated/{generator.images_shown}")
     z = latents(gan, gen.seed, gen.num_images, gen.truncation)
     images = sampling.to_uint8(
-        sampling.generate(gan, generator.params, z, generator.stage, generator.alpha)
+        sampling.generate_images(gan, generator.params, z, generator.stage, generator.alpha)
     )
     columns = gen.grid
     grid_path = sampling.save_png(

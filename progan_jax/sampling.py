@@ -1,8 +1,10 @@
 """Images from the generator: fixed latents, grids, PNG files."""
 
+import dataclasses
 import functools
 import io
 import os
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +12,8 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from progan_jax import paths
-from progan_jax.train_step import GAN, Params
+from progan_jax import interrupt, models, paths
+from progan_jax.gan import GAN, Params
 
 
 def fixed_latents(gan: GAN, seed: int, count: int) -> jax.Array:
@@ -25,7 +27,9 @@ def generator_fn(gan: GAN, stage: int):
     return jax.jit(lambda params, z, alpha: gan.generate(params, z, stage, alpha))
 
 
-def generate(gan: GAN, params: Params, z: jax.Array, stage: int, alpha: float, batch: int = 64):
+def generate_images(
+    gan: GAN, params: Params, z: jax.Array, stage: int, alpha: float, batch: int = 64
+):
     """Images in [-1, 1] as a float32 NumPy array, computed `batch` latents at a time."""
     fn = generator_fn(gan, stage)
     parts = [fn(params, z[i : i + batch], jnp.float32(alpha)) for i in range(0, len(z), batch)]
@@ -66,3 +70,29 @@ def write_image_file(path: str | os.PathLike, save) -> epath.Path:
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> epath.Path:
     return write_image_file(path, lambda f: to_pil(image).save(f, format="PNG"))
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorSnapshot:
+    """G_ema at a point of training (a checkpoint, or the live state): what metrics and image
+    writers need of it."""
+
+    gan: GAN
+    params: Params
+    stage: int
+    alpha: float
+    images_shown: int
+
+    @property
+    def resolution(self) -> int:
+        return models.stage_resolution(self.stage)
+
+    def batches(self, count: int, batch: int, seed: int) -> Iterator[np.ndarray]:
+        """`count` generated uint8 images in minibatches, from latents fixed by `seed`."""
+        key = jax.random.key(seed)
+        for start in range(0, count, batch):
+            interrupt.check("evaluation")
+            n = min(batch, count - start)
+            z = self.gan.sample_latents(jax.random.fold_in(key, start), n)
+            images = generate_images(self.gan, self.params, z, self.stage, self.alpha)
+            yield to_uint8(images)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from progan_jax import models
-from progan_jax import train_step as ts
+from progan_jax.gan import GAN, create_train_state
 from progan_jax.layers import count_params
 
 # Position of a layer inside its block, to list layers in the order they run.
@@ -60,8 +60,8 @@ def format_table(title: str, rows: list[tuple], total: int) -> Iterator[str]:
 
 
 def summarize(config: ml_collections.ConfigDict) -> Iterator[str]:
-    gan = ts.GAN.from_config(config)
-    shapes = jax.eval_shape(lambda: ts.create_train_state(gan, jax.random.key(0)))
+    gan = GAN.from_config(config)
+    shapes = jax.eval_shape(lambda: create_train_state(gan, jax.random.key(0)))
     stage = gan.generator.num_stages - 1
     res = models.stage_resolution(stage)
     latents = jax.ShapeDtypeStruct((1, gan.latent_size), jnp.float32)

@@ -22,17 +22,19 @@ from progan_jax import (
     agreement,
     checkpointing,
     config_checks,
-    evaluate,
-    input_pipeline,
     interrupt,
     models,
     parallel,
     paths,
     sampling,
     schedule,
+    train_step,
 )
-from progan_jax import train_step as ts
+from progan_jax import gan as gan_lib
 from progan_jax.checkpointing import Progress
+from progan_jax.data import input_pipeline
+from progan_jax.gan import TrainState
+from progan_jax.metrics import generator_swd
 
 
 class NonFiniteLossError(RuntimeError):
@@ -92,7 +94,7 @@ class Trainer:
         config_checks.validate(config, jax.device_count(), jax.process_count())
         self.config = config
         self.workdir = paths.resolve(workdir)
-        self.gan = ts.GAN.from_config(config)
+        self.gan = gan_lib.GAN.from_config(config)
         self.mesh = parallel.make_mesh()
         self.checkpointer = checkpointing.Checkpointer(self.workdir, config.checkpoint.keep)
         self.writer = metric_writers.create_default_writer(
@@ -101,11 +103,11 @@ class Trainer:
         self.total = schedule.total_images(config)
         self.latents = sampling.fixed_latents(self.gan, config.seed, config.logging.sample_grid**2)
         self.reset_optimizers = jax.jit(
-            functools.partial(ts.reset_optimizer_states, self.gan),
+            functools.partial(gan_lib.reset_optimizer_states, self.gan),
             out_shardings=parallel.replicated(self.mesh),
             donate_argnums=0,
         )
-        self.periodic_swd = evaluate.PeriodicSWD(config)
+        self.periodic_swd = generator_swd.PeriodicSWD(config)
         self.interval = _Interval()
         self.decisions = _Decisions(config.checkpoint.every_minutes, config.logging.log_every_steps)
         self._sampled_at = -1
@@ -113,8 +115,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ state and progress
 
-    def initial(self) -> tuple[ts.TrainState, Progress]:
-        state = ts.create_train_state(
+    def initial(self) -> tuple[TrainState, Progress]:
+        state = gan_lib.create_train_state(
             self.gan, jax.random.key(self.config.seed), parallel.replicated(self.mesh)
         )
         saved_config = self.workdir / "config.json"
@@ -131,7 +133,7 @@ class Trainer:
         self._describe_new_run(state)
         return state, Progress(images_shown=0, phase_index=first.index, steps=0)
 
-    def _describe_new_run(self, state: ts.TrainState) -> None:
+    def _describe_new_run(self, state: TrainState) -> None:
         if jax.process_index() == 0:
             (self.workdir / "config.json").write_text(self.config.to_json_best_effort(indent=2))
         hparams = agreement.config_fields(self.config)
@@ -143,16 +145,16 @@ class Trainer:
 
     def step_fn(self, stage: int):
         if stage not in self._steps:
-            self._steps[stage] = ts.make_train_step(self.gan, self.mesh, stage)
+            self._steps[stage] = train_step.make_train_step(self.gan, self.mesh, stage)
         return self._steps[stage]
 
     # ------------------------------------------------------------------------- outputs
 
-    def write_samples(self, state: ts.TrainState, progress: Progress, stage: int, alpha: float):
+    def write_samples(self, state: TrainState, progress: Progress, stage: int, alpha: float):
         if self._sampled_at == progress.images_shown:
             return
         self._sampled_at = progress.images_shown
-        images = sampling.generate(self.gan, state.g_ema_params, self.latents, stage, alpha)
+        images = sampling.generate_images(self.gan, state.g_ema_params, self.latents, stage, alpha)
         grid = sampling.image_grid(
             sampling.to_uint8(images), self.config.logging.sample_grid, self.config.model.resolution
         )
@@ -162,8 +164,8 @@ class Trainer:
             sampling.save_png(path, grid)
             logging.info("Samples: %s", path)
 
-    def write_swd(self, state: ts.TrainState, progress: Progress, stage: int, alpha: float):
-        generator = evaluate.Generator(
+    def write_swd(self, state: TrainState, progress: Progress, stage: int, alpha: float):
+        generator = sampling.GeneratorSnapshot(
             self.gan, state.g_ema_params, stage, alpha, progress.images_shown
         )
         results = self.periodic_swd(generator)
@@ -217,7 +219,7 @@ class Trainer:
 
     # --------------------------------------------------------------------------- loop
 
-    def run(self) -> ts.TrainState:
+    def run(self) -> TrainState:
         state, progress = self.initial()
         config = self.config
         every = config.checkpoint.every_images
@@ -291,7 +293,7 @@ def _scalar(value):
     return value if isinstance(value, int | float | str | bool) else str(value)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or resumes) the run in `workdir`; SIGTERM stops it at the next safe point."""
     with interrupt.sigterm_requests_stop():
         return Trainer(config, workdir).run()

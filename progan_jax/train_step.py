@@ -1,4 +1,4 @@
-"""The training state and the data-parallel WGAN-GP train step.
+"""The data-parallel WGAN-GP train step.
 
 One step: a critic update on a batch of reals (faded like the networks), then a generator update
 with fresh latents against the *updated* critic, then the generator EMA. Each device computes
@@ -8,115 +8,15 @@ axis averages them, so every device applies the same update (pmap semantics, wri
 the official multi-GPU code.
 """
 
-import dataclasses
 import functools
-from typing import Any
 
-import flax
 import jax
-import jax.numpy as jnp
-import ml_collections
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
 from progan_jax import losses, models, parallel
+from progan_jax.gan import GAN, Params, TrainState
 from progan_jax.layers import downsample2x, lerp, upsample2x
-
-Params = Any
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array  # train steps taken (int32)
-    g_params: Params
-    d_params: Params
-    g_ema_params: Params
-    g_opt_state: optax.OptState
-    d_opt_state: optax.OptState
-    rng: jax.Array  # typed PRNG key, split once per step
-
-
-@dataclasses.dataclass(frozen=True)
-class GAN:
-    """The static parts of training: networks, optimizer and loss weights."""
-
-    generator: models.Generator
-    critic: models.Critic
-    optimizer: optax.GradientTransformation
-    gp_weight: float = 10.0
-    gp_target: float = 1.0
-    drift_weight: float = 1e-3
-    ema_decay: float = 0.999
-
-    @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> "GAN":
-        opt = config.optimizer
-        return cls(
-            generator=models.make_generator(config.model),
-            critic=models.make_critic(config.model),
-            optimizer=optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
-            gp_weight=config.loss.gp_weight,
-            gp_target=config.loss.gp_target,
-            drift_weight=config.loss.drift_weight,
-            ema_decay=config.ema_decay,
-        )
-
-    @property
-    def latent_size(self) -> int:
-        return self.generator.latent_size
-
-    def sample_latents(self, key: jax.Array, n: int) -> jax.Array:
-        return jax.random.normal(key, (n, self.latent_size), jnp.float32)
-
-    def generate(self, g_params: Params, z: jax.Array, stage: int, alpha) -> jax.Array:
-        return self.generator.apply({"params": g_params}, z, stage=stage, alpha=alpha)
-
-    def critic_fn(self, d_params: Params, stage: int, alpha) -> losses.CriticFn:
-        return functools.partial(self.critic.apply, {"params": d_params}, stage=stage, alpha=alpha)
-
-
-def create_train_state(
-    gan: GAN, key: jax.Array, sharding: jax.sharding.Sharding | None = None
-) -> TrainState:
-    """Initialises every stage's parameters, zeroed Adam states and the EMA copy of G.
-
-    With a `sharding` (the mesh's replicated one) the state is built in place on every device
-    of every process: no host copy is needed, which a multi-process run could not place.
-    The parameters are drawn from an `rbg` stream seeded from `key`: XLA compiles its random
-    bits far faster than threefry's for the many parameter shapes of a growing network.
-    """
-    last = gan.generator.num_stages - 1
-    res = models.stage_resolution(last)
-
-    @functools.partial(jax.jit, out_shardings=sharding)
-    def init(key: jax.Array) -> TrainState:
-        g_key, d_key, rng = jax.random.split(key, 3)
-        g_key, d_key = (
-            jax.random.key(jax.random.bits(k, dtype=jnp.uint32), impl="rbg") for k in (g_key, d_key)
-        )
-        z = jnp.zeros((1, gan.latent_size), jnp.float32)
-        image = jnp.zeros((1, res, res, gan.critic.num_channels), jnp.float32)
-        g_params = gan.generator.init(g_key, z, stage=last, alpha=1.0)["params"]
-        d_params = gan.critic.init(d_key, image, stage=last, alpha=1.0)["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            g_params=g_params,
-            d_params=d_params,
-            g_ema_params=jax.tree.map(jnp.copy, g_params),  # a copy: G's buffers get donated
-            g_opt_state=gan.optimizer.init(g_params),
-            d_opt_state=gan.optimizer.init(d_params),
-            rng=rng,
-        )
-
-    return init(key)
-
-
-def reset_optimizer_states(gan: GAN, state: TrainState) -> TrainState:
-    """Fresh Adam moments for both networks, as the official code does at phase boundaries."""
-    return state.replace(
-        g_opt_state=gan.optimizer.init(state.g_params),
-        d_opt_state=gan.optimizer.init(state.d_params),
-    )
 
 
 def fade_reals(reals: jax.Array, stage: int, alpha) -> jax.Array:

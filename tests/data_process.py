@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from configs import tiny
-from progan_jax import input_pipeline, sources, synthetic
+from progan_jax.data import input_pipeline, sources, synthetic
 
 SIZE = 10
 BATCH = 4  # global: two rows per process

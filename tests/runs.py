@@ -16,7 +16,7 @@ import numpy as np
 
 from configs import tiny
 from progan_jax import checkpointing, parallel
-from progan_jax import train_step as ts
+from progan_jax import gan as gan_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOTAL_IMAGES = 320  # tiny: 64 + 2 x (64 + 64)
@@ -95,9 +95,7 @@ def multiprocess_flags(port: int, index: int, count: int = 2) -> tuple[str, ...]
 
 
 def final_state(workdir, images_shown=None):
-    gan = ts.GAN.from_config(tiny.get_config())
-    mesh = parallel.make_mesh(jax.devices()[:1])
-    target = ts.create_train_state(gan, jax.random.key(0), parallel.replicated(mesh))
+    _, target = gan_lib.initialize(tiny.get_config(), parallel.make_mesh(jax.devices()[:1]))
     checkpointer = checkpointing.Checkpointer(workdir)
     try:
         return checkpointer.restore(target, images_shown)

@@ -11,7 +11,7 @@ import data_process as worker
 import numpy as np
 import pytest
 
-from progan_jax import input_pipeline, synthetic
+from progan_jax.data import input_pipeline, synthetic
 from tests.runs import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -16,7 +16,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import tiny
-from progan_jax import input_pipeline, interrupt, parallel, sources, synthetic
+from progan_jax import interrupt, parallel
+from progan_jax.data import input_pipeline, sources, synthetic
 
 
 @pytest.fixture
@@ -405,7 +406,7 @@ def test_an_error_mid_decode_leaves_no_temp_files(small_chunks, tmp_path, monkey
 _SLOW_BUILD = """
 import pathlib, sys, time
 from configs import tiny
-from progan_jax import sources, synthetic
+from progan_jax.data import sources, synthetic
 
 config = tiny.get_config()
 config.data.synthetic_size, config.data.cache_dir = int(sys.argv[1]), sys.argv[2]

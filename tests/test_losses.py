@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from progan_jax import losses
-from progan_jax.train_step import GAN, create_train_state
+from progan_jax.gan import GAN, create_train_state
 
 
 def _coupled_linear_critic(w, v, c):

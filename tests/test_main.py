@@ -9,13 +9,12 @@ import shutil
 import signal
 import time
 
-import jax
 import numpy as np
 import pytest
 
 from configs import tiny
-from progan_jax import checkpointing, config_checks, evaluate
-from progan_jax import train_step as ts
+from progan_jax import checkpointing, config_checks, evaluate, parallel
+from progan_jax import gan as gan_lib
 from tests.runs import (
     TOTAL_IMAGES,
     assert_same_state,
@@ -214,8 +213,7 @@ def test_config_checks_cover_devices_groups_and_sources():
 def test_full_disk_is_reported_and_the_previous_checkpoint_kept(tmp_path, monkeypatch):
     import errno
 
-    gan = ts.GAN.from_config(tiny.get_config())
-    state = ts.create_train_state(gan, jax.random.key(0))
+    _, state = gan_lib.initialize(tiny.get_config(), parallel.make_mesh())
     checkpointer = checkpointing.Checkpointer(tmp_path)
     checkpointer.save(state, checkpointing.Progress(8, 0, 1))
     checkpointer.wait()
@@ -284,8 +282,7 @@ def test_evaluate_and_generate_use_the_checkpoints_alpha(tmp_path):
     """A checkpoint mid-fade is evaluated at the alpha it was trained with, whatever today's
     schedule says."""
     config = tiny.get_config()
-    gan = ts.GAN.from_config(config)
-    state = ts.create_train_state(gan, jax.random.key(0))
+    _, state = gan_lib.initialize(config, parallel.make_mesh())
     checkpointer = checkpointing.Checkpointer(tmp_path)
     progress = checkpointing.Progress(224, phase_index=3, steps=28, stage=2, alpha=0.375)
     checkpointer.save(state, progress)

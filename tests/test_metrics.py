@@ -10,7 +10,7 @@ import pytest
 import scipy.ndimage
 from scipy import signal
 
-from progan_jax import sources, synthetic
+from progan_jax.data import sources, synthetic
 from progan_jax.metrics import ms_ssim, swd
 
 # ------------------------------------------------------------------ SWD, official in NumPy

@@ -7,8 +7,8 @@ import pytest
 
 from configs import celeba_hq1024
 from progan_jax import models
+from progan_jax.gan import GAN, create_train_state
 from progan_jax.layers import count_params, downsample2x, upsample2x
-from progan_jax.train_step import GAN, create_train_state
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,16 @@ import numpy as np
 import optax
 import pytest
 
-from progan_jax import parallel
-from progan_jax import train_step as ts
+from progan_jax import gan as gan_lib
+from progan_jax import parallel, train_step
 
 
 @pytest.fixture(scope="module")
 def gan_and_state():
     from configs import tiny
 
-    gan = ts.GAN.from_config(tiny.get_config())
-    return gan, ts.create_train_state(gan, jax.random.key(0))
+    gan = gan_lib.GAN.from_config(tiny.get_config())
+    return gan, gan_lib.create_train_state(gan, jax.random.key(0))
 
 
 def _copy(state):
@@ -32,7 +32,7 @@ def test_eight_devices_equal_per_shard_gradients_averaged(gan_and_state):
     stage, alpha, lr = 2, 0.4, 2e-3
     reals = _reals(16, 16)
     mesh = parallel.make_mesh()
-    step = ts.make_train_step(gan, mesh, stage)
+    step = train_step.make_train_step(gan, mesh, stage)
     sharded, metrics = step(
         jax.device_put(_copy(state), parallel.replicated(mesh)),
         jax.device_put(reals, parallel.data_sharded(mesh)),
@@ -41,18 +41,18 @@ def test_eight_devices_equal_per_shard_gradients_averaged(gan_and_state):
     )
 
     # The same step by hand on one device: each shard with its own keys, gradients averaged.
-    critic_grads = jax.jit(lambda r, k: ts.critic_grads(gan, state, r, k, stage, alpha))
+    critic_grads = jax.jit(lambda r, k: train_step.critic_grads(gan, state, r, k, stage, alpha))
     generator_grads = jax.jit(
-        lambda d, k: ts.generator_grads(gan, state.g_params, d, k, 2, stage, alpha)
+        lambda d, k: train_step.generator_grads(gan, state.g_params, d, k, 2, stage, alpha)
     )
-    shards = [ts.fade_reals(r, stage, alpha) for r in jnp.split(reals, 8)]
-    keys = [ts.step_keys(state.rng, i) for i in range(8)]
+    shards = [train_step.fade_reals(r, stage, alpha) for r in jnp.split(reals, 8)]
+    keys = [train_step.step_keys(state.rng, i) for i in range(8)]
     d_parts = [critic_grads(r, k[1]) for r, k in zip(shards, keys, strict=True)]
     d_grads = jax.tree.map(lambda *g: sum(g) / 8, *[g for g, _ in d_parts])
-    d_params, _ = ts.adam_update(gan, state.d_params, d_grads, state.d_opt_state, lr)
+    d_params, _ = train_step.adam_update(gan, state.d_params, d_grads, state.d_opt_state, lr)
     g_parts = [generator_grads(d_params, k[2]) for k in keys]
     g_grads = jax.tree.map(lambda *g: sum(g) / 8, *[g for g, _ in g_parts])
-    g_params, _ = ts.adam_update(gan, state.g_params, g_grads, state.g_opt_state, lr)
+    g_params, _ = train_step.adam_update(gan, state.g_params, g_grads, state.g_opt_state, lr)
 
     for got, want in [(sharded.d_params, d_params), (sharded.g_params, g_params)]:
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
@@ -73,10 +73,10 @@ def test_generator_ema_follows_the_new_parameters(gan_and_state):
     mesh = parallel.make_mesh(jax.devices()[:1])
     stage = 1
     ema_before = state.g_ema_params
-    new, _ = ts.make_train_step(gan, mesh, stage)(
+    new, _ = train_step.make_train_step(gan, mesh, stage)(
         _copy(state), _reals(8, 8), jnp.float32(0.5), jnp.float32(1e-3)
     )
-    active, inactive = ts.split_active(new.g_params, stage)
+    active, inactive = train_step.split_active(new.g_params, stage)
     assert "conv1_8x8" in active and "conv1_16x16" in inactive and "to_rgb_4x4" in active
     for name in active:
         expected = jax.tree.map(
@@ -100,7 +100,7 @@ def test_generator_ema_follows_the_new_parameters(gan_and_state):
 def test_one_compile_per_stage_whatever_alpha_and_learning_rate(gan_and_state):
     gan, state = gan_and_state
     mesh = parallel.make_mesh(jax.devices()[:2])
-    step = ts.make_train_step(gan, mesh, 1)
+    step = train_step.make_train_step(gan, mesh, 1)
     current = jax.device_put(_copy(state), parallel.replicated(mesh))
     reals = jax.device_put(_reals(8, 8), parallel.data_sharded(mesh))
     compiles = []
@@ -120,12 +120,12 @@ def test_one_compile_per_stage_whatever_alpha_and_learning_rate(gan_and_state):
 def test_reset_optimizer_states(gan_and_state):
     gan, state = gan_and_state
     mesh = parallel.make_mesh(jax.devices()[:1])
-    new, _ = ts.make_train_step(gan, mesh, 0)(
+    new, _ = train_step.make_train_step(gan, mesh, 0)(
         _copy(state), _reals(8, 4), jnp.float32(1.0), jnp.float32(1e-3)
     )
     assert int(new.d_opt_state.count) == 1
     assert np.abs(new.d_opt_state.nu["conv_4x4"]["kernel"]).max() > 0
-    reset = ts.reset_optimizer_states(gan, new)
+    reset = gan_lib.reset_optimizer_states(gan, new)
     for opt in (reset.g_opt_state, reset.d_opt_state):
         assert int(opt.count) == 0
         assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves((opt.mu, opt.nu)))
@@ -149,7 +149,7 @@ def test_a_few_steps_on_a_toy_target_drive_the_losses_the_right_way(gan_and_stat
     def colour_error(params):
         return float(jnp.abs(gan.generate(params, z, 0, 1.0).mean(axis=(0, 1, 2)) - target).mean())
 
-    step = ts.make_train_step(gan, parallel.make_mesh(jax.devices()[:1]), 0)
+    step = train_step.make_train_step(gan, parallel.make_mesh(jax.devices()[:1]), 0)
     current = _copy(state)
     wasserstein = []
     for _ in range(150):
@@ -164,9 +164,9 @@ def test_a_few_steps_on_a_toy_target_drive_the_losses_the_right_way(gan_and_stat
 
 def test_adam_matches_optax_on_the_active_modules(gan_and_state):
     gan, state = gan_and_state
-    active, _ = ts.split_active(state.d_params, 0)
+    active, _ = train_step.split_active(state.d_params, 0)
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), active)
-    new, opt = ts.adam_update(gan, state.d_params, grads, state.d_opt_state, 1e-2)
+    new, opt = train_step.adam_update(gan, state.d_params, grads, state.d_opt_state, 1e-2)
     reference = optax.adam(1e-2, b1=0.0, b2=0.99, eps=1e-8)
     updates, _ = reference.update(grads, reference.init(active))
     for name in active:

@@ -19,7 +19,8 @@ import numpy as np
 from etils import epath
 from scipy import linalg
 
-from progan_jax import input_pipeline, paths, sources
+from progan_jax import paths
+from progan_jax.data import input_pipeline, sources
 from progan_jax.metrics import inception
 
 HOW_TO_GET_WEIGHTS = (

@@ -38,7 +38,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from progan_jax import interrupt, synthetic
+from progan_jax import interrupt
+from progan_jax.data import synthetic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CELEBA_CROP_CENTER = (121, 89)  # (row, column) of the official 128x128 crop, dataset_tool.py

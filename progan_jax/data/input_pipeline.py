@@ -31,7 +31,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from progan_jax import interrupt, models, parallel, sources
+from progan_jax import interrupt, models, parallel
+from progan_jax.data import sources
 
 T = TypeVar("T")
 

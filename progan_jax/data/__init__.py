@@ -1,0 +1,1 @@
+"""Data: sources decoded once into a cache, the built-in synthetic faces, per-stage streams."""

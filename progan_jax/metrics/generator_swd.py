@@ -1,0 +1,114 @@
+"""SWD of a generator against reals: once for `--mode=evaluate`, periodically while training.
+
+Both describe the reals and the generated images into temporary files per pyramid level
+(`swd.describe`), so memory does not grow with the number of images.
+"""
+
+import contextlib
+
+import ml_collections
+import numpy as np
+
+from progan_jax.data import input_pipeline
+from progan_jax.metrics import swd
+from progan_jax.sampling import GeneratorSnapshot
+
+
+def real_swd_draws(num_reals: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two draws of `count` real indices: disjoint where the set allows, else a re-draw."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(num_reals)
+    count = min(count, num_reals)
+    if num_reals >= 2 * count:
+        return order[:count], order[count : 2 * count]
+    return order[:count], rng.permutation(num_reals)[:count]
+
+
+def draw_reals(reals: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`real_swd_draws` of at most the smallest process's share of the reals, so that every
+    process generates as many images (see `input_pipeline.smallest_share`)."""
+    count = min(count, input_pipeline.smallest_share(len(reals)))
+    return real_swd_draws(len(reals), count, seed)
+
+
+def describe_reals(
+    reals: np.ndarray, indices: np.ndarray, batch: int, seed: int
+) -> swd.Descriptors:
+    """SWD descriptors (temporary files, one per level) of `reals[indices]`, read in batches."""
+    batches = input_pipeline.image_batches(reals, indices, batch)
+    return swd.describe(batches, reals.shape[1], seed=seed)
+
+
+def describe_generated(
+    generator: GeneratorSnapshot, count: int, batch: int, seed: int
+) -> swd.Descriptors:
+    """SWD descriptors of `count` images from latents fixed by `seed` (centres by seed + 1);
+    each minibatch is dropped once described, so the images are generated only once."""
+    fakes = generator.batches(count, batch, seed)
+    return swd.describe(fakes, generator.resolution, seed=seed + 1)
+
+
+def generated_swd(
+    generator: GeneratorSnapshot, real_desc: swd.Descriptors, count: int, batch: int, seed: int
+) -> dict[str, float]:
+    """SWD (x1e3 per level and average) between `count` generated images and described reals."""
+    with describe_generated(generator, count, batch, seed) as fakes:
+        return swd.distances(real_desc, [fakes])[0]
+
+
+def swd_with_noise_floor(
+    config: ml_collections.ConfigDict, generator: GeneratorSnapshot, reals: np.ndarray
+) -> dict[str, float]:
+    """SWD of generated images against a draw of the reals and, with eval.noise_floor, of a
+    second draw against the first (`swd_noise_floor_*`), on the same directions: the sets are
+    described first, then compared one pyramid level at a time."""
+    ev = config.eval
+    draw, second = draw_reals(reals, ev.swd_images, config.seed)
+    with contextlib.ExitStack() as stack:
+        real_desc = stack.enter_context(describe_reals(reals, draw, ev.batch_size, 1))
+        others = [
+            stack.enter_context(
+                describe_generated(generator, len(draw), ev.batch_size, config.seed + 1)
+            )
+        ]
+        if ev.noise_floor:
+            others.append(stack.enter_context(describe_reals(reals, second, ev.batch_size, 4)))
+        swds = swd.distances(real_desc, others)
+    results = swds[0]
+    if ev.noise_floor:
+        results.update({k.replace("swd", "swd_noise_floor"): v for k, v in swds[1].items()})
+    return results
+
+
+class PeriodicSWD:
+    """SWD of G_ema while training, against one fixed draw of the current stage's reals.
+
+    The reals are described once per stage (their descriptors wait in temporary files, deleted
+    by `close()` or when the next stage's replace them). Every process computes the same
+    numbers (the generator runs on the global mesh); the caller's writer keeps process 0's.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self._stage: int | None = None
+        self._reals: swd.Descriptors | None = None
+        self._count = 0
+
+    def __call__(self, generator: GeneratorSnapshot) -> dict[str, float] | None:
+        if generator.resolution < swd.MIN_SIZE:
+            return None
+        cfg = self.config
+        if generator.stage != self._stage:
+            self.close()
+            reals = input_pipeline.stage_images(
+                cfg.data, cfg.model.resolution, cfg.model.num_channels, generator.stage
+            )
+            draw, _ = draw_reals(reals, cfg.eval.swd_train_images, cfg.seed)
+            self._reals = describe_reals(reals, draw, cfg.eval.batch_size, 1)
+            self._stage, self._count = generator.stage, len(draw)
+        return generated_swd(generator, self._reals, self._count, cfg.eval.batch_size, cfg.seed + 1)
+
+    def close(self) -> None:
+        if self._reals is not None:
+            self._reals.close()
+        self._stage, self._reals = None, None
