@@ -94,6 +94,10 @@ def get_config() -> ml_collections.ConfigDict:
             log_every_steps=100,  # scalars to TensorBoard and the log
             sample_every_images=100_000,  # sample grids (0: only at stage ends)
             sample_grid=8,  # grids of sample_grid x sample_grid images from fixed latents
+            # An XProf trace of this many steps (0: off), from a stage's second step, into the
+            # workdir for TensorBoard's profile plugin; profile_stage None: the first trained.
+            profile_steps=0,
+            profile_stage=config_dict.placeholder(int),
         )
     )
 

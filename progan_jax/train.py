@@ -12,10 +12,9 @@ import math
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from clu import metric_writers, parameter_overview, periodic_actions
+from clu import metric_writers, parameter_overview
 from jax.experimental import multihost_utils
 
 from progan_jax import (
@@ -26,6 +25,8 @@ from progan_jax import (
     models,
     parallel,
     paths,
+    profiling,
+    reporting,
     sampling,
     schedule,
     train_step,
@@ -109,6 +110,7 @@ class Trainer:
         )
         self.periodic_swd = generator_swd.PeriodicSWD(config)
         self.interval = _Interval()
+        self.report = reporting.RunProgress(config)
         self.decisions = _Decisions(config.checkpoint.every_minutes, config.logging.log_every_steps)
         self._sampled_at = -1
         self._steps: dict[int, object] = {}
@@ -142,6 +144,11 @@ class Trainer:
             logging.info(
                 "%s parameters:\n%s", name, parameter_overview.get_parameter_overview(params)
             )
+
+    def scalars_to_mesh(self, *values: float) -> list[jax.Array]:
+        """Float32 scalars copied to every device explicitly, for the step's replicated inputs."""
+        sharding = parallel.replicated(self.mesh)
+        return [jax.device_put(np.float32(v), sharding) for v in values]
 
     def step_fn(self, stage: int):
         if stage not in self._steps:
@@ -188,7 +195,7 @@ class Trainer:
                 "place. Lower optimizer.learning_rates (or use float32 compute) and start the "
                 "same command again to resume from it."
             )
-        remaining = self.total - progress.images_shown
+        seconds_left = self.report.estimate.seconds_left(progress.images_shown)
         scalars.update(
             alpha=alpha,
             stage=phase.stage,
@@ -196,8 +203,9 @@ class Trainer:
             batch_size=schedule.batch_size(self.config, phase.stage),
             learning_rate=schedule.learning_rate(self.config, phase.stage),
             kimg=progress.images_shown / 1000,
-            eta_hours=remaining / max(scalars["images_per_s"], 1e-9) / 3600,
         )
+        if seconds_left is not None:
+            scalars["eta_hours"] = seconds_left / 3600
         self.writer.write_scalars(progress.images_shown, scalars)
 
     def save(self, state, progress: Progress, phase, alpha, *, stage_end: bool = False) -> None:
@@ -223,10 +231,7 @@ class Trainer:
         state, progress = self.initial()
         config = self.config
         every = config.checkpoint.every_images
-        remaining_steps = schedule.steps_between(config, progress.images_shown, self.total)
-        report = periodic_actions.ReportProgress(
-            num_train_steps=progress.steps + remaining_steps, writer=self.writer, every_secs=60
-        )
+        profiler = profiling.StepTrace(config.logging, self.workdir)
         stage, batches = None, None
         try:
             with metric_writers.ensure_flushes(self.writer):
@@ -248,9 +253,10 @@ class Trainer:
                         batches = input_pipeline.prefetch_to_mesh(local, self.mesh)
 
                     alpha = schedule.alpha(phase, progress.images_shown)
-                    lr = jnp.float32(schedule.learning_rate(config, stage))
+                    lr = schedule.learning_rate(config, stage)
+                    profiler.before_step(stage, state)
                     state, metrics = self.step_fn(stage)(
-                        state, next(batches), jnp.float32(alpha), lr
+                        state, next(batches), *self.scalars_to_mesh(alpha, lr)
                     )
                     before = progress.images_shown
                     progress = dataclasses.replace(
@@ -258,7 +264,7 @@ class Trainer:
                     )
                     self.interval.metrics.append(metrics)
                     self.interval.images += batch
-                    report(progress.steps)
+                    self.report.update(progress.images_shown, phase, alpha)
 
                     if progress.steps % config.logging.log_every_steps == 0:
                         self.flush_metrics(progress, phase, alpha)
@@ -278,6 +284,8 @@ class Trainer:
                         return state
                 self.end_stage(state, progress)
         finally:
+            profiler.stop()
+            self.report.close()
             self.periodic_swd.close()
             self.checkpointer.close()
         return state
