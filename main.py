@@ -4,9 +4,11 @@
     python main.py --config configs/demo.py --config.schedule.batch_sizes='(16,16,16,16)'
 
 Modes: train (default; resumes from the workdir's latest checkpoint), evaluate (SWD, MS-SSIM,
-FID of a checkpoint), generate (grid, PNGs, latent walk of a checkpoint), benchmark (train-step
-speed per stage), benchmark_input (input-pipeline speed per stage), summary (layer tables and
-parameter counts). The workdir defaults to workdir/<config file stem>.
+FID of a checkpoint), generate (grid, PNGs, latent walk of a checkpoint), export (a checkpoint's
+generator as a TensorFlow SavedModel), benchmark (train-step speed per stage), benchmark_input
+(input-pipeline speed per stage), summary (layer tables and parameter counts), caches (the
+data cache's files, which are stale, and with --config.data.remove_stale_caches=True their
+removal). The workdir defaults to workdir/<config file stem>.
 
 Multi-host: pass --coordinator_address, --num_processes and --process_id (or --multihost on
 TPU pods and SLURM, where JAX finds them itself). The workdir may be a bucket (gs://...).
@@ -24,7 +26,16 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Configuration file.", lock_config=True)
-_MODES = ["train", "evaluate", "generate", "benchmark", "benchmark_input", "summary"]
+_MODES = [
+    "train",
+    "evaluate",
+    "generate",
+    "export",
+    "benchmark",
+    "benchmark_input",
+    "summary",
+    "caches",
+]
 _MODE = flags.DEFINE_enum("mode", "train", _MODES, "What to run.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Checkpoints, TensorBoard events and samples (default workdir/<config>)."
@@ -122,6 +133,7 @@ def main(argv: list[str]) -> None:
         checkpointing,
         config_checks,
         evaluate,
+        export,
         generate,
         interrupt,
         paths,
@@ -141,7 +153,7 @@ def main(argv: list[str]) -> None:
     )
     workdir = _workdir()
     try:
-        if _MODE.value in ("train", "evaluate", "generate"):
+        if _MODE.value in ("train", "evaluate", "generate", "export"):
             paths.ensure_directory(paths.resolve(workdir), _STORAGE_TIMEOUT.value)
         if _MODE.value == "train":
             _hide_gpus_from_tensorflow()
@@ -154,11 +166,17 @@ def main(argv: list[str]) -> None:
             _print_lines([results])
         elif _MODE.value == "generate":
             _print_lines([generate.write_generated(config, workdir)])
+        elif _MODE.value == "export":
+            _hide_gpus_from_tensorflow()
+            _print_lines([export.export_generator(config, workdir)])
         elif _MODE.value == "benchmark":
             _print_lines(benchmark.benchmark_train_step(config))
         elif _MODE.value == "benchmark_input":
             _hide_gpus_from_tensorflow()
             _print_lines(benchmark.benchmark_input(config))
+        elif _MODE.value == "caches":
+            config_checks.validate_cache_management(config.data)
+            _print_lines(sources.cache_report(config.data))
         else:
             _print_lines(summary.summarize(config))
     except interrupt.Interrupted as stopped:

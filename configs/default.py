@@ -1,7 +1,18 @@
-"""Defaults shared by every config: the paper's networks and training at 128x128 on CelebA.
+"""Defaults shared by every config: the official networks and training at 128x128 on CelebA.
 
-Per-stage values are tuples indexed by stage (stage 0 is 4x4), so they can be overridden from
-the command line, e.g. `--config.schedule.batch_sizes='(64,64,32,16,16,8)'`.
+These are the official code's defaults (networks.py, train.py; minibatch-stddev groups of 4)
+with the paper's 800k images per phase; configs/celeba128.py is the paper's exact preset.
+
+Per-stage values (`schedule.batch_sizes`, `optimizer.learning_rates`) are tuples indexed by
+stage, and stage s always trains at 4 * 2**s pixels, so a tuple is a table by resolution: value
+i is for (4 * 2**i)x(4 * 2**i), like the official `minibatch_dict` / `lrate_dict`. The defaults
+hold nine values, 4x4 up to 1024x1024; a run uses the first `num_stages` of them and ignores the
+rest, so `--config.model.resolution=R` alone gives every power of two from 8 to 1024 its values.
+An override gives at least one value per stage of the run, e.g. at 128x128
+`--config.schedule.batch_sizes='(64,64,32,16,16,8)'`. They are tuples rather than dicts keyed
+by resolution because ml_collections cannot override integer-keyed dicts from the command
+line, and rather than computed in `get_config()` because overrides such as the resolution are
+applied after it. Read them through `schedule.batch_size` / `schedule.learning_rate`.
 """
 
 import ml_collections
@@ -20,8 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
             fmap_base=8192,  # feature maps nf(s) = min(fmap_base / 2**(s * decay), fmap_max)
             fmap_max=512,
             fmap_decay=1.0,
-            normalize_latents=True,
-            use_pixelnorm=True,
+            normalize_latents=True,  # pixel-normalise the latent (independent of use_pixelnorm)
+            use_pixelnorm=True,  # PixelNorm after G's dense and 3x3 convs
             pixelnorm_epsilon=1e-8,
             use_wscale=True,  # equalized learning rate
             mbstd_group_size=4,  # 0 or 1 disables minibatch stddev
@@ -30,13 +41,23 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
-    config.loss = ml_collections.ConfigDict(dict(gp_weight=10.0, gp_target=1.0, drift_weight=1e-3))
+    config.loss = ml_collections.ConfigDict(
+        dict(
+            gp_weight=10.0,
+            gp_target=1.0,
+            drift_weight=1e-3,
+            # 'official': penalise the gradient norm w.r.t. the images upscaled to full
+            # resolution (native norm / 2**(last stage - stage)), as the official code;
+            # 'native': the norm at the stage's own resolution (stronger before the last stage).
+            gp_scale="official",
+        )
+    )
     config.optimizer = ml_collections.ConfigDict(
         dict(
             b1=0.0,
             b2=0.99,
             eps=1e-8,
-            learning_rates=(1e-3,) * 6,  # per stage
+            learning_rates=(1e-3,) * 9,  # per stage, 4x4..1024x1024 (train.py:96-99)
             reset_at_phase_boundary=True,
         )
     )
@@ -49,7 +70,10 @@ def get_config() -> ml_collections.ConfigDict:
             # The last stage's stabilization (None: stabilize_images); the paper trains its
             # 1024x1024 networks for 19M images in all, i.e. 7M at the last stage.
             final_stabilize_images=config_dict.placeholder(int),
-            batch_sizes=(16,) * 6,  # global batch per stage
+            # Global batch per stage, 4x4..1024x1024: the official schedule on one GPU,
+            # minibatch_base 16 (train.py:93-95) capped by the fp32 per-GPU limits
+            # {256: 16, 512: 8, 1024: 4} (config.py:106); multiples of mbstd_group_size 4.
+            batch_sizes=(16, 16, 16, 16, 16, 16, 16, 8, 4),
         )
     )
 
@@ -65,6 +89,11 @@ def get_config() -> ml_collections.ConfigDict:
             download=False,  # let TFDS download / build a missing data set
             path=config_dict.placeholder(str),  # source 'image_folder'
             cache_dir=config_dict.placeholder(str),  # decoded images (None: ~/.cache/progan_jax)
+            # --mode=caches: a cache file not read or written for this long counts as stale
+            # (as do old-format files and interrupted builds' leftovers), and with
+            # remove_stale_caches=True the stale files are removed.
+            stale_cache_days=30.0,
+            remove_stale_caches=False,
             # Each process decodes, caches and streams only its 1/N of the data set (max_images
             # then counts per process, divided by N). None: True with several processes.
             shard_per_process=config_dict.placeholder(bool),
@@ -130,6 +159,13 @@ def get_config() -> ml_collections.ConfigDict:
             interpolation_grid=3,
             fps=12,
             output=config_dict.placeholder(str),  # None: <workdir>/generated/<images shown>
+        )
+    )
+    config.export = ml_collections.ConfigDict(
+        dict(
+            checkpoint=config_dict.placeholder(int),  # images shown (None: latest)
+            platforms=("cpu", "cuda"),  # where the SavedModel can run: cpu, cuda, rocm, tpu
+            output=config_dict.placeholder(str),  # None: <workdir>/export/<images shown>
         )
     )
 

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from progan_jax import gan as gan_lib
-from progan_jax import models, parallel, train_step
+from progan_jax import models, parallel, schedule, train_step
 from progan_jax.data import input_pipeline
 
 
@@ -34,13 +34,13 @@ def benchmark_train_step(config: ml_collections.ConfigDict) -> Iterator[dict]:
     gan, state = gan_lib.initialize(config, mesh)
     alpha = jnp.float32(config.benchmark.alpha)
     for stage in benchmark_stages(config):
-        batch = config.benchmark.batch_size or config.schedule.batch_sizes[stage]
+        batch = config.benchmark.batch_size or schedule.batch_size(config, stage)
         parallel.check_batch_divides(batch, mesh.devices.size)
         res = models.stage_resolution(stage)
         shape = (batch // jax.process_count(), res, res, config.model.num_channels)
         local = np.random.default_rng(stage).uniform(-1, 1, shape).astype(np.float32)
         reals = parallel.global_batch(local, mesh)
-        lr = jnp.float32(config.optimizer.learning_rates[stage])
+        lr = jnp.float32(schedule.learning_rate(config, stage))
 
         start = time.perf_counter()
         step = train_step.make_train_step(gan, mesh, stage).lower(state, reals, alpha, lr).compile()
@@ -74,7 +74,7 @@ def benchmark_input(config: ml_collections.ConfigDict) -> Iterator[dict]:
     box-filter (reported as prepare_s)."""
     model, bench = config.model, config.benchmark
     for stage in benchmark_stages(config):
-        batch = bench.batch_size or config.schedule.batch_sizes[stage]
+        batch = bench.batch_size or schedule.batch_size(config, stage)
         start = time.perf_counter()
         input_pipeline.stage_images(config.data, model.resolution, model.num_channels, stage)
         prepare_s = time.perf_counter() - start

@@ -5,7 +5,7 @@ Every error names the field (`config.schedule.batch_sizes: ...`) and says what w
 
 import ml_collections
 
-from progan_jax import models, paths
+from progan_jax import losses, models, paths, schedule
 from progan_jax.data import sources
 
 
@@ -17,20 +17,37 @@ def _fail(field: str, message: str) -> None:
     raise ConfigError(f"config.{field}: {message}")
 
 
+def _stage(stage: int) -> str:
+    res = models.stage_resolution(stage)
+    return f"stage {stage} ({res}x{res})"
+
+
 def _per_stage(config, field: str, stages: int, check, what: str) -> None:
+    """A per-stage tuple holds one value per resolution from 4x4 on, at least up to the run's;
+    values past it are unused, which is how the nine-value defaults fit any resolution."""
     section, name = field.split(".")
     values = config[section][name]
+    res = config.model.resolution
     if not isinstance(values, tuple | list):
-        _fail(field, f"must be a tuple with one value per stage, got {values!r}")
+        _fail(field, f"must be a tuple with one value per stage (4x4, 8x8, ...), got {values!r}")
     if len(values) < stages:
+        last = models.stage_resolution(len(values) - 1)
+        given = f"4x4 up to {last}x{last}" if values else "none"
         _fail(
             field,
-            f"has {len(values)} value(s) but the run has {stages} stages (4x4 up to "
-            f"{config.model.resolution}x{config.model.resolution}); give one per stage",
+            f"has {len(values)} value(s) ({given}) but resolution {res} trains {stages} stages, "
+            f"4x4 up to {res}x{res}; give at least {stages} (values past the run's resolution "
+            "are unused)",
         )
     for stage, value in enumerate(values[:stages]):
         if not check(value):
-            _fail(field, f"value {value!r} for stage {stage} must be {what}")
+            _fail(field, f"value {value!r} for {_stage(stage)} must be {what}")
+
+
+def validate_cache_management(data: ml_collections.ConfigDict) -> None:
+    """The fields of --mode=caches, which needs no devices and so not the rest of `validate`."""
+    if not data.stale_cache_days >= 0:
+        _fail("data.stale_cache_days", f"must be >= 0 days, got {data.stale_cache_days}")
 
 
 def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1) -> None:
@@ -71,11 +88,12 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
         lambda b: isinstance(b, int) and b > 0,
         "a positive int",
     )
-    for stage, batch in enumerate(sched.batch_sizes[:stages]):
+    for stage in range(stages):
+        batch = schedule.batch_size(config, stage)
         if batch % devices:
             _fail(
                 "schedule.batch_sizes",
-                f"batch {batch} of stage {stage} does not divide by the {devices} devices; "
+                f"batch {batch} of {_stage(stage)} does not divide by the {devices} devices; "
                 f"use multiples of {devices}",
             )
         if batch % processes:
@@ -86,7 +104,7 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
             _fail(
                 "model.mbstd_group_size",
                 f"{model.mbstd_group_size} does not divide the per-device batch {per_device} of "
-                f"stage {stage}; use a divisor of it",
+                f"{_stage(stage)}; use a divisor of it",
             )
     _per_stage(config, "optimizer.learning_rates", stages, lambda lr: lr > 0, "positive")
 
@@ -104,6 +122,11 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
             _fail(f"loss.{field}", f"must be >= 0, got {config.loss[field]}")
     if config.loss.gp_target <= 0:
         _fail("loss.gp_target", f"must be positive, got {config.loss.gp_target}")
+    if config.loss.gp_scale not in losses.GP_SCALES:
+        _fail(
+            "loss.gp_scale",
+            f"must be one of {', '.join(losses.GP_SCALES)}, got {config.loss.gp_scale!r}",
+        )
 
     if data.source not in sources.SOURCES:
         _fail("data.source", f"must be one of {', '.join(sources.SOURCES)}, got {data.source!r}")

@@ -87,22 +87,30 @@ def _weight_init(fan_in: int, gain: float, use_wscale: bool) -> Callable:
 
 
 class EqualizedDense(nn.Module):
-    """Dense layer with run-time He scaling."""
+    """Dense layer with run-time He scaling.
+
+    With `map_shape=(h, w)` it maps to `[N, h, w, features]` feature maps with one bias per
+    map, added after the reshape: the official generator's first layer, whose bias is not one
+    per output unit (that would be h * w times as many parameters).
+    """
 
     features: int
     gain: float = SQRT2
     use_wscale: bool = True
     dtype: jnp.dtype = jnp.float32
+    map_shape: tuple[int, ...] = ()  # () for a plain dense layer
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         fan_in = x.shape[-1]
+        units = math.prod(self.map_shape) * self.features
         kernel = self.param(
-            "kernel", _weight_init(fan_in, self.gain, self.use_wscale), (fan_in, self.features)
+            "kernel", _weight_init(fan_in, self.gain, self.use_wscale), (fan_in, units)
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         w = (kernel * he_scale(fan_in, self.gain, self.use_wscale)).astype(self.dtype)
-        return jnp.dot(x.astype(self.dtype), w) + bias.astype(self.dtype)
+        y = jnp.dot(x.astype(self.dtype), w)
+        return y.reshape(*x.shape[:-1], *self.map_shape, self.features) + bias.astype(self.dtype)
 
 
 class EqualizedConv(nn.Module):

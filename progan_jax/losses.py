@@ -8,18 +8,25 @@ import optax
 
 CriticFn = Callable[[jax.Array], jax.Array]  # images [N, H, W, C] -> scores [N]
 
+# How the penalised gradient norm relates to the critic's native-resolution one (see
+# `GAN.gp_norm_scale`): 'official' as if the images were upscaled to full resolution, as the
+# official code feeds them; 'native' unscaled.
+GP_SCALES = ("official", "native")
+
 
 def gradient_penalty(
-    critic_fn: CriticFn, mixed: jax.Array, target: float = 1.0
+    critic_fn: CriticFn, mixed: jax.Array, target: float = 1.0, norm_scale: float = 1.0
 ) -> tuple[jax.Array, jax.Array]:
-    """Per-sample `(||grad_x D(x)|| - target)^2 / target^2` and the gradient norms.
+    """Per-sample `(s ||grad_x D(x)|| - target)^2 / target^2` and the penalised norms `s ||.||`.
 
     The gradient is taken of the *sum* of the scores over the batch, as the official code does:
     minibatch stddev couples the samples, and the cross-sample terms belong to the penalty.
+    `s = norm_scale` turns the norm at this resolution into the norm the penalty is defined on
+    (1 / f for a critic fed f-times nearest-upscaled images that it average-pools back).
     """
     grads = jax.grad(lambda x: jnp.sum(critic_fn(x)))(mixed)
     flat = grads.reshape(grads.shape[0], -1)
-    norms = optax.safe_norm(flat, 0.0, axis=1)
+    norms = optax.safe_norm(flat, 0.0, axis=1) * norm_scale
     return jnp.square(norms - target) / target**2, norms
 
 
@@ -31,17 +38,20 @@ def critic_loss(
     gp_weight: float = 10.0,
     gp_target: float = 1.0,
     drift_weight: float = 1e-3,
+    gp_norm_scale: float = 1.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """`mean(D(fake) - D(real) + gp_weight * penalty + drift_weight * D(real)^2)` and its parts.
 
-    The penalty is evaluated at `lerp(real, fake, u)` with `u ~ U[0, 1]` per sample.
+    The penalty is evaluated at `lerp(real, fake, u)` with `u ~ U[0, 1]` per sample, on the
+    gradient norm times `gp_norm_scale` (see `gradient_penalty`); the reported
+    `gradient_norm` is that scaled norm, the one the penalty pulls towards `gp_target`.
     """
     fakes = jax.lax.stop_gradient(fakes)
     # One batched evaluation of both sets; vmap keeps them apart for minibatch stddev.
     real_scores, fake_scores = jax.vmap(critic_fn)(jnp.stack([reals, fakes]))
     u = jax.random.uniform(key, (reals.shape[0], 1, 1, 1), dtype=reals.dtype)
     mixed = reals + (fakes - reals) * u
-    penalty, norms = gradient_penalty(critic_fn, mixed, gp_target)
+    penalty, norms = gradient_penalty(critic_fn, mixed, gp_target, gp_norm_scale)
     drift = jnp.square(real_scores)
     loss = jnp.mean(fake_scores - real_scores + gp_weight * penalty + drift_weight * drift)
     parts = {

@@ -113,9 +113,10 @@ class Generator(_Growing):
         res = stage_resolution(stage)
         nf = self.nf(stage + 1)
         if stage == 0:
-            x = self._norm(x) if self.normalize_latents else x
-            x = self.dense(16 * nf, gain=SQRT2 / 4, name="dense_4x4")(x)
-            x = self._norm(leaky_relu(x.reshape(-1, 4, 4, nf)))
+            # Independent of use_pixelnorm, as in the official code.
+            x = pixel_norm(x, self.pixelnorm_epsilon) if self.normalize_latents else x
+            x = self.dense(nf, gain=SQRT2 / 4, map_shape=(4, 4), name="dense_4x4")(x)
+            x = self._norm(leaky_relu(x))
             return self._norm(leaky_relu(self.conv(nf, name="conv_4x4")(x)))
         x = self._norm(leaky_relu(self.conv(nf, resample="up", name=f"conv0_up_{res}x{res}")(x)))
         return self._norm(leaky_relu(self.conv(nf, name=f"conv1_{res}x{res}")(x)))

@@ -36,9 +36,10 @@ def generate_images(
     return np.concatenate([np.asarray(p) for p in parts])
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """[-1, 1] -> [0, 255], clipped (the generator's output is linear)."""
-    return np.clip(np.rint((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+def to_uint8(images, xp=np):
+    """[-1, 1] -> [0, 255], clipped (the generator's output is linear). `xp` is NumPy, or
+    `jax.numpy` inside a traced function (the exported generator)."""
+    return xp.clip(xp.rint((xp.asarray(images) + 1.0) * 127.5), 0, 255).astype(xp.uint8)
 
 
 def image_grid(images: np.ndarray, columns: int, tile: int | None = None) -> np.ndarray:

@@ -58,19 +58,26 @@ def alpha(phase: Phase, images_shown: int) -> float:
 
 
 def batch_size(config: ml_collections.ConfigDict, stage: int) -> int:
+    """The global batch at `stage`. Per-stage tuples are tables by resolution (stage s trains at
+    4 * 2**s whatever the final resolution), so a run reads only their first values and the
+    nine-value defaults fit every resolution (see configs/default.py)."""
     return config.schedule.batch_sizes[stage]
 
 
 def learning_rate(config: ml_collections.ConfigDict, stage: int) -> float:
+    """The learning rate at `stage`, read like `batch_size`."""
     return config.optimizer.learning_rates[stage]
 
 
 def steps_between(config: ml_collections.ConfigDict, start: int, end: int) -> int:
-    """How many steps take the count of images shown from `start` to at least `end`."""
+    """How many steps take the count of images shown from `start` to at least `end` (past the
+    schedule's end, at the last phase's batch, as `phase_at`)."""
+    last = phases(config)[-1]
     steps, shown = 0, start
     while shown < end:
         phase = phase_at(config, shown)
         batch = batch_size(config, phase.stage)
-        count = -(-(min(phase.end, end) - shown) // batch)  # ceil: a step may overshoot
+        stop = end if phase == last else min(phase.end, end)
+        count = -(-(stop - shown) // batch)  # ceil: a step may overshoot
         steps, shown = steps + count, shown + count * batch
     return steps

@@ -2,7 +2,8 @@
 
     python main.py --config configs/celeba_hq1024.py --mode=summary
 
-Nothing is computed: shapes come from `jax.eval_shape`.
+Nothing is computed: shapes come from `jax.eval_shape`. The last line is JSON: both parameter
+counts and the schedule's `total_images`, to check a config's size and length before a run.
 """
 
 import json
@@ -13,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from progan_jax import models
+from progan_jax import models, schedule
 from progan_jax.gan import GAN, create_train_state
 from progan_jax.layers import count_params
 
@@ -75,4 +76,10 @@ def summarize(config: ml_collections.ConfigDict) -> Iterator[str]:
         yield from format_table(
             f"{title} at {res}x{res}", layer_rows(module, params, inputs, stage), totals[title]
         )
-    yield json.dumps({"generator_params": totals["Generator"], "critic_params": totals["Critic"]})
+    yield json.dumps(
+        {
+            "generator_params": totals["Generator"],
+            "critic_params": totals["Critic"],
+            "total_images": schedule.total_images(config),  # the run's length, all phases
+        }
+    )

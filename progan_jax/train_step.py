@@ -56,6 +56,7 @@ def critic_grads(
             gan.gp_weight,
             gan.gp_target,
             gan.drift_weight,
+            gan.gp_norm_scale(stage),
         )
 
     return jax.grad(loss_fn, has_aux=True)(active)

@@ -19,6 +19,8 @@ jax.config.update("jax_disable_most_optimizations", True)
 
 @pytest.fixture
 def tiny_config():
+    """A fresh tiny config for each test, so a test may change it. Module-scoped fixtures
+    (networks built once) hand out shared objects: a test that changes a config takes this."""
     from configs import tiny
 
     return tiny.get_config()

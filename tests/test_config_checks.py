@@ -28,3 +28,26 @@ def test_smallest_fmap_base_for_the_resolution_is_valid(tiny_config):
     config_checks.validate(config, devices=1)
     nf = [models.feature_maps(s, 128, config.model.fmap_max) for s in range(8)]
     assert min(nf) == 1
+
+
+def test_per_stage_tuple_shorter_than_the_run_says_which_resolutions_it_covers(tiny_config):
+    tiny_config.model.resolution = 32  # four stages; tiny's tuples stop at 16x16
+    tiny_config.model.fmap_base = 128
+    with pytest.raises(
+        config_checks.ConfigError,
+        match=r"config\.schedule\.batch_sizes: has 3 value\(s\) \(4x4 up to 16x16\) but "
+        r"resolution 32 trains 4 stages, 4x4 up to 32x32; give at least 4",
+    ):
+        config_checks.validate(tiny_config, devices=1)
+
+
+def test_per_stage_values_past_the_run_are_unused(tiny_config):
+    tiny_config.schedule.batch_sizes = (8, 8, 8, 3)  # 3 would not divide by 8 devices
+    tiny_config.optimizer.learning_rates = (2e-3, 2e-3, 2e-3, -1.0)
+    config_checks.validate(tiny_config, devices=8)
+
+
+def test_bad_per_stage_value_names_stage_and_resolution(tiny_config):
+    tiny_config.schedule.batch_sizes = (8, 12, 8)
+    with pytest.raises(config_checks.ConfigError, match=r"batch 12 of stage 1 \(8x8\) does not"):
+        config_checks.validate(tiny_config, devices=8)

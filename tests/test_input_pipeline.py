@@ -17,7 +17,7 @@ from PIL import Image
 
 from configs import tiny
 from progan_jax import interrupt, parallel
-from progan_jax.data import input_pipeline, sources, synthetic
+from progan_jax.data import decode, input_pipeline, sources, synthetic
 
 
 @pytest.fixture
@@ -162,7 +162,7 @@ def test_image_folder_handles_odd_and_corrupt_files(data_config, tmp_path):
     names = ["gray", "rgba", "rgb", "small", "wide"]
     by_name = dict(zip(names, loaded.images, strict=True))
     np.testing.assert_array_equal(by_name["gray"], 77)  # grayscale -> equal RGB channels
-    assert (by_name["rgba"][..., 0] == 200).all()
+    assert (by_name["rgba"] == (227, 127, 127)).all()  # half-transparent red on white
     assert by_name["wide"].min() > 200  # centre-cropped: only the white square remains
     np.testing.assert_array_equal(by_name["small"], 30)  # 4x4 resized up
     gray = sources.load_images(data_config.data, 16, 1).images
@@ -334,7 +334,8 @@ def test_sigterm_stops_preparation_promptly_and_a_restart_reuses_complete_chunks
     left = _leftovers(cache)
     assert left["temp"] == []
     (partial,) = left["partial"]  # the complete chunks only, kept for the restart
-    assert partial.stat().st_size == committed * (2 ** (stage + 2)) ** 2 * 3
+    res = 2 ** (stage + 2)
+    assert partial.stat().st_size == sources._partial_size((res, res, 3), committed)
 
     interrupt.reset()
     got = input_pipeline.stage_images(data, 16, 3, stage)
@@ -376,7 +377,7 @@ def test_sigterm_stops_the_decoding_threads(data_config, tmp_path, monkeypatch, 
         _write(root / f"{i:03d}.png", np.full((8, 8, 3), i, np.uint8))
     data_config.data.source = "image_folder"
     data_config.data.path = str(root)
-    calls = _counting(monkeypatch, sources, "_decode_file", _sigterm_at(5), delay=0.02)
+    calls = _counting(monkeypatch, decode, "decode_file", _sigterm_at(5), delay=0.02)
     with pytest.raises(interrupt.Interrupted):
         sources.load_images(data_config.data, 16, 3)
     stopped_at = len(calls)
@@ -397,7 +398,7 @@ def test_an_error_mid_decode_leaves_no_temp_files(small_chunks, tmp_path, monkey
     cache = pathlib.Path(small_chunks.data.cache_dir)
     left = _leftovers(cache)
     assert left["temp"] == []
-    assert [p.stat().st_size for p in left["partial"]] == [8 * 16 * 16 * 3]  # complete chunks
+    assert [p.stat().st_size for p in left["partial"]] == [sources._partial_size((16, 16, 3), 8)]
     monkeypatch.undo()
     got = sources.load_images(small_chunks.data, 16, 3).images
     np.testing.assert_array_equal(got, _uninterrupted(small_chunks, tmp_path))
@@ -444,7 +445,7 @@ def test_a_killed_build_leaves_nothing_stale_after_the_next_start(
     process.wait()
     cache = pathlib.Path(data.cache_dir)
     (key,) = cache.iterdir()
-    (key / "images_16.u8.otherhost.7.0123abcd.tmp").write_bytes(b"a killed writer's temp file")
+    (key / "images_16.npy.otherhost.7.0123abcd.tmp").write_bytes(b"a killed writer's temp file")
 
     calls = _counting(monkeypatch, synthetic, "draw_face")
     got = sources.load_images(data, 16, 3).images

@@ -81,6 +81,18 @@ def test_equalized_dense_scales_weights_at_run_time(gain):
     np.testing.assert_allclose(y, x @ (kernel * gain / math.sqrt(200)) + bias, rtol=1e-4, atol=1e-4)
 
 
+def test_equalized_dense_to_feature_maps_has_one_bias_per_map():
+    """The official G's first layer: dense, reshape to [N, 4, 4, C], then a bias per map."""
+    dense = layers.EqualizedDense(5, map_shape=(4, 4))
+    x = _rng().normal(size=(2, 7)).astype(np.float32)
+    params = dense.init(jax.random.key(0), jnp.asarray(x))["params"]
+    assert params["kernel"].shape == (7, 4 * 4 * 5) and params["bias"].shape == (5,)
+    bias = np.arange(5, dtype=np.float32)
+    y = np.asarray(dense.apply({"params": {**params, "bias": jnp.asarray(bias)}}, jnp.asarray(x)))
+    flat = x @ (np.asarray(params["kernel"]) * math.sqrt(2) / math.sqrt(7))
+    np.testing.assert_allclose(y, flat.reshape(2, 4, 4, 5) + bias, rtol=1e-4, atol=1e-5)
+
+
 def test_equalized_conv_uses_fan_in_of_kernel_and_channels():
     module = layers.EqualizedConv(8, kernel_size=3, gain=2.0)
     x = _rng().normal(size=(1, 5, 5, 6)).astype(np.float32)

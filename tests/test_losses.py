@@ -1,10 +1,13 @@
 """WGAN-GP with drift against closed forms and finite differences."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from progan_jax import losses
+from progan_jax import config_checks, losses
 from progan_jax.gan import GAN, create_train_state
 
 
@@ -85,3 +88,72 @@ def test_generator_loss_is_negative_mean_score():
     critic = _coupled_linear_critic(jnp.ones(4), jnp.zeros(4), 0.0)
     fakes = jnp.arange(8.0).reshape(2, 1, 2, 2)
     np.testing.assert_allclose(losses.generator_loss(critic, fakes), -np.mean([6.0, 22.0]))
+
+
+def test_mixing_factor_is_drawn_per_sample():
+    """D(x)_i = ||x_i||^2 / (2 sqrt(d)) has gradient x_i / sqrt(d): with reals 0 and fakes 1
+    the norm at the mixing point is u_i itself. mean((u - 1)^2) - (mean(u) - 1)^2 = var(u) is
+    1/12 for a u per sample, 0 for one shared by the batch (and ~0 for a u per pixel)."""
+    n, shape = 256, (2, 2, 3)
+    dim = int(np.prod(shape))
+    critic = lambda x: jnp.sum(jnp.square(x.reshape(x.shape[0], -1)), axis=1) / (2 * dim**0.5)
+    reals, fakes = jnp.zeros((n, *shape)), jnp.ones((n, *shape))
+    _, parts = losses.critic_loss(critic, reals, fakes, jax.random.key(3))
+    mean_u = float(parts["gradient_norm"])
+    var_u = float(parts["gradient_penalty"]) - (mean_u - 1.0) ** 2
+    assert 0.06 < var_u < 0.11, var_u
+    assert abs(mean_u - 0.5) < 0.06, mean_u
+
+
+def _upscale(x: jax.Array, f: int) -> jax.Array:
+    return jnp.repeat(jnp.repeat(x, f, axis=1), f, axis=2)
+
+
+def _avgpool(x: jax.Array, f: int) -> jax.Array:
+    n, h, w, c = x.shape
+    return x.reshape(n, h // f, f, w // f, f, c).mean(axis=(2, 4))
+
+
+@pytest.mark.parametrize("stage,f", [(0, 4), (1, 2)])
+def test_official_penalty_scale_equals_upscaling_and_pooling(tiny_config, stage, f):
+    """The official critic sees images nearest-upscaled by f and pools them back: the gradient
+    w.r.t. its input has the native norm / f, and the 'official' loss is the native loss of
+    that critic on the upscaled batch (the real ProGAN critic of a 16x16 run)."""
+    gan = GAN.from_config(tiny_config)
+    assert gan.gp_scale == "official" and gan.gp_norm_scale(stage) == 1.0 / f
+    params = create_train_state(gan, jax.random.key(0)).d_params
+    critic = gan.critic_fn(params, stage, 0.3)
+    full_res = lambda x: critic(_avgpool(x, f))
+    res = 4 * 2**stage
+    reals, fakes, x = (
+        jax.random.uniform(jax.random.key(i), (8, res, res, 3), minval=-1, maxval=1)
+        for i in (1, 2, 3)
+    )
+    _, native = losses.gradient_penalty(critic, x)
+    _, upscaled = losses.gradient_penalty(full_res, _upscale(x, f))
+    np.testing.assert_allclose(upscaled, native / f, rtol=1e-5)
+
+    key = jax.random.key(4)
+    loss, parts = losses.critic_loss(critic, reals, fakes, key, gp_norm_scale=1.0 / f)
+    want_loss, want_parts = losses.critic_loss(
+        full_res, _upscale(reals, f), _upscale(fakes, f), key
+    )
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    for name, value in want_parts.items():
+        np.testing.assert_allclose(parts[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_penalty_scale_is_one_at_the_last_stage_and_native_is_unscaled(tiny_config):
+    gan = GAN.from_config(tiny_config)
+    native = dataclasses.replace(gan, gp_scale="native")
+    assert [gan.gp_norm_scale(s) for s in range(3)] == [0.25, 0.5, 1.0]
+    assert [native.gp_norm_scale(s) for s in range(3)] == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="gp_scale"):
+        dataclasses.replace(gan, gp_scale="upscaled").gp_norm_scale(0)
+
+
+def test_config_validation_rejects_an_unknown_penalty_scale(tiny_config):
+    config_checks.validate(tiny_config, devices=1)
+    tiny_config.loss.gp_scale = "upscaled"
+    with pytest.raises(config_checks.ConfigError, match=r"loss\.gp_scale: .*official, native"):
+        config_checks.validate(tiny_config, devices=1)

@@ -232,14 +232,17 @@ def test_full_disk_is_reported_and_the_previous_checkpoint_kept(tmp_path, monkey
 
 def test_two_processes_equal_one_process_with_four_devices(tmp_path, compile_cache):
     """JAX's distributed runtime on loopback, gloo collectives, 2 devices per process."""
-    single = run(tmp_path / "single", compile_cache, devices=4)
+    # The native penalty scale: the official one, 4x weaker at 4x4 here, lets the GAN amplify
+    # float rounding ten times faster, past what the later comparison can tell from a bug.
+    native = "--config.loss.gp_scale=native"
+    single = run(tmp_path / "single", compile_cache, native, devices=4)
     assert single.returncode == 0, single.stderr[-3000:]
 
     workdir, port = tmp_path / "multi", free_port()
     processes, logs = [], []
     for index in range(2):
         log = open(tmp_path / f"process{index}.log", "w")  # noqa: SIM115
-        flags = (*multiprocess_flags(port, index), "--config.data.shard_per_process=False")
+        flags = (*multiprocess_flags(port, index), "--config.data.shard_per_process=False", native)
         processes.append(start(workdir, compile_cache, log, *flags, devices=2))
         logs.append(log)
     for process, log in zip(processes, logs, strict=True):
@@ -307,5 +310,5 @@ def test_sigterm_during_the_first_decode_exits_0_promptly(tmp_path, compile_cach
     assert time.monotonic() - sent < 15
     text = log_path.read_text()
     assert "SIGTERM during decoding synthetic" in text
-    leftovers = [p.name for p in cache.rglob("*") if p.is_file() and ".u8" in p.name]
+    leftovers = [p.name for p in cache.rglob("*") if p.is_file() and ".npy" in p.name]
     assert leftovers == [], leftovers

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from configs import celeba_hq1024
-from progan_jax import models
+from progan_jax import checkpointing, models
 from progan_jax.gan import GAN, create_train_state
-from progan_jax.layers import count_params, downsample2x, upsample2x
+from progan_jax.layers import count_params, downsample2x, pixel_norm, upsample2x
 
 
 @pytest.fixture(scope="module")
@@ -100,17 +100,53 @@ def test_critic_rejects_wrong_resolution(tiny):
         gan.generate(state.g_params, _latents(4, 16), 3, 1.0)
 
 
-def test_paper_parameter_counts():
-    """Table 2 of the paper: about 23.1M trainable parameters in each 1024x1024 network."""
+def test_official_parameter_counts():
+    """The official 1024x1024 networks' exact counts (the paper's Table 2 says 23.1M each). G's
+    first dense has one bias per feature map, added after the reshape, not one per unit."""
     gan = GAN.from_config(celeba_hq1024.get_config())
     shapes = jax.eval_shape(lambda: create_train_state(gan, jax.random.key(0)))
-    g, d = count_params(shapes.g_params), count_params(shapes.d_params)
-    assert abs(g - 23.1e6) / 23.1e6 < 0.005, g
-    assert abs(d - 23.1e6) / 23.1e6 < 0.005, d
+    assert shapes.g_params["dense_4x4"]["bias"].shape == (512,)
+    assert count_params(shapes.g_params) == 23_079_115
+    assert count_params(shapes.d_params) == 23_087_249
 
 
-def test_grayscale_and_bfloat16(tiny):
-    config, _, _ = tiny
+def test_checkpoints_with_a_bias_per_dense_unit_fail_to_restore(tiny, tmp_path):
+    """Checkpoints written before G's first bias became one per feature map (16x as many) must
+    not restore as garbage: Orbax refuses the shape."""
+    _, _, state = tiny
+    dense = state.g_params["dense_4x4"]
+    old_layout = {**dense, "bias": jnp.zeros(16 * dense["bias"].shape[0])}
+    old = state.replace(g_params={**state.g_params, "dense_4x4": old_layout})
+    checkpointer = checkpointing.Checkpointer(tmp_path)
+    checkpointer.save(old, checkpointing.Progress(images_shown=8, phase_index=0, steps=1))
+    with pytest.raises(ValueError, match="not compatible with the stored shape"):
+        checkpointer.restore(state)
+    checkpointer.close()
+
+
+@pytest.mark.parametrize("use_pixelnorm", [True, False])
+def test_normalize_latents_acts_whatever_use_pixelnorm(tiny, use_pixelnorm):
+    """The latent is pixel-normalised iff normalize_latents, independently of use_pixelnorm (as
+    in the official code): G(z) with it is G(pixel_norm(z)) without it, and differs from G(z)."""
+    config, _, state = tiny
+    z = 3.0 * _latents(4, config.model.latent_size, seed=2)  # far from unit RMS
+    # Non-zero biases: with the zero biases of init, PixelNorm would hide the latent's scale.
+    params = jax.tree.map(lambda p: p + 0.1, state.g_params)
+    generators = {}
+    for normalize in (True, False):
+        model = config.model.copy_and_resolve_references()
+        model.use_pixelnorm, model.normalize_latents = use_pixelnorm, normalize
+        generator = models.make_generator(model)
+        generators[normalize] = lambda x, g=generator: g.apply(
+            {"params": params}, x, stage=1, alpha=0.5
+        )
+    with_norm = generators[True](z)
+    np.testing.assert_allclose(with_norm, generators[False](pixel_norm(z)), rtol=1e-5, atol=1e-6)
+    assert np.abs(with_norm - generators[False](z)).max() > 1e-3
+
+
+def test_grayscale_and_bfloat16(tiny_config):
+    config = tiny_config  # a fresh config per test: the module-scoped `tiny` is shared
     config.model.num_channels = 1
     gan = GAN.from_config(config)
     state = create_train_state(gan, jax.random.key(0))

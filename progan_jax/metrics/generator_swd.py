@@ -1,10 +1,12 @@
 """SWD of a generator against reals: once for `--mode=evaluate`, periodically while training.
 
 Both describe the reals and the generated images into temporary files per pyramid level
-(`swd.describe`), so memory does not grow with the number of images.
+(`swd.describe`), so memory does not grow with the number of images. Reals are mirrored as in
+training when `data.mirror_augment` is on (`real_batches`), as the official evaluation does.
 """
 
 import contextlib
+from collections.abc import Iterator
 
 import ml_collections
 import numpy as np
@@ -31,11 +33,32 @@ def draw_reals(reals: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np
     return real_swd_draws(len(reals), count, seed)
 
 
+def real_batches(
+    reals: np.ndarray, indices: np.ndarray, batch: int, *, mirror: bool, seed: int
+) -> Iterator[np.ndarray]:
+    """`reals[indices]` in minibatches; with `mirror`, each image flipped left-right on a fair
+    coin of its own (a hash of `seed` and its place in the draw, as the training stream's flips).
+
+    Training with mirror augment shows G each image or its mirror with probability 1/2, and the
+    official evaluation mirrors reals the same way when the run did (per-sample coins), so the
+    metrics compare G with the distribution it learned. Fixed seeds keep a draw's images equal
+    from one evaluation to the next.
+    """
+    shown = 0
+    for images in input_pipeline.image_batches(reals, indices, batch):
+        if mirror:
+            flip = input_pipeline.mirror_flags(seed, np.arange(shown, shown + len(images)))
+            images[flip] = images[flip, :, ::-1]
+        shown += len(images)
+        yield images
+
+
 def describe_reals(
-    reals: np.ndarray, indices: np.ndarray, batch: int, seed: int
+    reals: np.ndarray, indices: np.ndarray, batch: int, seed: int, *, mirror: bool
 ) -> swd.Descriptors:
-    """SWD descriptors (temporary files, one per level) of `reals[indices]`, read in batches."""
-    batches = input_pipeline.image_batches(reals, indices, batch)
+    """SWD descriptors (temporary files, one per level) of `reals[indices]`, read in batches
+    (mirrored per `real_batches`, on coins seeded by `seed` too)."""
+    batches = real_batches(reals, indices, batch, mirror=mirror, seed=seed)
     return swd.describe(batches, reals.shape[1], seed=seed)
 
 
@@ -62,17 +85,20 @@ def swd_with_noise_floor(
     """SWD of generated images against a draw of the reals and, with eval.noise_floor, of a
     second draw against the first (`swd_noise_floor_*`), on the same directions: the sets are
     described first, then compared one pyramid level at a time."""
-    ev = config.eval
+    ev, mirror = config.eval, config.data.mirror_augment
     draw, second = draw_reals(reals, ev.swd_images, config.seed)
     with contextlib.ExitStack() as stack:
-        real_desc = stack.enter_context(describe_reals(reals, draw, ev.batch_size, 1))
+        real_desc = stack.enter_context(
+            describe_reals(reals, draw, ev.batch_size, 1, mirror=mirror)
+        )
         others = [
             stack.enter_context(
                 describe_generated(generator, len(draw), ev.batch_size, config.seed + 1)
             )
         ]
         if ev.noise_floor:
-            others.append(stack.enter_context(describe_reals(reals, second, ev.batch_size, 4)))
+            second_desc = describe_reals(reals, second, ev.batch_size, 4, mirror=mirror)
+            others.append(stack.enter_context(second_desc))
         swds = swd.distances(real_desc, others)
     results = swds[0]
     if ev.noise_floor:
@@ -104,7 +130,9 @@ class PeriodicSWD:
                 cfg.data, cfg.model.resolution, cfg.model.num_channels, generator.stage
             )
             draw, _ = draw_reals(reals, cfg.eval.swd_train_images, cfg.seed)
-            self._reals = describe_reals(reals, draw, cfg.eval.batch_size, 1)
+            self._reals = describe_reals(
+                reals, draw, cfg.eval.batch_size, 1, mirror=cfg.data.mirror_augment
+            )
             self._stage, self._count = generator.stage, len(draw)
         return generated_swd(generator, self._reals, self._count, cfg.eval.batch_size, cfg.seed + 1)
 

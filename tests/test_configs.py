@@ -1,0 +1,94 @@
+"""The configs: the paper configs hold the official preset's numbers, and every resolution from
+8 to 1024 runs with only `--config.model.resolution` changed."""
+
+import json
+
+import pytest
+
+from configs import celeba128, celeba_hq1024, default, image_folder
+from progan_jax import config_checks, models, schedule, summary
+
+# Official config.py:99, `preset-v1-1gpu` (the paper's configuration), with train.py:93-99 for
+# what it leaves at the defaults (learning rates 0.001, no per-resolution lrate_dict).
+PRESET_V1_1GPU = dict(
+    minibatch_base=16,
+    minibatch_dict={256: 14, 512: 6, 1024: 3},
+    lrate=0.001,
+    mbstd_group_size=16,
+    lod_training_kimg=800,
+    lod_transition_kimg=800,
+    total_kimg=19000,
+)
+
+# configs/default.py: train.py's schedule (minibatch_base 16, no minibatch_dict, lr 0.001) on
+# one GPU under config.py:106's fp32 per-GPU caps.
+OFFICIAL_DEFAULTS = dict(minibatch_base=16, minibatch_dict={512: 8, 1024: 4}, lrate=0.001)
+
+RESOLUTIONS = [2**n for n in range(3, 11)]  # 8 .. 1024
+
+
+def _stages(config) -> range:
+    return range(models.num_stages(config.model.resolution))
+
+
+def _assert_per_stage_values(config, preset: dict) -> None:
+    for stage in _stages(config):
+        res = models.stage_resolution(stage)
+        want = preset["minibatch_dict"].get(res, preset["minibatch_base"])
+        assert schedule.batch_size(config, stage) == want, res
+        assert schedule.learning_rate(config, stage) == preset["lrate"], res
+
+
+@pytest.mark.parametrize("module", [celeba128, celeba_hq1024])
+def test_paper_configs_hold_the_official_preset(module):
+    config = module.get_config()
+    preset = PRESET_V1_1GPU
+    _assert_per_stage_values(config, preset)
+    assert config.model.mbstd_group_size == preset["mbstd_group_size"]
+    assert config.schedule.stabilize_images == preset["lod_training_kimg"] * 1000
+    assert config.schedule.fade_images == preset["lod_transition_kimg"] * 1000
+    assert schedule.total_images(config) == preset["total_kimg"] * 1000
+    assert config.data.mirror_augment  # config.py's CelebA and CelebA-HQ lines
+    config_checks.validate(config, devices=1)
+
+
+def _with_resolution(module, resolution: int):
+    """The config as `--config.model.resolution=R` leaves it: set after `get_config()`."""
+    config = module.get_config()
+    if module is image_folder:
+        config.data.path = "/data/faces"  # required by this config, not per-stage
+    config.model.resolution = resolution
+    return config
+
+
+# (config, the per-stage values it holds, the largest resolution of its data set)
+RESOLUTION_CASES = [
+    (module, preset, resolution)
+    for module, preset, largest in [
+        (default, OFFICIAL_DEFAULTS, 128),  # celeb_a crops are 128x128
+        (image_folder, OFFICIAL_DEFAULTS, 1024),
+        (celeba128, PRESET_V1_1GPU, 128),
+        (celeba_hq1024, PRESET_V1_1GPU, 1024),
+    ]
+    for resolution in RESOLUTIONS
+    if resolution <= largest
+]
+
+
+@pytest.mark.parametrize(
+    "module, preset, resolution",
+    RESOLUTION_CASES,
+    ids=[f"{m.__name__.split('.')[-1]}-{r}" for m, _, r in RESOLUTION_CASES],
+)
+def test_any_resolution_with_one_flag(module, preset, resolution):
+    config = _with_resolution(module, resolution)
+    config_checks.validate(config, devices=1)
+    _assert_per_stage_values(config, preset)
+
+
+def test_summary_json_gives_the_schedule_total(tiny_config):
+    last = list(summary.summarize(tiny_config))[-1]
+    counts = json.loads(last)
+    # Three stages: stabilize 64, then fade 64 + stabilize 64 twice.
+    assert counts["total_images"] == 64 + 2 * (64 + 64) == schedule.total_images(tiny_config)
+    assert counts["generator_params"] > 0 and counts["critic_params"] > 0

@@ -1,0 +1,95 @@
+"""The progressive schedule against hand-computed numbers: phases, alpha, totals, steps."""
+
+import pytest
+
+from progan_jax import schedule
+from progan_jax.schedule import Phase
+
+
+@pytest.fixture
+def config(tiny_config):
+    """Three stages (4x4 to 16x16): stabilize 10, fade 6, last stabilization 20 images."""
+    tiny_config.schedule.stabilize_images = 10
+    tiny_config.schedule.fade_images = 6
+    tiny_config.schedule.final_stabilize_images = 20
+    tiny_config.schedule.batch_sizes = (4, 3, 5)
+    return tiny_config
+
+
+# stage 0 stabilizes 0-10; stage 1 fades 10-16, stabilizes 16-26; stage 2 fades 26-32, then
+# stabilizes 20 images, 32-52.
+PHASES = [
+    Phase(0, 0, False, 0, 10),
+    Phase(1, 1, True, 10, 16),
+    Phase(2, 1, False, 16, 26),
+    Phase(3, 2, True, 26, 32),
+    Phase(4, 2, False, 32, 52),
+]
+
+
+def test_phases_and_total(config):
+    assert schedule.phases(config) == PHASES
+    assert schedule.total_images(config) == 52
+
+
+def test_last_stabilization_defaults_to_stabilize_images(config):
+    config.schedule.final_stabilize_images = None
+    assert schedule.phases(config)[-1] == Phase(4, 2, False, 32, 42)
+    assert schedule.total_images(config) == 42
+
+
+def test_zero_length_fades_are_left_out(config):
+    config.schedule.fade_images = 0
+    assert schedule.phases(config) == [
+        Phase(0, 0, False, 0, 10),
+        Phase(1, 1, False, 10, 20),
+        Phase(2, 2, False, 20, 40),
+    ]
+
+
+@pytest.mark.parametrize(
+    "shown, index",
+    [(0, 0), (9, 0), (10, 1), (15, 1), (16, 2), (31, 3), (32, 4), (51, 4), (52, 4), (1000, 4)],
+)
+def test_phase_at_takes_the_phase_a_step_starts_in_and_the_last_past_the_end(config, shown, index):
+    assert schedule.phase_at(config, shown) == PHASES[index]
+
+
+@pytest.mark.parametrize(
+    "index, shown, alpha",
+    [
+        (1, 10, 0.0),  # a fade starts with the previous stage's output
+        (1, 13, 0.5),
+        (1, 15, 5 / 6),
+        (1, 16, 1.0),
+        (1, 5, 0.0),  # clipped to [0, 1] outside the phase
+        (1, 40, 1.0),
+        (3, 29, 0.5),
+        (0, 3, 1.0),  # stabilizing: the newest stage alone
+        (4, 40, 1.0),
+    ],
+)
+def test_alpha_rises_linearly_over_a_fade(index, shown, alpha):
+    assert schedule.alpha(PHASES[index], shown) == pytest.approx(alpha)
+
+
+def test_steps_between_round_each_phase_up_at_its_batch(config):
+    # Batches 4, 3, 5 divide no phase: 0 -> 12 in 3 steps of 4 (overshooting the stage-0 end at
+    # 10); 12 -> 18 in 2 of 3 (past the fade's end at 16); 18 -> 27 in 3 of 3; 27 -> 32 in 1 of
+    # 5; 32 -> 52 in 4 of 5.
+    assert schedule.steps_between(config, 0, 52) == 3 + 2 + 3 + 1 + 4
+    assert schedule.steps_between(config, 0, 10) == 3
+    assert schedule.steps_between(config, 0, 11) == 3
+    assert schedule.steps_between(config, 12, 16) == 2
+    assert schedule.steps_between(config, 18, 18) == 0
+    assert schedule.steps_between(config, 27, 33) == 1 + 1
+
+
+def test_steps_between_continue_past_the_end_at_the_last_batch(config):
+    assert schedule.steps_between(config, 50, 61) == 3  # 50 -> 55 -> 60 -> 65
+
+
+def test_batch_size_and_learning_rate_are_read_by_stage(config):
+    config.optimizer.learning_rates = (1e-3, 2e-3, 3e-3, 4e-3)  # a fourth value is unused
+    assert [schedule.batch_size(config, s) for s in range(3)] == [4, 3, 5]
+    assert [schedule.learning_rate(config, s) for s in range(3)] == [1e-3, 2e-3, 3e-3]
