@@ -140,11 +140,11 @@ def main(argv: list[str]) -> None:
         summary,
         train,
     )
-    from progan_jax.data import input_pipeline, sources
+    from progan_jax.data import cache_management, errors, input_pipeline
 
     expected = (
         config_checks.ConfigError,
-        sources.DataSetMissingError,
+        errors.DataSetMissingError,
         input_pipeline.DataPreparationError,
         checkpointing.CheckpointWriteError,
         train.NonFiniteLossError,
@@ -176,7 +176,7 @@ def main(argv: list[str]) -> None:
             _print_lines(benchmark.benchmark_input(config))
         elif _MODE.value == "caches":
             config_checks.validate_cache_management(config.data)
-            _print_lines(sources.cache_report(config.data))
+            _print_lines(cache_management.cache_report(config.data))
         else:
             _print_lines(summary.summarize(config))
     except interrupt.Interrupted as stopped:

@@ -5,6 +5,8 @@
     python benchmarks/quality.py idx-to-png $idx/t10k-images-idx3-ubyte.gz /tmp/fmnist/heldout
     python benchmarks/quality.py race --train /tmp/fmnist/train --heldout /tmp/fmnist/heldout \
         --minutes 10 --torch-python /path/to/torch-venv/bin/python
+    python benchmarks/quality.py race --train /tmp/fmnist/train --heldout /tmp/fmnist/heldout \
+        --sides progan_jax --override=--config.loss.gp_scale=native   # an ablation
 
 Fashion-MNIST comes offline from Debian (`apt-get install dataset-fashion-mnist`); any two
 folders of images work. Both sides train at 32x32 for the same wall-clock budget, counted from
@@ -84,8 +86,10 @@ def train_progan_jax(args: argparse.Namespace, workdir: pathlib.Path) -> dict:
     command = [
         sys.executable, "main.py", "--config=configs/short_budget.py",
         f"--workdir={workdir}", f"--config.data.path={args.train}",
-        f"--config.data.cache_dir={args.work / 'cache'}",
+        f"--config.data.cache_dir={args.cache}",
+        "--compilation_cache=",  # every run compiles cold, as a first run does
         "--config.schedule.final_stabilize_images=1000000000",  # until the budget ends
+        *args.override,
     ]  # fmt: skip
     started = time.monotonic()
     process = subprocess.Popen(command, cwd=ROOT)
@@ -100,7 +104,7 @@ def train_progan_jax(args: argparse.Namespace, workdir: pathlib.Path) -> dict:
 def progan_jax_images(args: argparse.Namespace, workdir: pathlib.Path, count: int) -> np.ndarray:
     from progan_jax import evaluate
 
-    config = folder_config(args.train, args.work / "cache")
+    config = folder_config(args.train, args.cache)  # the overrides keep the networks' shapes
     generator = evaluate.load_generator(config, str(workdir), None)
     if generator.resolution != RESOLUTION or generator.alpha != 1.0:
         raise RuntimeError(
@@ -195,26 +199,27 @@ def race(args: argparse.Namespace) -> None:
     from progan_jax import sampling
 
     args.work.mkdir(parents=True, exist_ok=True)
-    train = decoded(args.train, args.work / "cache")  # decoded before either clock starts
-    heldout = decoded(args.heldout, args.work / "cache")[: args.count]
-    reals_file = args.work / "train_images.npy"
-    np.save(reals_file, train)
-
-    tutorial = run_tutorial(args, reals_file, len(heldout))
-    workdir = args.work / "progan_jax"
-    ours = train_progan_jax(args, workdir)
+    args.cache = args.cache or args.work / "cache"
+    train = decoded(args.train, args.cache)  # decoded before either clock starts
+    heldout = decoded(args.heldout, args.cache)[: args.count]
     rng = np.random.default_rng(0)
-    sets = {
-        "progan_jax": progan_jax_images(args, workdir, len(heldout)),
-        "tutorial": np.load(tutorial["images"]),
-        "reals": train[rng.permutation(len(train))[: len(heldout)]],
-    }
+    sets = {"reals": train[rng.permutation(len(train))[: len(heldout)]]}
+    runs = {}
+    if "tutorial" in args.sides:
+        reals_file = args.work / "train_images.npy"
+        np.save(reals_file, train)
+        runs["tutorial"] = run_tutorial(args, reals_file, len(heldout))
+        sets["tutorial"] = np.load(runs["tutorial"]["images"])
+    if "progan_jax" in args.sides:
+        workdir = args.work / "progan_jax"
+        runs["progan_jax"] = {**train_progan_jax(args, workdir), "overrides": args.override}
+        sets["progan_jax"] = progan_jax_images(args, workdir, len(heldout))
     scores = swd_against(heldout, sets)
     for name, images in sets.items():
         grid = sampling.image_grid(images[:64], 8, 64)
         sampling.save_png(args.work / f"{name}_grid.png", grid)
-        run = {"progan_jax": ours, "tutorial": tutorial}.get(name, {})
-        print(json.dumps({"side": name, "minutes": args.minutes, **scores[name], **run}))
+        line = {"side": name, "minutes": args.minutes, **scores[name], **runs.get(name, {})}
+        print(json.dumps(line))
 
 
 def main() -> None:
@@ -229,6 +234,15 @@ def main() -> None:
     run.add_argument("--minutes", type=float, default=10.0)
     run.add_argument("--count", type=int, default=4096, help="images scored per side")
     run.add_argument("--work", type=pathlib.Path, default=pathlib.Path("/tmp/quality_race"))
+    run.add_argument("--cache", type=pathlib.Path, help="decoded images (default: WORK/cache)")
+    run.add_argument("--sides", default="progan_jax,tutorial", help="who trains this time")
+    run.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="a main.py flag for progan_jax that keeps the networks' shapes (an ablation), "
+        "e.g. --override=--config.loss.gp_scale=native",
+    )
     run.add_argument("--reference", type=pathlib.Path, default=DEFAULT_REFERENCE)
     run.add_argument("--torch-python", default=os.environ.get("TORCH_PYTHON", sys.executable))
     tutorial = commands.add_parser("tutorial")  # the torch side, run by `race`

@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
             use_wscale=True,  # equalized learning rate
             mbstd_group_size=4,  # 0 or 1 disables minibatch stddev
             fused_scale=True,  # resampling fused into the convolutions (same maths, fewer FLOPs)
+            # How convolutions are differentiated: 'matmul' (forward convs and matrix products,
+            # fast on XLA:CPU), 'xla' (XLA's own: cuDNN, TPU), 'auto' (matmul on CPU, else xla).
+            conv_gradients="auto",
             compute_dtype="float32",  # 'bfloat16' for GPU/TPU; parameters stay float32
         )
     )
@@ -70,6 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
             # The last stage's stabilization (None: stabilize_images); the paper trains its
             # 1024x1024 networks for 19M images in all, i.e. 7M at the last stage.
             final_stabilize_images=config_dict.placeholder(int),
+            # Per stage, 4x4 upward: images of its fade-in and of its stabilization, in place of
+            # fade_images / stabilize_images (None: those for every stage).
+            phase_images=config_dict.placeholder(tuple),
             # Global batch per stage, 4x4..1024x1024: the official schedule on one GPU,
             # minibatch_base 16 (train.py:93-95) capped by the fp32 per-GPU limits
             # {256: 16, 512: 8, 1024: 4} (config.py:106); multiples of mbstd_group_size 4.

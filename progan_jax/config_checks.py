@@ -5,7 +5,7 @@ Every error names the field (`config.schedule.batch_sizes: ...`) and says what w
 
 import ml_collections
 
-from progan_jax import losses, models, paths, schedule
+from progan_jax import conv, losses, models, paths, schedule
 from progan_jax.data import sources
 
 
@@ -80,6 +80,11 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
             "model.compute_dtype",
             f"must be float32, bfloat16 or float16, got {model.compute_dtype!r}",
         )
+    if model.conv_gradients not in ("auto", *conv.GRADIENT_RULES):
+        _fail(
+            "model.conv_gradients",
+            f"must be 'auto' or one of {conv.GRADIENT_RULES}, got {model.conv_gradients!r}",
+        )
 
     _per_stage(
         config,
@@ -113,6 +118,14 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
             _fail(f"schedule.{field}", f"must be >= 0, got {sched[field]}")
     if sched.stabilize_images == 0:
         _fail("schedule.stabilize_images", "must be positive")
+    if sched.phase_images is not None:
+        _per_stage(
+            config,
+            "schedule.phase_images",
+            stages,
+            lambda n: isinstance(n, int) and n > 0,
+            "a positive int",
+        )
     if sched.final_stabilize_images is not None and sched.final_stabilize_images < 0:
         _fail("schedule.final_stabilize_images", "must be >= 0")
     if not 0.0 <= config.ema_decay < 1.0:

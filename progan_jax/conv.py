@@ -6,6 +6,12 @@ The fused forms follow the official code's `fused_scale` (`upscale2d_conv2d`,
 * upsample-then-3x3-conv == a 2x2 conv producing the four output phases (sub-pixel layout)
   followed by a depth-to-space shuffle;
 * 3x3-conv-then-2x2-avgpool == a space-to-depth shuffle followed by a 2x2 conv.
+
+Every convolution takes its gradient rules explicitly (`gradients`, one of `GRADIENT_RULES`):
+'xla' differentiates XLA's convolution as JAX does (cuDNN / TPU kernels, fast there); 'matmul'
+uses this module's rules below, built from forward convolutions and matrix products, which
+XLA:CPU runs several times faster. The maths is the same; a run picks one when its networks are
+built (`config.model.conv_gradients`, 'auto': by platform), never at trace time.
 """
 
 import functools
@@ -27,6 +33,12 @@ _DOWN_TAPS = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1]], dtype=np.flo
 
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
+GRADIENT_RULES = ("matmul", "xla")
+
+
+def gradient_rules_for(platform: str) -> str:
+    """The faster rules on `platform` ('cpu', 'gpu', 'tpu'): 'matmul' on CPU, else 'xla'."""
+    return "matmul" if platform == "cpu" else "xla"
 
 
 def _same(w: jax.Array) -> Padding:
@@ -34,16 +46,15 @@ def _same(w: jax.Array) -> Padding:
     return ((kh // 2, (kh - 1) // 2), (kw // 2, (kw - 1) // 2))
 
 
-def conv(x: jax.Array, w: jax.Array, padding: Padding | None = None) -> jax.Array:
-    """Stride-1 convolution, 'SAME' padding unless given as ((top, bottom), (left, right)).
-
-    On CPU it differentiates through `_conv`'s rules below; GPUs and TPUs keep XLA's own
-    (cuDNN / TPU) convolution gradients, which are fast there.
-    """
+def conv(x: jax.Array, w: jax.Array, gradients: str, padding: Padding | None = None) -> jax.Array:
+    """Stride-1 convolution differentiated by `gradients`' rules; 'SAME' padding unless given
+    as ((top, bottom), (left, right))."""
     padding = _same(w) if padding is None else padding
-    if jax.default_backend() == "cpu":
+    if gradients == "matmul":
         return _conv(x, w, padding)
-    return _xla_conv(x, w, padding)
+    if gradients == "xla":
+        return _xla_conv(x, w, padding)
+    raise ValueError(f"gradients must be one of {GRADIENT_RULES}, got {gradients!r}")
 
 
 def _xla_conv(x: jax.Array, w: jax.Array, padding: Padding) -> jax.Array:
@@ -126,20 +137,20 @@ def _weight_grad_bwd(kernel, padding, residuals, dw_bar):
 weight_grad.defvjp(_weight_grad_fwd, _weight_grad_bwd)
 
 
-def upsample_conv(x: jax.Array, w: jax.Array) -> jax.Array:
+def upsample_conv(x: jax.Array, w: jax.Array, gradients: str) -> jax.Array:
     """conv(upsample2x(x), w) for a 3x3 kernel, without forming the upsampled input."""
     n, h, wd, _ = x.shape
     cin, cout = w.shape[2:]
     # k[a, u, b, v] = sum_{r,c} P[a,u,r] P[b,v,c] w[r,c]: the 2x2 kernel of output phase (a, b).
     k = jnp.einsum("aur,bvc,rcio->uviabo", _UP_PHASES, _UP_PHASES, w).astype(w.dtype)
-    z = conv(x, k.reshape(2, 2, cin, 4 * cout), padding=((1, 1), (1, 1)))  # [n, h+1, w+1, 4o]
+    z = conv(x, k.reshape(2, 2, cin, 4 * cout), gradients, ((1, 1), (1, 1)))  # [n, h+1, w+1, 4o]
     z = z.reshape(n, h + 1, wd + 1, 2, 2, cout)
     phases = [[z[:, a : a + h, b : b + wd, a, b] for b in range(2)] for a in range(2)]
     y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # [n, h, 2, w, 2, o]
     return y.reshape(n, 2 * h, 2 * wd, cout)
 
 
-def conv_downsample(x: jax.Array, w: jax.Array) -> jax.Array:
+def conv_downsample(x: jax.Array, w: jax.Array, gradients: str) -> jax.Array:
     """downsample2x(conv(x, w)) for a 3x3 kernel, computed on the output grid."""
     n, h, wd, cin = x.shape
     cout = w.shape[3]
@@ -149,4 +160,4 @@ def conv_downsample(x: jax.Array, w: jax.Array) -> jax.Array:
     xs = xp.reshape(n, h // 2 + 1, 2, wd // 2 + 1, 2, cin).transpose(0, 1, 3, 2, 4, 5)
     xs = xs.reshape(n, h // 2 + 1, wd // 2 + 1, 4 * cin)
     ks = k.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * cin, cout)
-    return conv(xs, ks, padding=((0, 0), (0, 0)))
+    return conv(xs, ks, gradients, ((0, 0), (0, 0)))

@@ -128,6 +128,7 @@ class EqualizedConv(nn.Module):
     resample: str | None = None
     fused: bool = True
     use_wscale: bool = True
+    gradients: str = "xla"  # conv.GRADIENT_RULES: how the convolutions are differentiated
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -142,12 +143,21 @@ class EqualizedConv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         w = (kernel * he_scale(fan_in, self.gain, self.use_wscale)).astype(self.dtype)
         x = x.astype(self.dtype)
+        rules = self.gradients
         if self.resample == "up":
-            y = conv.upsample_conv(x, w) if self.fused else conv.conv(upsample2x(x), w)
+            y = (
+                conv.upsample_conv(x, w, rules)
+                if self.fused
+                else conv.conv(upsample2x(x), w, rules)
+            )
         elif self.resample == "down":
-            y = conv.conv_downsample(x, w) if self.fused else downsample2x(conv.conv(x, w))
+            y = (
+                conv.conv_downsample(x, w, rules)
+                if self.fused
+                else downsample2x(conv.conv(x, w, rules))
+            )
         elif self.resample is None:
-            y = conv.conv(x, w)
+            y = conv.conv(x, w, rules)
         else:
             raise ValueError(f"resample must be None, 'up' or 'down', got {self.resample!r}")
         return y + bias.astype(self.dtype)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from progan_jax import conv
 from progan_jax.layers import (
     SQRT2,
     EqualizedConv,
@@ -70,6 +71,7 @@ class _Growing(nn.Module):
     fmap_decay: float = 1.0
     use_wscale: bool = True
     fused_scale: bool = True
+    conv_gradients: str = "xla"  # conv.GRADIENT_RULES
     dtype: Any = jnp.float32
 
     @property
@@ -81,7 +83,12 @@ class _Growing(nn.Module):
 
     def conv(self, features: int, **kwargs) -> EqualizedConv:
         return EqualizedConv(
-            features, use_wscale=self.use_wscale, fused=self.fused_scale, dtype=self.dtype, **kwargs
+            features,
+            use_wscale=self.use_wscale,
+            fused=self.fused_scale,
+            gradients=self.conv_gradients,
+            dtype=self.dtype,
+            **kwargs,
         )
 
     def dense(self, features: int, **kwargs) -> EqualizedDense:
@@ -198,8 +205,15 @@ def _common_kwargs(model: ml_collections.ConfigDict) -> dict:
         fmap_decay=model.fmap_decay,
         use_wscale=model.use_wscale,
         fused_scale=model.fused_scale,
+        conv_gradients=conv_gradients(model.conv_gradients),
         dtype=jnp.dtype(model.compute_dtype),
     )
+
+
+def conv_gradients(setting: str) -> str:
+    """`model.conv_gradients` decided: 'auto' becomes the default backend's faster rules, once,
+    when the networks are built (so a traced step never looks at the platform)."""
+    return conv.gradient_rules_for(jax.default_backend()) if setting == "auto" else setting
 
 
 def make_generator(model: ml_collections.ConfigDict) -> Generator:

@@ -137,20 +137,31 @@ class RunProgress:
             self._bar.close()
 
 
-def track(items: Iterable[T], total: int, description: str, every_s: float = 30) -> Iterator[T]:
-    """`items`, reporting `description: N of total` while a long preparation consumes them:
-    a bar on a terminal, a log line every `every_s` seconds otherwise (process 0 only)."""
-    if not _reports():
-        yield from items
-        return
-    if _on_terminal():
-        yield from tqdm.tqdm(items, total=total, desc=description, file=sys.stderr, leave=False)
-        return
-    started = last = time.monotonic()
-    for done, item in enumerate(items, 1):
-        yield item
-        now = time.monotonic()
-        if now - last >= every_s:
-            last = now
-            logging.info("%s: %d of %d (%s)", description, done, total,
-                         format_duration(now - started))  # fmt: skip
+def track(
+    items: Iterable[T], total: int | None, description: str, done: int = 0, every_s: float = 30
+) -> Iterator[T]:
+    """`items`, reporting `description: N of total` while a long preparation consumes them (a
+    bar on a terminal, else a log line every `every_s` seconds; process 0 only). `done` items
+    were consumed before (a resumed build); `total` None: unknown. Closing this generator
+    closes `items` (a reader's worker threads stop with it)."""
+    iterator = iter(items)
+    try:
+        if not _reports():
+            yield from iterator
+        elif _on_terminal():
+            bar = tqdm.tqdm(iterator, total=total, initial=done, desc=description, leave=False)
+            yield from bar
+        else:
+            started = last = time.monotonic()
+            of = "" if total is None else f" of {total}"
+            for count, item in enumerate(iterator, done + 1):
+                yield item
+                now = time.monotonic()
+                if now - last >= every_s:
+                    last = now
+                    elapsed = format_duration(now - started)
+                    logging.info("%s: %d%s (%s)", description, count, of, elapsed)
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()

@@ -7,12 +7,11 @@ import os
 from collections.abc import Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from PIL import Image
 
-from progan_jax import interrupt, models, paths
+from progan_jax import interrupt, models, paths, reporting
 from progan_jax.gan import GAN, Params
 
 
@@ -32,7 +31,8 @@ def generate_images(
 ):
     """Images in [-1, 1] as a float32 NumPy array, computed `batch` latents at a time."""
     fn = generator_fn(gan, stage)
-    parts = [fn(params, z[i : i + batch], jnp.float32(alpha)) for i in range(0, len(z), batch)]
+    alpha = jax.device_put(np.float32(alpha))  # one explicit copy, not one per call
+    parts = [fn(params, z[i : i + batch], alpha) for i in range(0, len(z), batch)]
     return np.concatenate([np.asarray(p) for p in parts])
 
 
@@ -89,7 +89,12 @@ class GeneratorSnapshot:
         return models.stage_resolution(self.stage)
 
     def batches(self, count: int, batch: int, seed: int) -> Iterator[np.ndarray]:
-        """`count` generated uint8 images in minibatches, from latents fixed by `seed`."""
+        """`count` generated uint8 images in minibatches, from latents fixed by `seed`; a
+        long run of them (a metric's thousands) reports its progress."""
+        what = f"generating {count} images at {self.resolution}x{self.resolution} (batches)"
+        return reporting.track(self._batches(count, batch, seed), -(-count // batch), what)
+
+    def _batches(self, count: int, batch: int, seed: int) -> Iterator[np.ndarray]:
         key = jax.random.key(seed)
         for start in range(0, count, batch):
             interrupt.check("evaluation")

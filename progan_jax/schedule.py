@@ -21,15 +21,27 @@ class Phase:
     end: int
 
 
+def phase_lengths(config: ml_collections.ConfigDict, stage: int) -> tuple[int, int]:
+    """Images of `stage`'s fade-in and of its stabilization (before `final_stabilize_images`).
+
+    `schedule.phase_images`, where set, gives each stage its own length for both phases: a
+    short run can show many cheap low-resolution images and few costly high-resolution ones.
+    """
+    sched = config.schedule
+    if sched.phase_images is not None:
+        return sched.phase_images[stage], sched.phase_images[stage]
+    return sched.fade_images, sched.stabilize_images
+
+
 def phases(config: ml_collections.ConfigDict) -> list[Phase]:
     """Every phase of the run, in order; zero-length fades are left out."""
-    sched = config.schedule
     last = models.num_stages(config.model.resolution) - 1
-    final = sched.final_stabilize_images
+    final = config.schedule.final_stabilize_images
     result, shown = [], 0
     for stage in range(last + 1):
-        fade = sched.fade_images if stage > 0 else 0
-        stabilize = final if stage == last and final is not None else sched.stabilize_images
+        fade, stabilize = phase_lengths(config, stage)
+        fade = fade if stage > 0 else 0
+        stabilize = final if stage == last and final is not None else stabilize
         for fading, length in ((True, fade), (False, stabilize)):
             if length > 0:
                 result.append(Phase(len(result), stage, fading, shown, shown + length))

@@ -13,7 +13,7 @@ import pytest
 
 from configs import tiny
 from progan_jax import config_checks
-from progan_jax.data import input_pipeline, sources, synthetic
+from progan_jax.data import cache_management, input_pipeline, sources, synthetic
 from tests import runs
 
 OLD_DAYS = 40  # more than the default data.stale_cache_days
@@ -73,7 +73,7 @@ def test_caches_are_npy_files_that_numpy_reads(data):
 def test_listing_shows_each_file_and_why_it_is_stale(data):
     fresh, old, stale = _stale_setup(data)
     root = fresh.parent
-    *lines, summary = sources.cache_report(data)
+    *lines, summary = cache_management.cache_report(data)
     by_name = {line["name"]: line for line in lines}
     base = by_name[f"{fresh.name}/images_16.npy"]
     assert base["shape"] == (8, 16, 16, 3) and base["dtype"] == "uint8"
@@ -92,7 +92,9 @@ def test_listing_shows_each_file_and_why_it_is_stale(data):
     assert all(path.exists() for path in stale)
     json.dumps([*lines, summary])  # what main.py prints
     # Listing a cache is not using it: still stale the next time.
-    assert any(f.stale for f in sources.list_caches(data) if f.path == old / "images_16.npy")
+    assert any(
+        f.stale for f in cache_management.list_caches(data) if f.path == old / "images_16.npy"
+    )
 
 
 def test_removal_frees_the_stale_files_and_keeps_the_rest(data, monkeypatch):
@@ -100,7 +102,7 @@ def test_removal_frees_the_stale_files_and_keeps_the_rest(data, monkeypatch):
     stale_bytes = sum(path.stat().st_size for path in stale)
     kept = np.array(input_pipeline.stage_images(data, 16, 3, 1))
     data.remove_stale_caches = True
-    *lines, summary = sources.cache_report(data)
+    *lines, summary = cache_management.cache_report(data)
     assert summary["removed"] == len(stale) and summary["bytes_freed"] == stale_bytes
     assert {line["name"] for line in lines if line["removed"]} == {
         str(path.relative_to(fresh.parent)) for path in stale
@@ -115,9 +117,9 @@ def test_removal_frees_the_stale_files_and_keeps_the_rest(data, monkeypatch):
 def test_a_cache_a_run_reads_is_not_stale(data):
     sources.load_images(data, 16, 3)
     _age(_folder(data), OLD_DAYS)
-    assert all(f.stale for f in sources.list_caches(data))
+    assert all(f.stale for f in cache_management.list_caches(data))
     sources.load_images(data, 16, 3)  # a run reads it
-    assert not any(f.stale for f in sources.list_caches(data))
+    assert not any(f.stale for f in cache_management.list_caches(data))
 
 
 def _partial_build(data) -> pathlib.Path:
@@ -133,7 +135,7 @@ def test_a_folder_where_a_process_builds_is_left_alone(data):
     partial = _partial_build(data)
     with open(partial.parent / ".lock", "ab") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a live builder
-        files = sources.list_caches(data, remove=True)
+        files = cache_management.list_caches(data, remove=True)
     assert [f.path for f in files] == [partial] and not files[0].stale
     assert partial.exists()
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from progan_jax.data import decode, sources
+from progan_jax.data import decode, errors, sources
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 WHITE = decode.BACKGROUND
@@ -133,7 +133,7 @@ def _folder_of(root: pathlib.Path, good: int, broken: int) -> None:
 
 def test_a_folder_where_most_files_fail_is_an_error(folder):
     _folder_of(pathlib.Path(folder.path), good=2, broken=3)
-    with pytest.raises(sources.DataSetMissingError, match="3 of 5 files") as error:
+    with pytest.raises(errors.DataSetMissingError, match="3 of 5 files") as error:
         sources.load_images(folder, 16, 3)
     assert "broken0.jpg" in str(error.value)
     assert not list(pathlib.Path(folder.cache_dir).rglob("*.npy*"))  # nothing cached

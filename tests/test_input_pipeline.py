@@ -17,7 +17,7 @@ from PIL import Image
 
 from configs import tiny
 from progan_jax import interrupt, parallel
-from progan_jax.data import decode, input_pipeline, sources, synthetic
+from progan_jax.data import cache, decode, errors, input_pipeline, sources, synthetic
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ CHUNK = 4
 def small_chunks(data_config, monkeypatch):
     """20 images in chunks of 4: an interrupted build has complete chunks to keep."""
     data_config.data.synthetic_size = SMALL_SET
-    monkeypatch.setattr(sources, "CHUNK_BYTES", CHUNK * 16 * 16 * 3)
+    monkeypatch.setattr(cache, "CHUNK_BYTES", CHUNK * 16 * 16 * 3)
     return data_config
 
 
@@ -123,7 +123,7 @@ def test_celeba_hq_and_other_tfds_sets_with_mock_data(data_config):
 
 def test_missing_celeba_says_where_to_put_the_files(data_config):
     data_config.data.source = "celeb_a"
-    with pytest.raises(sources.DataSetMissingError) as error:
+    with pytest.raises(errors.DataSetMissingError) as error:
         sources.load_images(data_config.data, 16, 3)
     message = str(error.value)
     assert "img_align_celeba.zip" in message and "list_eval_partition.txt" in message
@@ -176,10 +176,10 @@ def test_image_folder_without_usable_images_is_an_error(data_config, tmp_path):
     (root / "bad.png").write_bytes(b"garbage")
     data_config.data.source = "image_folder"
     data_config.data.path = str(root)
-    with pytest.raises(sources.DataSetMissingError, match="no usable image"):
+    with pytest.raises(errors.DataSetMissingError, match="no usable image"):
         sources.load_images(data_config.data, 16, 3)
     data_config.data.path = str(tmp_path / "nowhere")
-    with pytest.raises(sources.DataSetMissingError, match="not a directory"):
+    with pytest.raises(errors.DataSetMissingError, match="not a directory"):
         sources.load_images(data_config.data, 16, 3)
 
 
@@ -268,11 +268,11 @@ def _uninterrupted(config, tmp_path, stage: int = 2) -> np.ndarray:
     return np.array(input_pipeline.stage_images(clean, 16, 3, stage))
 
 
-def _leftovers(cache: pathlib.Path) -> dict[str, list[pathlib.Path]]:
+def _leftovers(cache_root: pathlib.Path) -> dict[str, list[pathlib.Path]]:
     return {
-        "temp": sorted(cache.rglob("*.tmp")),
-        "partial": sorted(cache.rglob("*.partial")),
-        "progress": sorted(cache.rglob("*.progress.json")),
+        "temp": sorted(cache_root.rglob("*.tmp")),
+        "partial": sorted(cache_root.rglob("*.partial")),
+        "progress": sorted(cache_root.rglob("*.progress.json")),
     }
 
 
@@ -330,18 +330,18 @@ def test_sigterm_stops_preparation_promptly_and_a_restart_reuses_complete_chunks
     with pytest.raises(interrupt.Interrupted):
         input_pipeline.stage_images(data, 16, 3, stage)
     assert len(calls) == signal_at  # stopped at the signal, not at the end of the set
-    cache = pathlib.Path(data.cache_dir)
-    left = _leftovers(cache)
+    cache_root = pathlib.Path(data.cache_dir)
+    left = _leftovers(cache_root)
     assert left["temp"] == []
     (partial,) = left["partial"]  # the complete chunks only, kept for the restart
     res = 2 ** (stage + 2)
-    assert partial.stat().st_size == sources._partial_size((res, res, 3), committed)
+    assert partial.stat().st_size == cache._partial_size((res, res, 3), committed)
 
     interrupt.reset()
     got = input_pipeline.stage_images(data, 16, 3, stage)
     assert len(calls) == signal_at + calls_left
     np.testing.assert_array_equal(got, want)
-    assert _leftovers(cache) == {"temp": [], "partial": [], "progress": []}
+    assert _leftovers(cache_root) == {"temp": [], "partial": [], "progress": []}
 
 
 def test_a_resumed_tfds_build_skips_the_committed_examples(
@@ -395,10 +395,10 @@ def test_an_error_mid_decode_leaves_no_temp_files(small_chunks, tmp_path, monkey
     _counting(monkeypatch, synthetic, "draw_face", fail)
     with pytest.raises(RuntimeError, match="a decoder crashed"):
         sources.load_images(small_chunks.data, 16, 3)
-    cache = pathlib.Path(small_chunks.data.cache_dir)
-    left = _leftovers(cache)
+    cache_root = pathlib.Path(small_chunks.data.cache_dir)
+    left = _leftovers(cache_root)
     assert left["temp"] == []
-    assert [p.stat().st_size for p in left["partial"]] == [sources._partial_size((16, 16, 3), 8)]
+    assert [p.stat().st_size for p in left["partial"]] == [cache._partial_size((16, 16, 3), 8)]
     monkeypatch.undo()
     got = sources.load_images(small_chunks.data, 16, 3).images
     np.testing.assert_array_equal(got, _uninterrupted(small_chunks, tmp_path))
@@ -407,11 +407,11 @@ def test_an_error_mid_decode_leaves_no_temp_files(small_chunks, tmp_path, monkey
 _SLOW_BUILD = """
 import pathlib, sys, time
 from configs import tiny
-from progan_jax.data import sources, synthetic
+from progan_jax.data import cache, sources, synthetic
 
 config = tiny.get_config()
 config.data.synthetic_size, config.data.cache_dir = int(sys.argv[1]), sys.argv[2]
-sources.CHUNK_BYTES = int(sys.argv[3])
+cache.CHUNK_BYTES = int(sys.argv[3])
 draw = synthetic.draw_face
 
 
@@ -436,20 +436,20 @@ def test_a_killed_build_leaves_nothing_stale_after_the_next_start(
 ):
     data, drawn = small_chunks.data, tmp_path / "drawn"
     command = [sys.executable, "-c", _SLOW_BUILD, str(SMALL_SET), data.cache_dir]
-    process = subprocess.Popen([*command, str(sources.CHUNK_BYTES), str(drawn)], cwd=ROOT)
+    process = subprocess.Popen([*command, str(cache.CHUNK_BYTES), str(drawn)], cwd=ROOT)
     deadline = time.monotonic() + 120
     while _last_drawn(drawn) < 9 and time.monotonic() < deadline:
         assert process.poll() is None, "the build ended before it could be killed"
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)  # in the third chunk of four images
     process.wait()
-    cache = pathlib.Path(data.cache_dir)
-    (key,) = cache.iterdir()
+    cache_root = pathlib.Path(data.cache_dir)
+    (key,) = cache_root.iterdir()
     (key / "images_16.npy.otherhost.7.0123abcd.tmp").write_bytes(b"a killed writer's temp file")
 
     calls = _counting(monkeypatch, synthetic, "draw_face")
     got = sources.load_images(data, 16, 3).images
-    assert _leftovers(cache) == {"temp": [], "partial": [], "progress": []}
+    assert _leftovers(cache_root) == {"temp": [], "partial": [], "progress": []}
     assert 0 < len(calls) < SMALL_SET  # the killed build's complete chunks were kept
     np.testing.assert_array_equal(got, _uninterrupted(small_chunks, tmp_path))
 

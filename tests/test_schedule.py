@@ -38,6 +38,28 @@ def test_last_stabilization_defaults_to_stabilize_images(config):
     assert schedule.total_images(config) == 42
 
 
+def test_phase_images_give_each_stage_its_own_lengths(config):
+    """Stage 0 stabilizes 30; stage 1 fades 8 and stabilizes 8; stage 2 fades 4, then the last
+    stabilization's 20 (values past the run's stages are unused)."""
+    config.schedule.phase_images = (30, 8, 4, 999)
+    assert schedule.phases(config) == [
+        Phase(0, 0, False, 0, 30),
+        Phase(1, 1, True, 30, 38),
+        Phase(2, 1, False, 38, 46),
+        Phase(3, 2, True, 46, 50),
+        Phase(4, 2, False, 50, 70),
+    ]
+
+
+def test_phase_images_must_cover_every_stage(config):
+    from progan_jax import config_checks
+
+    config.schedule.batch_sizes = (8, 8, 8)  # the fixture's (4, 3, 5) suit mbstd groups of 1
+    config.schedule.phase_images = (30, 8)
+    with pytest.raises(config_checks.ConfigError, match=r"schedule\.phase_images: has 2 value"):
+        config_checks.validate(config, devices=1)
+
+
 def test_zero_length_fades_are_left_out(config):
     config.schedule.fade_images = 0
     assert schedule.phases(config) == [

@@ -1,4 +1,4 @@
-"""The training loop in this process: a whole tiny run, its outputs, its progress report.
+"""The training loop in this process: a whole tiny run and its outputs.
 
 Kill, resume and multi-process runs need processes of their own (tests/test_main.py,
 tests/test_multihost.py); everything else about a run is checked here, where it is fast.
@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from progan_jax import checkpointing, evaluate, reporting, schedule, train, train_step
+from progan_jax import checkpointing, evaluate, schedule, train, train_step
 
 
 def guard_transfers(monkeypatch) -> list:
@@ -75,39 +75,3 @@ def test_the_guard_catches_an_implicit_copy(tiny_config, monkeypatch):
     step = train_step.make_train_step(gan, mesh, 0)
     with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
         step(state, reals, 1.0, 1e-3)
-
-
-def test_estimate_adds_each_stages_rate_over_its_images_left(tiny_config):
-    """Stage 0 measured at 100 images/s, stage 1 at 50: the time left of a run in stage 1 is
-    its phases' images over their stage's rate, and stage 2 borrows stage 1's rate / 4."""
-    config = tiny_config  # phases: s0 [0,64), s1 fade [64,128), s1 [128,192), s2 fade, s2
-    estimate = reporting.Estimate(config)
-    estimate.update(0, stage=0, now=0.0)
-    estimate.update(40, stage=0, now=0.4)  # 100 images/s
-    assert estimate.rate(0) == pytest.approx(100)
-    assert estimate.rate(2) == pytest.approx(100 / 16)  # borrowed, 16x the pixels
-    estimate.update(72, stage=1, now=5.0)  # a stage's first interval holds its compile
-    estimate.update(96, stage=1, now=5.48)  # 50 images/s
-    assert estimate.rate(1) == pytest.approx(50)
-    expected = (192 - 96) / 50 + (320 - 192) / (50 / 4)
-    assert estimate.seconds_left(96) == pytest.approx(expected)
-
-
-def test_progress_lines_in_a_log(tiny_config, caplog):
-    caplog.set_level(logging.INFO)
-    report = reporting.RunProgress(tiny_config, every_s=0)
-    phase = schedule.phase_at(tiny_config, 80)
-    report.update(72, phase, 0.125)
-    report.update(80, phase, 0.25)
-    report.close()
-    assert "Progress: 80/320 images (25.0%), stage 1 (8x8) fade-in alpha 0.25" in caplog.text
-    assert "ETA" in caplog.text
-
-
-def test_format_duration():
-    assert [reporting.format_duration(s) for s in (4.4, 245, 3720, -1)] == [
-        "4s",
-        "4m05s",
-        "1h02m",
-        "0s",
-    ]

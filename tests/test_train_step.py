@@ -216,3 +216,50 @@ def test_penalty_scales_agree_only_at_the_last_stage(gan_and_state, stage, ratio
         for a, b in zip(jax.tree.leaves(official_grads), jax.tree.leaves(native_grads), strict=True)
     )
     assert same == (ratio == 1.0)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_both_conv_gradient_rules_give_the_same_step(stage, tiny_config):
+    """The CPU-fast rules ('matmul') and XLA's ('xla', what GPUs and TPUs run) differentiate the
+    same maths: the critic's gradients (with the penalty's double backward) and the
+    generator's agree, at a fade (both RGB paths) and at the last stage."""
+    gans = {}
+    for rules in ("matmul", "xla"):
+        tiny_config.model.conv_gradients = rules
+        gans[rules] = gan_lib.GAN.from_config(tiny_config)
+        assert gans[rules].critic.conv_gradients == rules
+    state = gan_lib.create_train_state(gans["xla"], jax.random.key(3))
+    reals = train_step.fade_reals(_reals(8, 4 * 2**stage, seed=1), stage, 0.6)
+    key = jax.random.key(4)
+    grads = {}
+    for rules, gan in gans.items():
+        d_grads, parts = jax.jit(
+            lambda r, k, gan=gan: train_step.critic_grads(gan, state, r, k, stage, 0.6)
+        )(reals, key)
+        g_grads, _ = jax.jit(
+            lambda d, k, gan=gan: train_step.generator_grads(
+                gan, state.g_params, d, k, 8, stage, 0.6
+            )
+        )(state.d_params, key)
+        grads[rules] = (d_grads, g_grads, parts["gradient_penalty"])
+    assert float(grads["xla"][2]) > 0  # the penalty takes part
+    for a, b in zip(jax.tree.leaves(grads["matmul"]), jax.tree.leaves(grads["xla"]), strict=True):
+        scale = float(np.max(np.abs(np.asarray(b)))) or 1.0
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_auto_conv_gradients_are_decided_by_platform_when_the_networks_are_built(
+    tiny_config, monkeypatch
+):
+    assert gan_lib.GAN.from_config(tiny_config).critic.conv_gradients == "matmul"  # a CPU run
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    gan = gan_lib.GAN.from_config(tiny_config)
+    assert (gan.generator.conv_gradients, gan.critic.conv_gradients) == ("xla", "xla")
+
+
+def test_unknown_conv_gradients_is_a_config_error(tiny_config):
+    from progan_jax import config_checks
+
+    tiny_config.model.conv_gradients = "cudnn"
+    with pytest.raises(config_checks.ConfigError, match=r"model\.conv_gradients: .*'cudnn'"):
+        config_checks.validate(tiny_config, devices=1)

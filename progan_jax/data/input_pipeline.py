@@ -32,7 +32,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from progan_jax import interrupt, models, parallel
-from progan_jax.data import sources
+from progan_jax.data import cache, sources
 
 T = TypeVar("T")
 
@@ -106,18 +106,19 @@ def _cached_stage(
     res = models.stage_resolution(stage)
     if res == resolution:
         return base
-    chunk = sources.chunk_items(base.shape[1:])
+    chunk = cache.chunk_items(base.shape[1:])
 
     def read(start: int) -> Iterator[np.ndarray]:
         for i in range(start, len(base), chunk):
             yield from sources.box_downsample(base[i : i + chunk], resolution // res)
 
-    images, _ = sources.cached_array(
+    what = f"box-filtering {len(base)} images to {res}x{res}"
+    images, _ = cache.cached_array(
         sources.cache_path(data, resolution, channels, shard, res),
-        read,
+        cache.reported(read, len(base), what),
         (res, res, channels),
         chunk=chunk,
-        what=f"box-filtering {len(base)} images to {res}x{res}",
+        what=what,
     )
     return images
 

@@ -1,51 +1,33 @@
 """Data sources, decoded once into a cache of uint8 images at the final resolution.
 
 Every source (TFDS CelebA, TFDS CelebA-HQ, any TFDS image data set, an image folder, the
-built-in synthetic faces) ends up as one array `[N, R, R, C]` of uint8 on disk, a `.npy` file
-(its header holds shape and dtype: `numpy.load` reads it, no sidecar) read through a memory
-map. Decoding happens once, not once per stage or per epoch; the per-stage arrays are
-box-filtered from it (`input_pipeline.stage_images`). A process may decode only its `Shard` of
-the source (1/N of it: per-host caches on a pod). Image files are decoded by `decode`; a folder
-where more than `MAX_SKIPPED_FRACTION` of them fail is an error.
-
-Building a cache can outlast a preemption's grace period, so it is resumable: `<name>.partial`
-starts with a `.npy` header, images are appended to it and committed every ~`CHUNK_BYTES` (the
-data flushed to disk, then `<stem>.progress.json` replaced). SIGTERM (`interrupt.check` between
-images) or an error cuts the partial file back to its last commit and stops the decoding
-threads; the next build continues after that commit, and the finished partial file, its header
-rewritten in place for the final count, becomes the cache by a rename (no copy, no second
-full-size file). One process at a time builds in a cache folder (a `flock` on its `.lock`; the
-others wait, then read); the builder first removes the `*.tmp` files that a killed process
-left. `list_caches` (`--mode=caches`) lists the caches and removes the stale ones.
+built-in synthetic faces) ends up as one array `[N, R, R, C]` of uint8 on disk, a `.npy` cache
+(`cache`: built resumably, one process at a time) read through a memory map. Decoding happens
+once, not once per stage or per epoch; the per-stage arrays are box-filtered from it
+(`input_pipeline.stage_images`). A process may decode only its `Shard` of the source (1/N of
+it: per-host caches on a pod). Image files are decoded by `decode`; a folder where more than
+`cache.MAX_SKIPPED_FRACTION` of them fail is an error. This module names each source's cache
+(`cache_key`, `cache_path`); `cache_management` lists and cleans the caches (`--mode=caches`).
 """
 
 import collections
 import concurrent.futures
 import contextlib
 import dataclasses
-import datetime
-import fcntl
 import functools
 import hashlib
-import io
 import json
 import logging
-import math
 import os
 import pathlib
-import re
-import socket
-import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import BinaryIO
 
 import ml_collections
 import numpy as np
 from PIL import Image
 
-from progan_jax import interrupt
-from progan_jax.data import decode, synthetic
+from progan_jax.data import cache, decode, synthetic
+from progan_jax.data.errors import DataSetMissingError
 
 CELEBA_CROP_CENTER = (121, 89)  # (row, column) of the official 128x128 crop, dataset_tool.py
 CELEBA_CROP = 128
@@ -57,21 +39,9 @@ CELEBA_FILES = (
     "identity_CelebA.txt",
 )
 SOURCES = ("synthetic", "celeb_a", "celeb_a_hq", "tfds", "image_folder")
-CHUNK_BYTES = 256 << 20  # images committed at a time while building a cache (~5,500 at 128x128)
 # Decoding threads: each may hold an image of up to Image.MAX_IMAGE_PIXELS (several hundred MB
 # as RGBA), so many cores must not mean many huge images in memory at once.
 MAX_DECODE_WORKERS = 8
-# A source where more than this share of the files cannot be decoded is an error, not a run on
-# the few left: it is the wrong folder, or its files are in a format that is not read.
-MAX_SKIPPED_FRACTION = 0.5
-_LOCK_POLL_S = 0.2
-
-# Reads a source from item `start` on: per item, its image, or why it could not be used.
-Reader = Callable[[int], Iterator[np.ndarray | str]]
-
-
-class DataSetMissingError(RuntimeError):
-    """The configured data set is not where it should be; the message says how to place it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,7 +281,7 @@ _READERS: dict[str, Callable] = {
 }
 
 
-# ----------------------------------------------------------------------------------- cache
+# ------------------------------------------------------------------------- cache locations
 
 
 def _folder_fingerprint(path: str) -> str:
@@ -367,268 +337,6 @@ def cache_path(
     return cache_dir(data) / key / f"images_{size or resolution}.npy"
 
 
-def _skipped_path(path: pathlib.Path) -> pathlib.Path:
-    """The files a cache's build skipped, written only if there were any."""
-    return path.with_suffix(".skipped.json")
-
-
-def read_array_cache(path: pathlib.Path) -> tuple[np.ndarray, list[str]] | None:
-    """The cached images (a read-only memory map) and the files skipped, or None if absent."""
-    if not path.exists():
-        return None
-    images = np.lib.format.open_memmap(path, mode="r")
-    skipped_path = _skipped_path(path)
-    skipped = json.loads(skipped_path.read_text()) if skipped_path.exists() else []
-    _mark_used(path, skipped_path)
-    return images, skipped
-
-
-def _mark_used(*paths: pathlib.Path) -> None:
-    """Sets the access time, which `list_caches` reads as the last use (also on noatime mounts,
-    where reading does not set it); the modification time stays that of the build."""
-    for path in paths:
-        with contextlib.suppress(OSError):  # absent, or another user's read-only cache
-            os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))
-
-
-def chunk_items(shape: Sequence[int]) -> int:
-    """Items of `shape` (uint8) per commit of a build: about `CHUNK_BYTES`."""
-    return max(1, CHUNK_BYTES // math.prod(shape))
-
-
-def cached_array(
-    path: pathlib.Path,
-    read: Reader,
-    shape: Sequence[int],
-    *,
-    chunk: int,
-    limit: int | None = None,
-    what: str,
-) -> tuple[np.ndarray, list[str]]:
-    """The images cached at `path`, built first from `read` if missing (see the module doc).
-
-    `shape` is one image's; a commit follows every `chunk` items read; `limit` caps the
-    number of images; `what` names the work in logs and errors.
-    """
-    cached = read_array_cache(path)
-    if cached is None:
-        with _build_lock(path.parent):
-            if read_array_cache(path) is None:  # or another process built it while we waited
-                _remove_stale_temps(path.parent)
-                _build(path, read, shape, chunk, limit, what)
-        cached = read_array_cache(path)
-    return cached
-
-
-@dataclasses.dataclass
-class _Progress:
-    """What the committed part of a build holds."""
-
-    consumed: int = 0  # source items read: images and skipped files
-    count: int = 0  # images written
-    skipped: list[str] = dataclasses.field(default_factory=list)
-
-
-def _temp_path(path: pathlib.Path) -> pathlib.Path:
-    """A name no other writer uses, on any host or container (PIDs repeat across containers)."""
-    unique = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex}"
-    return path.with_name(f"{path.name}.{unique}.tmp")
-
-
-def _write_json(path: pathlib.Path, value: dict | list) -> None:
-    """Writes atomically: readers see the old file or the new one, never a part."""
-    tmp = _temp_path(path)
-    try:
-        tmp.write_text(json.dumps(value))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _try_lock(file: BinaryIO) -> bool:
-    try:
-        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except OSError as error:  # no locks on this file system (e.g. Lustre without -o flock)
-        logging.warning("Cannot lock %s (%s): builds there are not exclusive.", file.name, error)
-    return True
-
-
-@contextlib.contextmanager
-def _build_lock(directory: pathlib.Path) -> Iterator[None]:
-    """Holds the folder's build lock, waiting (interruptibly) while another process builds.
-
-    The kernel releases the lock when its holder dies, so a killed builder never blocks the
-    next one, which then resumes its work. A lock file that a clean-up (`list_caches`) removed
-    with its emptied folder while we waited on it locks nothing: then the folder is made again.
-    """
-    while True:
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / ".lock", "ab") as lock:
-            _wait_for_lock(lock, directory)
-            if os.fstat(lock.fileno()).st_nlink:  # still the folder's lock file
-                yield
-                return
-
-
-def _wait_for_lock(lock: BinaryIO, directory: pathlib.Path) -> None:
-    if not _try_lock(lock):
-        logging.info("Waiting for another process that builds %s.", directory)
-        while not _try_lock(lock):
-            interrupt.check(f"the wait for {directory}")
-            time.sleep(_LOCK_POLL_S)
-
-
-def _remove_stale_temps(directory: pathlib.Path) -> None:
-    """Under the build lock no `*.tmp` is a live writer's: they are what killed ones left."""
-    for path in directory.glob("*.tmp"):
-        logging.info("Removing %s, left by a process that was killed.", path)
-        path.unlink(missing_ok=True)
-
-
-def _committed(progress_path: pathlib.Path) -> _Progress:
-    if progress_path.exists():
-        return _Progress(**json.loads(progress_path.read_text()))
-    return _Progress()
-
-
-def _build(
-    path: pathlib.Path, read: Reader, shape: Sequence[int], chunk: int, limit: int | None, what: str
-) -> None:
-    """Builds the cache at `path`, from the last commit of an earlier build if there is one."""
-    partial = path.with_name(f"{path.name}.partial")
-    progress_path = path.with_suffix(".progress.json")
-    try:
-        with open(partial, "ab") as out:
-            progress = _resume(out, progress_path, shape)
-            logging.info("%s into %s (once), from item %d.", what, path, progress.consumed)
-            with contextlib.closing(read(progress.consumed)) as items:
-                _append(out, items, progress, progress_path, chunk, limit, what)
-    except BaseException:
-        _roll_back(partial, progress_path, shape)
-        raise
-    _finish(path, partial, progress_path, progress, shape, what)
-
-
-def _npy_header(shape: Sequence[int], count: int) -> bytes:
-    """The `.npy` header of `count` uint8 images of `shape`.
-
-    Its length does not depend on `count` (numpy pads it for an array that grows along its
-    first axis), so the partial file starts with it and `_finish` rewrites it in place.
-    """
-    header = io.BytesIO()
-    fields = {"descr": "|u1", "fortran_order": False, "shape": (count, *shape)}
-    np.lib.format.write_array_header_1_0(header, fields)
-    return header.getvalue()
-
-
-def _partial_size(shape: Sequence[int], count: int) -> int:
-    """The bytes of a partial file holding `count` images: the header, then the images."""
-    return len(_npy_header(shape, 0)) + count * math.prod(shape)
-
-
-def _resume(out: BinaryIO, progress_path: pathlib.Path, shape: Sequence[int]) -> _Progress:
-    """The last commit of an earlier build, the partial file cut back to it (or started)."""
-    progress = _committed(progress_path)
-    kept = _partial_size(shape, progress.count)
-    if progress.consumed and os.fstat(out.fileno()).st_size >= kept:
-        out.truncate(kept)
-        return progress
-    progress_path.unlink(missing_ok=True)  # nothing committed, or not this file's record
-    out.truncate(0)
-    out.write(_npy_header(shape, 0))
-    return _Progress()
-
-
-def _append(
-    out: BinaryIO,
-    items: Iterator[np.ndarray | str],
-    progress: _Progress,
-    progress_path: pathlib.Path,
-    chunk: int,
-    limit: int | None,
-    what: str,
-) -> None:
-    """Writes the items' images, committing every `chunk` items; stops on SIGTERM."""
-    for item in items:
-        if progress.count == limit:  # data.max_images
-            break
-        interrupt.check(what)
-        progress.consumed += 1
-        if isinstance(item, str):
-            progress.skipped.append(item)
-        else:
-            out.write(np.ascontiguousarray(item, np.uint8).data)
-            progress.count += 1
-        if progress.consumed % chunk == 0:
-            _commit(out, progress, progress_path)
-            logging.info("%s: %d images cached.", what, progress.count)
-    _commit(out, progress, progress_path)
-
-
-def _commit(out: BinaryIO, progress: _Progress, progress_path: pathlib.Path) -> None:
-    """Makes the images durable before recording them: a crash never records more."""
-    out.flush()
-    os.fsync(out.fileno())
-    _write_json(progress_path, dataclasses.asdict(progress))
-
-
-def _roll_back(partial: pathlib.Path, progress_path: pathlib.Path, shape: Sequence[int]) -> None:
-    """Cuts the partial file back to its last commit, or removes it if there is none."""
-    committed = _committed(progress_path)
-    size = partial.stat().st_size if partial.exists() else 0
-    kept = _partial_size(shape, committed.count)
-    if committed.consumed and kept <= size:  # never pad with zeros
-        os.truncate(partial, kept)
-    else:
-        partial.unlink(missing_ok=True)
-        progress_path.unlink(missing_ok=True)
-
-
-def _finish(
-    path: pathlib.Path,
-    partial: pathlib.Path,
-    progress_path: pathlib.Path,
-    progress: _Progress,
-    shape: Sequence[int],
-    what: str,
-) -> None:
-    """The partial file, its header rewritten for the final count, becomes the cache by a
-    rename (the skipped files' list first, so that a reader of the cache finds it)."""
-    unusable = _unusable(progress, what)
-    if unusable:
-        partial.unlink()
-        progress_path.unlink()
-        raise DataSetMissingError(unusable)
-    with open(partial, "r+b") as out:
-        out.write(_npy_header(shape, progress.count))
-        out.flush()
-        os.fsync(out.fileno())
-    if progress.skipped:
-        _write_json(_skipped_path(path), progress.skipped)
-    else:
-        _skipped_path(path).unlink(missing_ok=True)
-    os.replace(partial, path)
-    progress_path.unlink()
-
-
-def _unusable(progress: _Progress, what: str) -> str | None:
-    """Why the build's images are not a data set to train on, or None if they are."""
-    skipped = progress.skipped
-    examples = "; ".join(skipped[:3])
-    if not progress.count:
-        return f"{what}: no usable image ({len(skipped)} file(s) could not be decoded" + (
-            f", e.g. {examples})." if skipped else ")."
-        )
-    if len(skipped) > MAX_SKIPPED_FRACTION * progress.consumed:
-        return (
-            f"{what}: {len(skipped)} of {progress.consumed} files could not be decoded, more "
-            f"than {MAX_SKIPPED_FRACTION:.0%}; e.g. {examples}. Fix or remove them."
-        )
-    return None
-
-
 def load_images(
     data: ml_collections.ConfigDict, resolution: int, channels: int, shard: Shard = WHOLE
 ) -> CachedImages:
@@ -636,13 +344,15 @@ def load_images(
     if data.source not in _READERS:
         raise ValueError(f"data.source must be one of {SOURCES}, got {data.source!r}")
     shape = (resolution, resolution, channels)
-    images, skipped = cached_array(
+    what = f"decoding {data.source}"
+    read = functools.partial(_READERS[data.source], data, resolution, channels, shard)
+    images, skipped = cache.cached_array(
         cache_path(data, resolution, channels, shard),
-        functools.partial(_READERS[data.source], data, resolution, channels, shard),
+        cache.reported(read, None, what),
         shape,
-        chunk=chunk_items(shape),
+        chunk=cache.chunk_items(shape),
         limit=shard.limit(data.max_images),
-        what=f"decoding {data.source}",
+        what=what,
     )
     if skipped:
         logging.warning(
@@ -651,153 +361,3 @@ def load_images(
             "; ".join(skipped[:3]),
         )
     return CachedImages(images=images, skipped=tuple(skipped))
-
-
-# ------------------------------------------------------------------------ cache management
-
-_KEY_PATTERN = re.compile(rf"({'|'.join(SOURCES)})-\d+px-\d+ch-[0-9a-f]{{12}}(-shard\d+of\d+)?")
-_OLD_FORMAT = re.compile(r"images_\d+\.(u8|u8\.partial|json)")  # raw arrays, .json sidecars
-_DAY_S = 86400.0
-
-
-@dataclasses.dataclass(frozen=True)
-class CacheFile:
-    """A file in a cache folder (`<cache_dir>/<cache key>/`), as `--mode=caches` lists it."""
-
-    path: pathlib.Path
-    shape: tuple[int, ...] | None  # of a .npy array
-    dtype: str | None
-    size: int  # bytes
-    modified: float  # seconds since the epoch
-    used: float  # last read or written
-    stale: str  # why it may be removed; "" if it is kept
-
-    def line(self, root: pathlib.Path) -> dict:
-        """The JSON line that describes it."""
-        return {
-            "name": str(self.path.relative_to(root)),
-            "shape": self.shape,
-            "dtype": self.dtype,
-            "bytes": self.size,
-            "modified": _iso(self.modified),
-            "last_used": _iso(self.used),
-            "stale": bool(self.stale),
-            "reason": self.stale,
-        }
-
-
-def _iso(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="seconds")
-
-
-def list_caches(
-    data: ml_collections.ConfigDict, *, remove: bool = False, now: float | None = None
-) -> list[CacheFile]:
-    """Every file in the cache folders, each with why it is stale; removes those if `remove`.
-
-    Stale: a file in the format before `.npy` caches; what a killed or interrupted build left
-    (`.tmp`, `.partial`, `.progress.json`) while no process builds in its folder (a rerun
-    would resume from a `.partial`, so removing one costs only that decoding again); any other
-    file not read or written for more than `data.stale_cache_days`. The cache folder is
-    shared by every config and data set, so "not this config's key" would remove caches that
-    other runs still use; an image folder's superseded caches (its key changes with its files)
-    age out instead. A folder where a process builds now is left alone. Runs mark the caches
-    they read (`_mark_used`).
-    """
-    now = time.time() if now is None else now
-    max_age_s = data.stale_cache_days * _DAY_S
-    root, found = cache_dir(data), []
-    for folder in _cache_folders(root):
-        with _lock_if_idle(folder) as idle:
-            files = [_describe(path, idle, max_age_s, now) for path in _cache_files(folder)]
-            if remove and idle:
-                _remove_stale(folder, files)
-        found += files
-    return found
-
-
-def _cache_folders(root: pathlib.Path) -> list[pathlib.Path]:
-    """The folders named by a cache key (not, e.g., the XLA compilation cache next to them)."""
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and _KEY_PATTERN.fullmatch(p.name))
-
-
-def _cache_files(folder: pathlib.Path) -> list[pathlib.Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name != ".lock")
-
-
-@contextlib.contextmanager
-def _lock_if_idle(folder: pathlib.Path) -> Iterator[bool]:
-    """Holds the folder's build lock if no process builds there (True), else yields False."""
-    with open(folder / ".lock", "ab") as lock:
-        yield _try_lock(lock)
-
-
-def _describe(path: pathlib.Path, idle: bool, max_age_s: float, now: float) -> CacheFile:
-    stat = path.stat()
-    used = max(stat.st_atime, stat.st_mtime)
-    shape, dtype, stale = None, None, ""
-    if path.suffix == ".npy":
-        try:
-            shape, dtype = _npy_shape(path)
-        except (OSError, ValueError) as error:
-            stale = f"unreadable: {error}"
-        with contextlib.suppress(OSError):  # listing a cache is not using it
-            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    if idle:
-        stale = stale or _stale_reason(path.name, now - used, max_age_s)
-    return CacheFile(path, shape, dtype, stat.st_size, stat.st_mtime, used, stale)
-
-
-def _npy_shape(path: pathlib.Path) -> tuple[tuple[int, ...], str]:
-    """The shape and dtype in a `.npy` file's header (which its whole size must match)."""
-    array = np.lib.format.open_memmap(path, mode="r")
-    return tuple(array.shape), str(array.dtype)
-
-
-def _stale_reason(name: str, unused_s: float, max_age_s: float) -> str:
-    """Why a file in a folder where no process builds is stale, or ""."""
-    if _OLD_FORMAT.fullmatch(name):
-        return "old format (a raw array or its .json sidecar, from before .npy caches)"
-    if name.endswith(".tmp"):
-        return "left by a killed writer"
-    if name.endswith((".partial", ".progress.json")):
-        return "an interrupted build that no process continues now"
-    if unused_s > max_age_s:
-        return f"not used for {unused_s / _DAY_S:.0f} days (data.stale_cache_days)"
-    return ""
-
-
-def _remove_stale(folder: pathlib.Path, files: list[CacheFile]) -> None:
-    """Removes the stale files (we hold the folder's lock), and the folder if that empties it."""
-    for file in files:
-        if file.stale:
-            file.path.unlink(missing_ok=True)
-    if all(file.stale for file in files):
-        (folder / ".lock").unlink(missing_ok=True)  # a builder waiting on it makes a new one
-        with contextlib.suppress(OSError):  # a file appeared: the folder stays
-            folder.rmdir()
-
-
-def cache_report(data: ml_collections.ConfigDict) -> list[dict]:
-    """What `--mode=caches` prints: a line per file, then the totals (and what was removed,
-    with `data.remove_stale_caches`)."""
-    root, remove = cache_dir(data), data.remove_stale_caches
-    files = list_caches(data, remove=remove)
-    stale = [file for file in files if file.stale]
-    freed = sum(file.size for file in stale) if remove else 0
-    summary = {
-        "cache_dir": str(root),
-        "files": len(files),
-        "bytes": sum(file.size for file in files),
-        "stale": len(stale),
-        "stale_bytes": sum(file.size for file in stale),
-        "removed": len(stale) if remove else 0,
-        "bytes_freed": freed,
-    }
-    if stale and not remove:
-        summary["hint"] = "--config.data.remove_stale_caches=True removes the stale files"
-    return [{**file.line(root), "removed": remove and bool(file.stale)} for file in files] + [
-        summary
-    ]

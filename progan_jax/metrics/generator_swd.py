@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import ml_collections
 import numpy as np
 
+from progan_jax import reporting
 from progan_jax.data import input_pipeline
 from progan_jax.metrics import swd
 from progan_jax.sampling import GeneratorSnapshot
@@ -45,7 +46,9 @@ def real_batches(
     from one evaluation to the next.
     """
     shown = 0
-    for images in input_pipeline.image_batches(reals, indices, batch):
+    what = f"reading {len(indices)} reals (batches)"
+    batches = input_pipeline.image_batches(reals, indices, batch)
+    for images in reporting.track(batches, -(-len(indices) // batch), what):
         if mirror:
             flip = input_pipeline.mirror_flags(seed, np.arange(shown, shown + len(images)))
             images[flip] = images[flip, :, ::-1]
