@@ -145,3 +145,19 @@ def test_a_folder_where_half_the_files_fail_is_used(folder):
     assert len(loaded.images) == 2 and len(loaded.skipped) == 2
     again = sources.load_images(folder, 16, 3)  # from the cache, the skipped files still known
     assert again.skipped == loaded.skipped
+
+
+@pytest.mark.parametrize("max_images,total", [(None, 5), (3, 3)])
+def test_decoding_reports_n_of_the_folders_files(folder, monkeypatch, caplog, max_images, total):
+    from progan_jax import reporting
+
+    track = reporting.track
+    monkeypatch.setattr(reporting, "_on_terminal", lambda: False)
+    monkeypatch.setattr(
+        reporting, "track", lambda *args, **kwargs: track(*args, **kwargs, every_s=0)
+    )
+    caplog.set_level(logging.INFO)
+    _folder_of(pathlib.Path(folder.path), good=5, broken=0)
+    folder.max_images = max_images
+    sources.load_images(folder, 16, 3)
+    assert f"decoding image_folder: 2 of {total}" in caplog.text

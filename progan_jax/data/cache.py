@@ -77,9 +77,10 @@ def chunk_items(shape: Sequence[int]) -> int:
     return max(1, CHUNK_BYTES // math.prod(shape))
 
 
-def reported(read: Reader, total: int | None, what: str) -> Reader:
-    """`read` whose items are reported as a build consumes them: `what: N of total`."""
-    return lambda start: reporting.track(read(start), total, what, done=start)
+def reported(read: Reader, total: Callable[[], int | None], what: str) -> Reader:
+    """`read` whose items are reported as a build consumes them: `what: N of total`. `total`
+    is counted only when a build starts (listing a folder is work a cached run skips)."""
+    return lambda start: reporting.track(read(start), total(), what, done=start)
 
 
 def cached_array(

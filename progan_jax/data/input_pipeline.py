@@ -115,7 +115,7 @@ def _cached_stage(
     what = f"box-filtering {len(base)} images to {res}x{res}"
     images, _ = cache.cached_array(
         sources.cache_path(data, resolution, channels, shard, res),
-        cache.reported(read, len(base), what),
+        cache.reported(read, lambda: len(base), what),
         (res, res, channels),
         chunk=chunk,
         what=what,

@@ -337,6 +337,20 @@ def cache_path(
     return cache_dir(data) / key / f"images_{size or resolution}.npy"
 
 
+def _item_count(data: ml_collections.ConfigDict, shard: Shard) -> int | None:
+    """Items the shard's reader yields (files, for a folder), capped by `data.max_images`;
+    None where only reading tells (TFDS)."""
+    if data.source == "synthetic":
+        count = data.synthetic_size
+    elif data.source == "image_folder" and data.path:
+        count = len(_find_images(pathlib.Path(data.path).expanduser()))  # 0: the reader says why
+    else:
+        return None
+    first, last = shard.bounds(count)
+    limit = shard.limit(data.max_images)
+    return last - first if limit is None else min(last - first, limit)
+
+
 def load_images(
     data: ml_collections.ConfigDict, resolution: int, channels: int, shard: Shard = WHOLE
 ) -> CachedImages:
@@ -348,7 +362,7 @@ def load_images(
     read = functools.partial(_READERS[data.source], data, resolution, channels, shard)
     images, skipped = cache.cached_array(
         cache_path(data, resolution, channels, shard),
-        cache.reported(read, None, what),
+        cache.reported(read, functools.partial(_item_count, data, shard), what),
         shape,
         chunk=cache.chunk_items(shape),
         limit=shard.limit(data.max_images),
