@@ -70,11 +70,12 @@ def _transpose_padding(w: jax.Array, padding: Padding) -> Padding:
     return tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(w.shape[:2], padding, strict=True))
 
 
-# XLA's CPU backend computes convolution *weight* gradients an order of magnitude slower than
-# forward convolutions (see README, Performance). `conv` therefore has its own VJP: the input
-# gradient is the forward convolution with the transposed kernel, and the weight gradient is a
-# sum of matrix products (`weight_grad`). Both are again built from these two functions, so
-# second derivatives (the gradient penalty) stay on the fast paths too.
+# XLA's CPU backend differentiates these convolutions slowly: the weight gradients of the fused
+# 2x2 convs, and the second derivatives of all of them (see README, Performance). `conv`
+# therefore has its own VJP: the input gradient is the forward convolution with the transposed
+# kernel, and the weight gradient is `weight_grad`. Both are again built from forward
+# convolutions and `weight_grad`, so second derivatives (the gradient penalty) stay on the fast
+# paths too.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv(x: jax.Array, w: jax.Array, padding: Padding) -> jax.Array:
     return _xla_conv(x, w, padding)
@@ -98,11 +99,27 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 def weight_grad(
     x: jax.Array, dy: jax.Array, kernel: tuple[int, int], padding: Padding
 ) -> jax.Array:
-    """The gradient of `<conv(x, w, padding), dy>` with respect to `w`, as matrix products.
+    """The gradient of `<conv(x, w, padding), dy>` with respect to `w`, by whichever form
+    XLA:CPU runs fastest for the shape: its own filter-gradient convolution for the 3x3 'SAME'
+    convs (README, Performance: ~15% off the whole step), per-tap matrix products for the rest
+    (the fused resampling convs' 2x2 kernels and the 1x1 RGB layers), where XLA's form is
+    several times slower. Either way its own derivatives are forward convolutions."""
+    if kernel == (3, 3) and padding == ((1, 1), (1, 1)):
+        return _xla_weight_grad(x, dy, kernel, padding)
+    return _per_tap_weight_grad(x, dy, kernel, padding)
 
-    `dW[u, v] = sum_{n,p,q} xpad[n, p+u, q+v]^T dy[n, p, q]`. With the padded input flattened
-    to rows and `dy` laid out on the same padded grid (zeros outside the output), tap (u, v)
-    reads one contiguous block of input rows, shifted by `u * padded_width + v`.
+
+def _xla_weight_grad(x: jax.Array, dy: jax.Array, kernel: tuple[int, int], padding: Padding):
+    w = jnp.zeros((*kernel, x.shape[-1], dy.shape[-1]), x.dtype)
+    return jax.vjp(lambda w: _xla_conv(x, w, padding), w)[1](dy)[0]
+
+
+def _per_tap_weight_grad(x: jax.Array, dy: jax.Array, kernel: tuple[int, int], padding: Padding):
+    """`dW[u, v] = sum_{n,p,q} xpad[n, p+u, q+v]^T dy[n, p, q]` as one matrix product per tap.
+
+    With the padded input flattened to rows and `dy` laid out on the same padded grid (zeros
+    outside the output), tap (u, v) reads one contiguous block of input rows, shifted by
+    `u * padded_width + v`.
     """
     (kh, kw), ((top, bottom), (left, right)) = kernel, padding
     n, h, wd, cin = x.shape

@@ -1,7 +1,7 @@
 """A checkpoint's EMA generator as a TensorFlow SavedModel that runs without JAX or this project.
 
     python main.py --config configs/demo.py --mode=export
-    python main.py --config configs/demo.py --mode=export --config.export.checkpoint=24000
+    python main.py --config configs/demo.py --mode=export --config.export.checkpoint=30016
 
 The generator is lowered with `jax2tf` (StableHLO inside an XlaCallModule op, for each platform
 in `config.export.platforms`) at the checkpoint's own stage and alpha, with its weights as

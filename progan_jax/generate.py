@@ -1,7 +1,7 @@
 """Images from a checkpoint's EMA generator: a grid, single PNGs and a latent walk.
 
     python main.py --config configs/demo.py --mode=generate
-    python main.py --config configs/demo.py --mode=generate --config.generate.checkpoint=24000 \
+    python main.py --config configs/demo.py --mode=generate --config.generate.checkpoint=30016 \
         --config.generate.seed=7 --config.generate.truncation=1.5
 
 Writes under <workdir>/generated/<images shown>/: grid.png, images/<seed>_<i>.png and

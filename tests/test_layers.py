@@ -154,6 +154,26 @@ def test_conv_first_and_second_derivatives_match_xla(kernel, padding):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize(
+    "kernel,padding",  # 3x3 'SAME' takes XLA's filter gradient, the others the per-tap products
+    [((3, 3), ((1, 1), (1, 1))), ((3, 3), ((2, 0), (0, 2))), ((2, 2), ((1, 1), (1, 1)))],
+)
+def test_weight_grad_matches_numpy_sum_over_positions(kernel, padding):
+    rng = _rng(kernel[0] + padding[0][0])
+    x = rng.normal(size=(2, 5, 6, 3))
+    xp = np.pad(x, ((0, 0), *padding, (0, 0)))
+    ho, wo = xp.shape[1] - kernel[0] + 1, xp.shape[2] - kernel[1] + 1
+    dy = rng.normal(size=(2, ho, wo, 4))
+    want = np.zeros((*kernel, 3, 4))
+    for u in range(kernel[0]):
+        for v in range(kernel[1]):
+            patch = xp[:, u : u + ho, v : v + wo, :]
+            want[u, v] = np.einsum("npqi,npqo->io", patch, dy)
+    with jax.enable_x64(True):
+        got = conv.weight_grad(jnp.asarray(x), jnp.asarray(dy), kernel, padding)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("rules", conv.GRADIENT_RULES)
 def test_fused_conv_gradients_match_separate_ops(rules):
     rng = _rng(3)
