@@ -7,7 +7,7 @@ batches at low resolution where steps are cheap, phases of 3,000 images below 32
 the time at 32x32, where the images are judged (on 2 cores: 32x32 after ~1.5 minutes, then
 ~40 images/s); a high learning rate with a fast EMA, and minibatch-stddev groups of 16 (with
 the official 4 the same run scores 47; README, "Image quality per CPU-minute").
-Trained for 10 minutes on Fashion-MNIST it reaches an SWD (x1e3, 32 and 16 px) of about 43
+Trained for 10 minutes on Fashion-MNIST it reaches an SWD (x1e3, 32 and 16 px) of 43-45
 against held-out images, where the tutorial's PyTorch ProGAN reaches 52:
 
     python benchmarks/quality.py race --train /tmp/fmnist/train --heldout /tmp/fmnist/heldout \
