@@ -13,7 +13,8 @@ Each round runs `main.py --mode=benchmark` with configs/bench_reference.py at th
 (compile cache off, so compile_s is a cold compile) and then the reference per stage; both time
 the median of several steps after warm-up. Rounds alternate the two, so a drift in the
 machine's speed hits both. Prints every measurement, then one JSON line per stage with the
-medians over rounds and the speed-up (JAX images/s over the reference's).
+medians over rounds, the speed-up (JAX images/s over the reference's), and the ceiling
+speed-up: the most a step with JAX's FLOPs could reach at this machine's float32 GEMM rate.
 """
 
 import argparse
@@ -112,6 +113,11 @@ def main() -> None:
             "jax_imgs_per_s": jax_ips,
             "torch_imgs_per_s": torch_ips,
             "speedup": round(jax_ips / torch_ips, 2),
+            "jax_of_gemm_peak": statistics.median(r[0][stage]["of_gemm_peak"] for r in rounds),
+            # What a step with JAX's FLOPs would reach at this machine's float32 GEMM rate.
+            "ceiling_speedup": round(
+                statistics.median(r[0][stage]["ceiling_imgs_per_s"] for r in rounds) / torch_ips, 2
+            ),
         }
         print(json.dumps(summary), flush=True)
 

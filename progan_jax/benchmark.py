@@ -4,6 +4,13 @@
 
 Compile time is what a user waits at a stage change: tracing, lowering and XLA compilation.
 Step time is the median of `benchmark.steps` timed steps after `benchmark.warmup_steps`.
+
+Each line also sets the step against this machine's float32 matrix-product rate (`gemm_peak`):
+the fraction of it the step sustains, and `ceiling_imgs_per_s`, the images/s of a step with the
+same FLOPs running entirely at that rate. Nearly all of the step's FLOPs are convolutions, and
+their count is WGAN-GP's minimum (the critic's update costs about 12 critic forwards: real and
+fake passes with their backward, the penalty's pass, input gradient and double backward), so
+the ceiling bounds any float32 implementation of the same step on the same machine.
 """
 
 import statistics
@@ -29,10 +36,37 @@ def _block(tree) -> None:
     jax.block_until_ready(tree)
 
 
+def _median_seconds(fn, *args, warmup: int, runs: int) -> float:
+    for _ in range(warmup):
+        _block(fn(*args))
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        _block(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# Products the size of a convolution layer's: square, and tall-skinny as im2col makes them.
+_GEMM_SHAPES = ((2048, 2048, 2048), (8192, 1152, 128))
+
+
+def gemm_peak(shapes=_GEMM_SHAPES) -> float:
+    """FLOP/s of this machine's fastest float32 matrix product among `shapes` (m, k, n)."""
+    rates = []
+    for m, k, n in shapes:
+        a = jnp.ones((m, k), jnp.float32)
+        b = jnp.ones((k, n), jnp.float32)
+        seconds = _median_seconds(jax.jit(jnp.matmul), a, b, warmup=2, runs=5)
+        rates.append(2 * m * k * n / seconds)
+    return max(rates)
+
+
 def benchmark_train_step(config: ml_collections.ConfigDict) -> Iterator[dict]:
     mesh = parallel.make_mesh()
     gan, state = gan_lib.initialize(config, mesh)
     alpha = jnp.float32(config.benchmark.alpha)
+    peak = gemm_peak()
     for stage in benchmark_stages(config):
         batch = config.benchmark.batch_size or schedule.batch_size(config, stage)
         parallel.check_batch_divides(batch, mesh.devices.size)
@@ -54,7 +88,8 @@ def benchmark_train_step(config: ml_collections.ConfigDict) -> Iterator[dict]:
             if i >= config.benchmark.warmup_steps:
                 times.append(time.perf_counter() - start)
         step_s = statistics.median(times)
-        # XLA's count; on CPU the weight-gradient loops are counted once, so it is a lower bound.
+        # XLA's count; on CPU the weight-gradient loops are counted once, so it is a lower bound
+        # (and the ceiling below an upper bound).
         flops = (step.cost_analysis() or {}).get("flops", float("nan"))
         yield {
             "stage": stage,
@@ -66,6 +101,9 @@ def benchmark_train_step(config: ml_collections.ConfigDict) -> Iterator[dict]:
             "step_ms": round(step_s * 1e3, 1),
             "imgs_per_s": round(batch / step_s, 2),
             "tflops_per_s": round(flops / step_s / 1e12, 3),
+            "gemm_peak_tflops_per_s": round(peak / 1e12, 3),
+            "of_gemm_peak": round(flops / step_s / peak, 3),
+            "ceiling_imgs_per_s": round(batch * peak / flops, 2),
         }
 
 
