@@ -100,24 +100,25 @@ def main() -> None:
         rounds.append((ours, theirs))
 
     for stage in stages:
-        jax_ips = statistics.median(r[0][stage]["imgs_per_s"] for r in rounds)
-        torch_ips = statistics.median(r[1][stage]["imgs_per_s"] for r in rounds)
+
+        def median(side: int, field: str, stage=stage) -> float:
+            return statistics.median(r[side][stage][field] for r in rounds)
+
+        jax_ips, torch_ips = median(0, "imgs_per_s"), median(1, "imgs_per_s")
         summary = {
             "stage": stage,
             "resolution": rounds[0][0][stage]["resolution"],
             "batch": batches[stage],
             "channels": args.channels,
             "rounds": args.rounds,
-            "jax_step_ms": statistics.median(r[0][stage]["step_ms"] for r in rounds),
-            "jax_compile_s": statistics.median(r[0][stage]["compile_s"] for r in rounds),
+            "jax_step_ms": median(0, "step_ms"),
+            "jax_compile_s": median(0, "compile_s"),
             "jax_imgs_per_s": jax_ips,
             "torch_imgs_per_s": torch_ips,
             "speedup": round(jax_ips / torch_ips, 2),
-            "jax_of_gemm_peak": statistics.median(r[0][stage]["of_gemm_peak"] for r in rounds),
+            "jax_of_gemm_peak": median(0, "of_gemm_peak"),
             # What a step with JAX's FLOPs would reach at this machine's float32 GEMM rate.
-            "ceiling_speedup": round(
-                statistics.median(r[0][stage]["ceiling_imgs_per_s"] for r in rounds) / torch_ips, 2
-            ),
+            "ceiling_speedup": round(median(0, "ceiling_imgs_per_s") / torch_ips, 2),
         }
         print(json.dumps(summary), flush=True)
 

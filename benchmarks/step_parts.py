@@ -14,7 +14,6 @@ import argparse
 import ast
 import json
 import pathlib
-import statistics
 import sys
 import time
 
@@ -30,22 +29,15 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import short_budget  # noqa: E402
+from progan_jax import benchmark, models, parallel, train_step  # noqa: E402
 from progan_jax import gan as gan_lib  # noqa: E402
-from progan_jax import models, parallel, train_step  # noqa: E402
 
 
 def time_part(name: str, fn, *args) -> dict:
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - start
-    for _ in range(2):
-        jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(7):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds = benchmark.median_seconds(compiled, *args, warmup=2, runs=7)
     flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
     return {
         "part": name,

@@ -36,7 +36,8 @@ def _block(tree) -> None:
     jax.block_until_ready(tree)
 
 
-def _median_seconds(fn, *args, warmup: int, runs: int) -> float:
+def median_seconds(fn, *args, warmup: int, runs: int) -> float:
+    """Median wall time of `runs` calls of `fn(*args)` (outputs ready) after `warmup` calls."""
     for _ in range(warmup):
         _block(fn(*args))
     times = []
@@ -57,7 +58,7 @@ def gemm_peak(shapes=_GEMM_SHAPES) -> float:
     for m, k, n in shapes:
         a = jnp.ones((m, k), jnp.float32)
         b = jnp.ones((k, n), jnp.float32)
-        seconds = _median_seconds(jax.jit(jnp.matmul), a, b, warmup=2, runs=5)
+        seconds = median_seconds(jax.jit(jnp.matmul), a, b, warmup=2, runs=5)
         rates.append(2 * m * k * n / seconds)
     return max(rates)
 

@@ -110,8 +110,9 @@ def weight_grad(
 
 
 def _xla_weight_grad(x: jax.Array, dy: jax.Array, kernel: tuple[int, int], padding: Padding):
-    w = jnp.zeros((*kernel, x.shape[-1], dy.shape[-1]), x.dtype)
-    return jax.vjp(lambda w: _xla_conv(x, w, padding), w)[1](dy)[0]
+    # The convolution is linear in w: its transpose applied to dy is XLA's filter gradient.
+    w = jax.ShapeDtypeStruct((*kernel, x.shape[-1], dy.shape[-1]), x.dtype)
+    return jax.linear_transpose(lambda w: _xla_conv(x, w, padding), w)(dy)[0]
 
 
 def _per_tap_weight_grad(x: jax.Array, dy: jax.Array, kernel: tuple[int, int], padding: Padding):
