@@ -16,9 +16,10 @@ progan_jax with `configs/short_budget.py`, stopped by SIGTERM at the budget (its
 path saves a checkpoint); the tutorial's networks and `gradient_penalty` imported from
 `--reference` (default `../shared/reference/torch_seed_progan.py` beside the checkout), trained
 by the tutorial's loop (critic then generator on the same fakes, lr 1e-3, Adam (0, 0.99),
-drift 1e-3, mirror flips), each of its four stages given a quarter of the budget with alpha
-rising over the first half of it. Both generators' images are then scored with this project's
-multi-scale SWD against the held-out folder (and the train images against it: the noise floor).
+drift 1e-3, mirror flips unless `--tutorial-mirror=false`), each of its four stages given a
+quarter of the budget with alpha rising over the first half of it. Both generators' images are
+then scored with this project's multi-scale SWD against the held-out folder (and the train
+images against it: the noise floor).
 One JSON line per side; sample grids are written beside the work files.
 """
 
@@ -141,7 +142,8 @@ def train_tutorial(args: argparse.Namespace) -> None:
         while time.monotonic() - stage_start < stage_s:
             alpha = min((time.monotonic() - stage_start) / (stage_s / 2), 1.0)
             real = stage_reals[torch.randint(len(stage_reals), (batch,))]
-            real = torch.where(torch.rand(batch, 1, 1, 1) < 0.5, real.flip(3), real)
+            if args.mirror:
+                real = torch.where(torch.rand(batch, 1, 1, 1) < 0.5, real.flip(3), real)
             fake = gen(torch.randn(batch, LATENT, 1, 1), alpha, stage)
             critic_real = critic(real, alpha, stage).reshape(-1)
             critic_fake = critic(fake.detach(), alpha, stage).reshape(-1)
@@ -172,6 +174,7 @@ def run_tutorial(args: argparse.Namespace, reals_file: pathlib.Path, count: int)
     command = [
         args.torch_python, __file__, "tutorial", f"--reference={args.reference}",
         f"--reals={reals_file}", f"--minutes={args.minutes}", f"--count={count}", f"--out={out}",
+        f"--mirror={args.tutorial_mirror}",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return {**json.loads(result.stdout.splitlines()[-1]), "images": str(out)}
@@ -198,6 +201,12 @@ def swd_against(heldout: np.ndarray, sets: dict[str, np.ndarray]) -> dict[str, d
 def race(args: argparse.Namespace) -> None:
     from progan_jax import sampling
 
+    workdir = args.work / "progan_jax"
+    if "progan_jax" in args.sides and workdir.exists() and any(workdir.iterdir()):
+        raise SystemExit(
+            f"{workdir} holds an earlier run, which main.py would resume instead of training "
+            "from scratch: give a new --work or remove it"
+        )
     args.work.mkdir(parents=True, exist_ok=True)
     args.cache = args.cache or args.work / "cache"
     train = decoded(args.train, args.cache)  # decoded before either clock starts
@@ -208,10 +217,12 @@ def race(args: argparse.Namespace) -> None:
     if "tutorial" in args.sides:
         reals_file = args.work / "train_images.npy"
         np.save(reals_file, train)
-        runs["tutorial"] = run_tutorial(args, reals_file, len(heldout))
+        runs["tutorial"] = {
+            **run_tutorial(args, reals_file, len(heldout)),
+            "mirror": args.tutorial_mirror,
+        }
         sets["tutorial"] = np.load(runs["tutorial"]["images"])
     if "progan_jax" in args.sides:
-        workdir = args.work / "progan_jax"
         runs["progan_jax"] = {**train_progan_jax(args, workdir), "overrides": args.override}
         sets["progan_jax"] = progan_jax_images(args, workdir, len(heldout))
     scores = swd_against(heldout, sets)
@@ -220,6 +231,12 @@ def race(args: argparse.Namespace) -> None:
         sampling.save_png(args.work / f"{name}_grid.png", grid)
         line = {"side": name, "minutes": args.minutes, **scores[name], **runs.get(name, {})}
         print(json.dumps(line))
+
+
+def _flag(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return value.lower() == "true"
 
 
 def main() -> None:
@@ -243,6 +260,12 @@ def main() -> None:
         help="a main.py flag for progan_jax that keeps the networks' shapes (an ablation), "
         "e.g. --override=--config.loss.gp_scale=native",
     )
+    run.add_argument(
+        "--tutorial-mirror",
+        type=_flag,
+        default=True,
+        help="the tutorial's random left-right flips of the reals (its own recipe; default on)",
+    )
     run.add_argument("--reference", type=pathlib.Path, default=DEFAULT_REFERENCE)
     run.add_argument("--torch-python", default=os.environ.get("TORCH_PYTHON", sys.executable))
     tutorial = commands.add_parser("tutorial")  # the torch side, run by `race`
@@ -250,6 +273,7 @@ def main() -> None:
         tutorial.add_argument(name, type=pathlib.Path, required=True)
     tutorial.add_argument("--minutes", type=float, required=True)
     tutorial.add_argument("--count", type=int, required=True)
+    tutorial.add_argument("--mirror", type=_flag, required=True)
     args = parser.parse_args()
     if args.command == "idx-to-png":
         idx_to_png(args.idx_file, args.folder)
