@@ -16,7 +16,7 @@ progan_jax with `configs/short_budget.py`, stopped by SIGTERM at the budget (its
 path saves a checkpoint); the tutorial's networks and `gradient_penalty` imported from
 `--reference` (default `../shared/reference/torch_seed_progan.py` beside the checkout), trained
 by the tutorial's loop (critic then generator on the same fakes, lr 1e-3, Adam (0, 0.99),
-drift 1e-3, mirror flips unless `--tutorial-mirror=false`), each of its four stages given a
+drift 1e-3, mirror flips unless `--no-tutorial-mirror`), each of its four stages given a
 quarter of the budget with alpha rising over the first half of it. Both generators' images are
 then scored with this project's multi-scale SWD against the held-out folder (and the train
 images against it: the noise floor).
@@ -174,7 +174,7 @@ def run_tutorial(args: argparse.Namespace, reals_file: pathlib.Path, count: int)
     command = [
         args.torch_python, __file__, "tutorial", f"--reference={args.reference}",
         f"--reals={reals_file}", f"--minutes={args.minutes}", f"--count={count}", f"--out={out}",
-        f"--mirror={args.tutorial_mirror}",
+        "--mirror" if args.tutorial_mirror else "--no-mirror",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return {**json.loads(result.stdout.splitlines()[-1]), "images": str(out)}
@@ -233,12 +233,6 @@ def race(args: argparse.Namespace) -> None:
         print(json.dumps(line))
 
 
-def _flag(value: str) -> bool:
-    if value.lower() not in ("true", "false"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-    return value.lower() == "true"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -262,7 +256,7 @@ def main() -> None:
     )
     run.add_argument(
         "--tutorial-mirror",
-        type=_flag,
+        action=argparse.BooleanOptionalAction,
         default=True,
         help="the tutorial's random left-right flips of the reals (its own recipe; default on)",
     )
@@ -273,7 +267,7 @@ def main() -> None:
         tutorial.add_argument(name, type=pathlib.Path, required=True)
     tutorial.add_argument("--minutes", type=float, required=True)
     tutorial.add_argument("--count", type=int, required=True)
-    tutorial.add_argument("--mirror", type=_flag, required=True)
+    tutorial.add_argument("--mirror", action=argparse.BooleanOptionalAction, required=True)
     args = parser.parse_args()
     if args.command == "idx-to-png":
         idx_to_png(args.idx_file, args.folder)
