@@ -72,13 +72,28 @@ class _Decisions:
         self.last_save = time.monotonic()
 
 
+STEPS_IN_FLIGHT = 2
+
+
 @dataclasses.dataclass
 class _Interval:
-    """Metrics of the steps since the last log line (left on device until then)."""
+    """Metrics of the steps since the last log line (left on device until then).
+
+    `add` also bounds how far the host runs ahead of the device: it waits for the step
+    dispatched `STEPS_IN_FLIGHT` steps earlier. Two keep the device busy; without a bound the
+    host queues a whole log interval, and a SIGTERM (or the end of a timed run) would then
+    wait for all of it, which at large resolutions outlasts a preemption's grace period.
+    """
 
     metrics: list = dataclasses.field(default_factory=list)
     images: int = 0
     started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def add(self, metrics: dict, images: int) -> None:
+        if len(self.metrics) >= STEPS_IN_FLIGHT:
+            jax.block_until_ready(self.metrics[-STEPS_IN_FLIGHT])
+        self.metrics.append(metrics)
+        self.images += images
 
     def summary(self) -> dict[str, float]:
         host = jax.device_get(self.metrics)
@@ -262,8 +277,7 @@ class Trainer:
                     progress = dataclasses.replace(
                         progress, images_shown=before + batch, steps=progress.steps + 1
                     )
-                    self.interval.metrics.append(metrics)
-                    self.interval.images += batch
+                    self.interval.add(metrics, batch)
                     self.report.update(progress.images_shown, phase, alpha)
 
                     if progress.steps % config.logging.log_every_steps == 0:

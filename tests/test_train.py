@@ -75,3 +75,16 @@ def test_the_guard_catches_an_implicit_copy(tiny_config, monkeypatch):
     step = train_step.make_train_step(gan, mesh, 0)
     with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
         step(state, reals, 1.0, 1e-3)
+
+
+def test_the_host_runs_at_most_two_steps_ahead_of_the_device(monkeypatch):
+    """Each new step waits for the one dispatched two earlier, so a SIGTERM waits for two steps
+    at most, not for a whole log interval of queued ones."""
+    awaited = []
+    monkeypatch.setattr(jax, "block_until_ready", awaited.append)
+    interval = train._Interval()
+    steps = [{"critic_loss": jax.numpy.float32(i)} for i in range(5)]
+    for metrics in steps:
+        interval.add(metrics, 16)
+    assert [id(m) for m in awaited] == [id(m) for m in steps[:3]]
+    assert interval.metrics == steps and interval.images == 80
