@@ -11,13 +11,14 @@
 Fashion-MNIST comes offline from Debian (`apt-get install dataset-fashion-mnist`); any two
 folders of images work. Both sides train at 32x32 for the same wall-clock budget, counted from
 their process's start (JAX's compilation and PyTorch's start-up included), at the same widths
-(latent 128, 64 feature maps, batch 64/64/32/32 at 4..32 px) on the same decoded images:
-progan_jax with `configs/short_budget.py`, stopped by SIGTERM at the budget (its preemption
-path saves a checkpoint); the tutorial's networks and `gradient_penalty` imported from
-`--reference` (default `../shared/reference/torch_seed_progan.py` beside the checkout), trained
-by the tutorial's loop (critic then generator on the same fakes, lr 1e-3, Adam (0, 0.99),
-drift 1e-3, mirror flips unless `--no-tutorial-mirror`), each of its four stages given a
-quarter of the budget with alpha rising over the first half of it. Both generators' images are
+(latent 128, 64 feature maps) on the same decoded images: progan_jax with
+`configs/short_budget.py` (its batch sizes too), stopped by SIGTERM at the budget (its
+preemption path saves a checkpoint); the tutorial's networks and `gradient_penalty` imported
+from `--reference` (default `../shared/reference/torch_seed_progan.py` beside the checkout),
+trained by the tutorial's loop (critic then generator on the same fakes, lr 1e-3, Adam
+(0, 0.99), drift 1e-3, mirror flips unless `--no-tutorial-mirror`, batch 64/64/32/32 at
+4..32 px unless `--tutorial-batches` says otherwise), each of its four stages given a quarter
+of the budget with alpha rising over the first half of it. Both generators' images are
 then scored with this project's multi-scale SWD against the held-out folder (and the train
 images against it: the noise floor).
 One JSON line per side; sample grids are written beside the work files.
@@ -38,24 +39,37 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE = ROOT.parent / "shared" / "reference" / "torch_seed_progan.py"
 RESOLUTION, LATENT, CHANNELS = 32, 128, 64
-BATCHES = (64, 64, 32, 32)  # per stage, 4x4..32x32
+STAGES = 4  # 4x4..32x32
 
 
 # ----------------------------------------------------------------------------- data
 
 
-def idx_to_png(idx_file: pathlib.Path, folder: pathlib.Path) -> None:
-    """An IDX image file (MNIST's format, gzipped) as one grayscale PNG per image."""
-    from PIL import Image
-
+def read_idx(idx_file: pathlib.Path) -> np.ndarray:
+    """An IDX array (MNIST's format, gzipped): uint8 images [N, H, W] or labels [N]."""
     with gzip.open(idx_file) as f:
         data = f.read()
-    count, rows, cols = (int.from_bytes(data[i : i + 4], "big") for i in (4, 8, 12))
-    images = np.frombuffer(data, np.uint8, offset=16).reshape(count, rows, cols)
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def idx_to_png(
+    idx_file: pathlib.Path,
+    folder: pathlib.Path,
+    labels_file: pathlib.Path | None = None,
+    classes: tuple[int, ...] | None = None,
+) -> None:
+    """An IDX image file as one grayscale PNG per image; with labels, only `classes`' images."""
+    from PIL import Image
+
+    images = read_idx(idx_file)
+    if labels_file is not None:
+        images = images[np.isin(read_idx(labels_file), classes)]
     folder.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
         Image.fromarray(image).save(folder / f"{i:05d}.png")
-    print(json.dumps({"images": count, "folder": str(folder)}))
+    print(json.dumps({"images": len(images), "folder": str(folder)}))
 
 
 def folder_config(path: pathlib.Path, cache_dir: pathlib.Path):
@@ -134,11 +148,11 @@ def train_tutorial(args: argparse.Namespace) -> None:
     critic = ref.Discriminator(RESOLUTION, LATENT, CHANNELS)
     opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3, betas=(0.0, 0.99))
     opt_c = torch.optim.Adam(critic.parameters(), lr=1e-3, betas=(0.0, 0.99))
-    stage_s = 60 * args.minutes / len(BATCHES)
+    stage_s = 60 * args.minutes / STAGES
     started, shown = time.monotonic(), 0
-    for stage, batch in enumerate(BATCHES):
+    for stage, batch in enumerate(args.batches):
         stage_start = time.monotonic()
-        stage_reals = F.avg_pool2d(reals, 2 ** (len(BATCHES) - 1 - stage))
+        stage_reals = F.avg_pool2d(reals, 2 ** (STAGES - 1 - stage))
         while time.monotonic() - stage_start < stage_s:
             alpha = min((time.monotonic() - stage_start) / (stage_s / 2), 1.0)
             real = stage_reals[torch.randint(len(stage_reals), (batch,))]
@@ -161,9 +175,7 @@ def train_tutorial(args: argparse.Namespace) -> None:
             shown += batch
     with torch.no_grad():
         z = torch.randn(args.count, LATENT, 1, 1)
-        fakes = torch.cat(
-            [gen(z[i : i + 256], 1.0, len(BATCHES) - 1) for i in range(0, len(z), 256)]
-        )
+        fakes = torch.cat([gen(z[i : i + 256], 1.0, STAGES - 1) for i in range(0, len(z), 256)])
     images = ((fakes.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255)
     np.save(args.out, images.astype(np.uint8))
     print(json.dumps({"seconds": round(time.monotonic() - started, 1), "images_shown": shown}))
@@ -175,6 +187,7 @@ def run_tutorial(args: argparse.Namespace, reals_file: pathlib.Path, count: int)
         args.torch_python, __file__, "tutorial", f"--reference={args.reference}",
         f"--reals={reals_file}", f"--minutes={args.minutes}", f"--count={count}", f"--out={out}",
         "--mirror" if args.tutorial_mirror else "--no-mirror",
+        f"--batches={','.join(map(str, args.tutorial_batches))}",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return {**json.loads(result.stdout.splitlines()[-1]), "images": str(out)}
@@ -220,6 +233,7 @@ def race(args: argparse.Namespace) -> None:
         runs["tutorial"] = {
             **run_tutorial(args, reals_file, len(heldout)),
             "mirror": args.tutorial_mirror,
+            "batches": args.tutorial_batches,
         }
         sets["tutorial"] = np.load(runs["tutorial"]["images"])
     if "progan_jax" in args.sides:
@@ -233,12 +247,26 @@ def race(args: argparse.Namespace) -> None:
         print(json.dumps(line))
 
 
+def batch_sizes(text: str) -> tuple[int, ...]:
+    """'64,64,32,32': one positive batch size per stage, 4x4..32x32."""
+    sizes = tuple(int(size) for size in text.split(","))
+    if len(sizes) != STAGES or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{STAGES} positive batch sizes, e.g. 64,64,32,16")
+    return sizes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     idx = commands.add_parser("idx-to-png")
     idx.add_argument("idx_file", type=pathlib.Path)
     idx.add_argument("folder", type=pathlib.Path)
+    idx.add_argument("--labels", type=pathlib.Path, help="the IDX labels file, for --classes")
+    idx.add_argument(
+        "--classes",
+        type=lambda text: tuple(int(c) for c in text.split(",")),
+        help="keep only these labels, e.g. 0,1,2,3,4,6,8 (Fashion-MNIST without its footwear)",
+    )
     run = commands.add_parser("race")
     run.add_argument("--train", type=pathlib.Path, required=True)
     run.add_argument("--heldout", type=pathlib.Path, required=True)
@@ -260,6 +288,12 @@ def main() -> None:
         default=True,
         help="the tutorial's random left-right flips of the reals (its own recipe; default on)",
     )
+    run.add_argument(
+        "--tutorial-batches",
+        type=batch_sizes,
+        default=(64, 64, 32, 32),
+        help="the tutorial's batch size per stage, 4x4..32x32 (default 64,64,32,32)",
+    )
     run.add_argument("--reference", type=pathlib.Path, default=DEFAULT_REFERENCE)
     run.add_argument("--torch-python", default=os.environ.get("TORCH_PYTHON", sys.executable))
     tutorial = commands.add_parser("tutorial")  # the torch side, run by `race`
@@ -268,9 +302,12 @@ def main() -> None:
     tutorial.add_argument("--minutes", type=float, required=True)
     tutorial.add_argument("--count", type=int, required=True)
     tutorial.add_argument("--mirror", action=argparse.BooleanOptionalAction, required=True)
+    tutorial.add_argument("--batches", type=batch_sizes, required=True)
     args = parser.parse_args()
     if args.command == "idx-to-png":
-        idx_to_png(args.idx_file, args.folder)
+        if (args.labels is None) != (args.classes is None):
+            parser.error("--labels and --classes go together")
+        idx_to_png(args.idx_file, args.folder, args.labels, args.classes)
     elif args.command == "tutorial":
         train_tutorial(args)
     else:
