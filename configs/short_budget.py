@@ -14,7 +14,7 @@ augmentation: a ten-minute run shows fewer images than a data set of tens of tho
 so flips add no data, and where the images have a handedness (Fashion-MNIST's shoes all point
 left) they spend the budget on mirror images the data set does not have (41 with flips at
 batch 32). Trained for 10 minutes on Fashion-MNIST it reaches an SWD (x1e3, 32 and 16 px) of
-18 against held-out images, where the tutorial's PyTorch ProGAN reaches 52:
+18.5-19 over two seeds against held-out images, where the tutorial's PyTorch ProGAN reaches 52:
 
     python benchmarks/quality.py race --train /tmp/fmnist/train --heldout /tmp/fmnist/heldout \
         --minutes 10 --torch-python /path/to/torch-venv/bin/python
