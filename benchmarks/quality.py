@@ -247,9 +247,14 @@ def race(args: argparse.Namespace) -> None:
         print(json.dumps(line))
 
 
+def integers(text: str) -> tuple[int, ...]:
+    """'0,1,2': comma-separated integers."""
+    return tuple(int(part) for part in text.split(","))
+
+
 def batch_sizes(text: str) -> tuple[int, ...]:
     """'64,64,32,32': one positive batch size per stage, 4x4..32x32."""
-    sizes = tuple(int(size) for size in text.split(","))
+    sizes = integers(text)
     if len(sizes) != STAGES or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"{STAGES} positive batch sizes, e.g. 64,64,32,16")
     return sizes
@@ -264,7 +269,7 @@ def main() -> None:
     idx.add_argument("--labels", type=pathlib.Path, help="the IDX labels file, for --classes")
     idx.add_argument(
         "--classes",
-        type=lambda text: tuple(int(c) for c in text.split(",")),
+        type=integers,
         help="keep only these labels, e.g. 0,1,2,3,4,6,8 (Fashion-MNIST without its footwear)",
     )
     run = commands.add_parser("race")
