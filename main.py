@@ -3,12 +3,14 @@
     python main.py --config configs/celeba128.py [--workdir DIR] [--mode=train]
     python main.py --config configs/demo.py --config.schedule.batch_sizes='(16,16,16,16)'
 
-Modes: train (default; resumes from the workdir's latest checkpoint), evaluate (SWD, MS-SSIM,
-FID of a checkpoint), generate (grid, PNGs, latent walk of a checkpoint), export (a checkpoint's
-generator as a TensorFlow SavedModel), benchmark (train-step speed per stage), benchmark_input
-(input-pipeline speed per stage), summary (layer tables and parameter counts), caches (the
-data cache's files, which are stale, and with --config.data.remove_stale_caches=True their
-removal). The workdir defaults to workdir/<config file stem>.
+Modes: train (default; resumes from the workdir's latest checkpoint), plan (compiles every
+stage's step for the target devices, e.g. --config.plan.topology=v5e:2x4, and reports memory
+and FLOPs), evaluate (SWD, MS-SSIM, FID of a checkpoint), generate (grid, PNGs, latent walk
+of a checkpoint), export (a checkpoint's generator as a TensorFlow SavedModel), benchmark
+(train-step speed per stage), benchmark_input (input-pipeline speed per stage), summary (layer
+tables and parameter counts), caches (the data cache's files, which are stale, and with
+--config.data.remove_stale_caches=True their removal). The workdir defaults to
+workdir/<config file stem>.
 
 Multi-host: pass --coordinator_address, --num_processes and --process_id (or --multihost on
 TPU pods and SLURM, where JAX finds them itself). The workdir may be a bucket (gs://...).
@@ -28,6 +30,7 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Configuration file.", lock_config=True)
 _MODES = [
     "train",
+    "plan",
     "evaluate",
     "generate",
     "export",
@@ -43,6 +46,14 @@ _WORKDIR = flags.DEFINE_string(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_LOCAL_DEVICE_IDS = flags.DEFINE_list(
+    "local_device_ids",
+    None,
+    "This process's devices, e.g. 0 for one process per GPU (default: all it sees).",
+)
+_ALLOW_CPU = flags.DEFINE_bool(
+    "allow_cpu", False, "Run on the CPU even though this machine has a GPU or TPU."
+)
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Initialise the distributed runtime from the environment (TPU, SLURM)."
 )
@@ -84,6 +95,8 @@ def _initialize_distributed() -> None:
         heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value,
         shutdown_timeout_seconds=_SHUTDOWN_TIMEOUT.value,
     )
+    if _LOCAL_DEVICE_IDS.value:
+        timeouts["local_device_ids"] = [int(i) for i in _LOCAL_DEVICE_IDS.value]
     if _COORDINATOR.value or (_NUM_PROCESSES.value or 1) > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only setting
         jax.distributed.initialize(
@@ -129,6 +142,7 @@ def main(argv: list[str]) -> None:
     _initialize_distributed()
     config = _CONFIG.value
     from progan_jax import (
+        accelerators,
         benchmark,
         checkpointing,
         config_checks,
@@ -136,23 +150,29 @@ def main(argv: list[str]) -> None:
         export,
         generate,
         interrupt,
+        lease,
         paths,
+        plan,
         summary,
         train,
     )
     from progan_jax.data import cache_management, errors, input_pipeline
 
     expected = (
+        accelerators.AcceleratorUnusedError,
         config_checks.ConfigError,
         errors.DataSetMissingError,
         input_pipeline.DataPreparationError,
         checkpointing.CheckpointWriteError,
         train.NonFiniteLossError,
         paths.UnreachableError,
+        lease.LeaseError,
         FileNotFoundError,
     )
     workdir = _workdir()
     try:
+        if _MODE.value in ("train", "evaluate", "generate", "export", "benchmark"):
+            accelerators.check_platform(_ALLOW_CPU.value)
         if _MODE.value in ("train", "evaluate", "generate", "export"):
             paths.ensure_directory(paths.resolve(workdir), _STORAGE_TIMEOUT.value)
         if _MODE.value == "train":
@@ -169,6 +189,8 @@ def main(argv: list[str]) -> None:
         elif _MODE.value == "export":
             _hide_gpus_from_tensorflow()
             _print_lines([export.export_generator(config, workdir)])
+        elif _MODE.value == "plan":
+            _print_lines(plan.plan(config))
         elif _MODE.value == "benchmark":
             _print_lines(benchmark.benchmark_train_step(config))
         elif _MODE.value == "benchmark_input":

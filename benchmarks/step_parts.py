@@ -29,7 +29,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import short_budget  # noqa: E402
-from progan_jax import benchmark, models, parallel, train_step  # noqa: E402
+from progan_jax import benchmark, models, parallel, schedule, train_step  # noqa: E402
 from progan_jax import gan as gan_lib  # noqa: E402
 
 
@@ -65,6 +65,9 @@ def main() -> None:
     reals = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (args.batch, res, res, 3)))
     reals = reals.astype(jnp.float32)
     z = gan.sample_latents(key, args.batch)
+    plan = schedule.StageSchedule(stage, args.batch, 1e-3, fade_start=0, fade_end=1000)
+    shown = jnp.int32(round(args.alpha * 1000))  # alpha = args.alpha in the step too
+    batch = benchmark.random_batch(config, stage, args.batch, parallel.make_mesh())
 
     def critic(p, x):
         return gan.critic_fn(p, stage, alpha)(x)
@@ -79,8 +82,8 @@ def main() -> None:
         ("generator_update_grads",
          lambda g, d: train_step.generator_grads(gan, g, d, key, args.batch, stage, alpha),
          state.g_params, state.d_params),
-        ("step", lambda s, x: train_step.train_step(gan, s, x, alpha, jnp.float32(1e-3),
-                                                    stage=stage), state, reals),
+        ("step", lambda s, b: train_step.train_step(gan, s, b, shown, schedule=plan),
+         state, batch),
     ]  # fmt: skip
     for name, fn, *fn_args in parts:
         line = {"stage": stage, "resolution": res, "batch": args.batch}

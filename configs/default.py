@@ -41,6 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
             # fast on XLA:CPU), 'xla' (XLA's own: cuDNN, TPU), 'auto' (matmul on CPU, else xla).
             conv_gradients="auto",
             compute_dtype="float32",  # 'bfloat16' for GPU/TPU; parameters stay float32
+            # Recompute activations in the backward passes (jax.checkpoint) instead of keeping
+            # them: less device memory at 1024x1024 for more FLOPs (README, "TPUs and GPUs").
+            rematerialize=False,
         )
     )
 
@@ -80,6 +83,10 @@ def get_config() -> ml_collections.ConfigDict:
             # minibatch_base 16 (train.py:93-95) capped by the fp32 per-GPU limits
             # {256: 16, 512: 8, 1024: 4} (config.py:106); multiples of mbstd_group_size 4.
             batch_sizes=(16, 16, 16, 16, 16, 16, 16, 8, 4),
+            # With batch_sizes='auto': each stage's batch is the largest multiple of the device
+            # count, at most this many per device, whose compiled step fits the device memory
+            # (less plan.memory_margin), as --mode=plan measures it.
+            max_batch_per_device=32,
         )
     )
 
@@ -124,6 +131,9 @@ def get_config() -> ml_collections.ConfigDict:
             keep=3,  # periodic checkpoints kept; stage-end checkpoints are kept for good
         )
     )
+    # One run per workdir: a run holds <workdir>/lease.json and renews it this often; a lease
+    # not renewed for stale_after_seconds (its run hung, or its machine died) is taken over.
+    config.lease = ml_collections.ConfigDict(dict(renew_seconds=30.0, stale_after_seconds=300.0))
     config.logging = ml_collections.ConfigDict(
         dict(
             log_every_steps=100,  # scalars to TensorBoard and the log
@@ -140,6 +150,8 @@ def get_config() -> ml_collections.ConfigDict:
         dict(
             checkpoint=config_dict.placeholder(int),  # images shown (None: latest; 0: untrained)
             metrics=("swd", "ms_ssim"),  # add "fid" once eval.fid_weights is set
+            # Latents, SWD centres and reals are drawn in blocks of this many images; a
+            # minibatch on the devices is whole blocks (sampling.GeneratorSnapshot.minibatch).
             batch_size=64,
             swd_images=16384,  # official: 16384 images, 128 neighbourhoods each per level
             noise_floor=True,  # SWD between two draws of reals
@@ -172,6 +184,18 @@ def get_config() -> ml_collections.ConfigDict:
             checkpoint=config_dict.placeholder(int),  # images shown (None: latest)
             platforms=("cpu", "cuda"),  # where the SavedModel can run: cpu, cuda, rocm, tpu
             output=config_dict.placeholder(str),  # None: <workdir>/export/<images shown>
+        )
+    )
+
+    config.plan = ml_collections.ConfigDict(
+        dict(
+            # --mode=plan compiles every stage's step for this target: a TPU slice as libtpu
+            # names it ('v5e:2x4', 'v4:2x2x1', 'v6e:2x2'; no TPU needed), 'cuda' (lowered
+            # only: FLOPs but no memory), or None for this machine's devices.
+            topology=config_dict.placeholder(str),
+            stages=config_dict.placeholder(tuple),  # None: every stage
+            memory_margin=0.1,  # the share of device memory a step must leave free
+            assumed_utilisation=0.4,  # of the peak FLOP/s, for the images/s estimate
         )
     )
 

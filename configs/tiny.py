@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.learning_rates = (2e-3,) * 3
     config.schedule.stabilize_images = 64
     config.schedule.fade_images = 64
-    config.schedule.batch_sizes = (8,) * 3
+    config.schedule.batch_sizes = (16,) * 3  # 2 per device on 8 devices: minibatch stddev
     config.data.source = "synthetic"
     config.data.synthetic_size = 64
     config.checkpoint.every_images = 32

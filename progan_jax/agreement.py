@@ -3,19 +3,25 @@
 Processes that load different configs (a stale checkout on one host, a different override)
 would train different programs in lock step until a collective deadlocks or the results are
 silently wrong; a resumed run whose networks have other shapes than its checkpoints fails deep
-inside Orbax. Both are checked at start and reported by field name.
+inside Orbax. Both are checked at start and reported by field name. Work that may fail on one
+process alone (preparing data, taking the workdir's lease) ends the same way on all of them.
 """
 
 import hashlib
 import json
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from progan_jax import interrupt
 from progan_jax.config_checks import ConfigError
+
+T = TypeVar("T")
 
 # Fields that give the parameters their shapes: a checkpoint cannot be restored across them.
 SHAPE_FIELDS = (
@@ -110,3 +116,35 @@ def check_processes_agree(config: ml_collections.ConfigDict) -> None:
         + "; ".join(report)
         + ". Run the same checkout and command line on every host."
     )
+
+
+_OK, _INTERRUPTED, _FAILED = 0, 1, 2
+
+
+def together(what: str, error: type[Exception], work: Callable[[], T]) -> T:
+    """Runs `work` here and stops every process if it failed or was interrupted anywhere.
+
+    A process that failed alone would leave the others waiting in the next collective until the
+    runtime's heartbeat timeout, and a SIGTERM would no longer mean a clean exit 0. So the
+    processes exchange how their `work` ended (one all-gather, which is also a barrier) and all
+    stop the same way: `Interrupted` if any was, else the failed processes with their own error
+    and the others with `error`, naming `what` failed where.
+    """
+    if jax.process_count() == 1:
+        return work()
+    result, status, failure = None, _OK, None
+    try:
+        result = work()
+    except interrupt.Interrupted as stopped:
+        status, failure = _INTERRUPTED, stopped
+    except Exception as raised:
+        status, failure = _FAILED, raised
+    statuses = np.asarray(multihost_utils.process_allgather(np.int32(status)))
+    if failure is not None:
+        raise failure
+    if (statuses == _INTERRUPTED).any():
+        raise interrupt.Interrupted(f"SIGTERM on another process during {what}: stopped.")
+    if (statuses == _FAILED).any():
+        failed = ", ".join(str(i) for i in np.flatnonzero(statuses == _FAILED))
+        raise error(f"{what.capitalize()} failed on process(es) {failed}; their logs say why.")
+    return result

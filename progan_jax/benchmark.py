@@ -13,6 +13,7 @@ fake passes with their backward, the penalty's pass, input gradient and double b
 the ceiling bounds any float32 implementation of the same step on the same machine.
 """
 
+import contextlib
 import statistics
 import time
 from collections.abc import Iterator
@@ -22,8 +23,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from progan_jax import accelerators, models, parallel, schedule, train_step
 from progan_jax import gan as gan_lib
-from progan_jax import models, parallel, schedule, train_step
+from progan_jax import plan as plan_lib
 from progan_jax.data import input_pipeline
 
 
@@ -63,28 +65,54 @@ def gemm_peak(shapes=_GEMM_SHAPES) -> float:
     return max(rates)
 
 
+def random_batch(
+    config: ml_collections.ConfigDict, stage: int, batch: int, mesh: jax.sharding.Mesh
+) -> dict[str, jax.Array]:
+    """A global batch of random uint8 images (half of them to be mirrored) on `mesh`, built
+    from this process's rows."""
+    shapes = train_step.batch_shapes(
+        batch // jax.process_count(), models.stage_resolution(stage), config.model.num_channels
+    )
+    rng = np.random.default_rng(stage)
+    local = {
+        "images": rng.integers(0, 256, shapes["images"].shape, np.uint8),
+        "mirror": rng.integers(0, 2, shapes["mirror"].shape).astype(bool),
+    }
+    return parallel.global_batch(local, mesh)
+
+
+def benchmark_schedule(config: ml_collections.ConfigDict, stage: int) -> schedule.StageSchedule:
+    """The stage's step at `benchmark.batch_size` (if set) instead of the schedule's batch."""
+    return schedule.stage_schedule(config, stage, config.benchmark.batch_size)
+
+
+def mid_fade(plan: schedule.StageSchedule, alpha: float) -> int:
+    """The images-shown count at which the stage's alpha is `alpha` (if it fades in)."""
+    return plan.fade_start + round(alpha * (plan.fade_end - plan.fade_start))
+
+
 def benchmark_train_step(config: ml_collections.ConfigDict) -> Iterator[dict]:
     mesh = parallel.make_mesh()
     gan, state = gan_lib.initialize(config, mesh)
-    alpha = jnp.float32(config.benchmark.alpha)
     peak = gemm_peak()
     for stage in benchmark_stages(config):
-        batch = config.benchmark.batch_size or schedule.batch_size(config, stage)
+        plan = benchmark_schedule(config, stage)
+        batch = plan.batch_size
         parallel.check_batch_divides(batch, mesh.devices.size)
         res = models.stage_resolution(stage)
-        shape = (batch // jax.process_count(), res, res, config.model.num_channels)
-        local = np.random.default_rng(stage).uniform(-1, 1, shape).astype(np.float32)
-        reals = parallel.global_batch(local, mesh)
-        lr = jnp.float32(schedule.learning_rate(config, stage))
+        reals = random_batch(config, stage, batch, mesh)
+        shown = jax.device_put(
+            np.int32(mid_fade(plan, config.benchmark.alpha)), parallel.replicated(mesh)
+        )
 
         start = time.perf_counter()
-        step = train_step.make_train_step(gan, mesh, stage).lower(state, reals, alpha, lr).compile()
+        step = train_step.make_train_step(gan, mesh, plan).lower(state, reals, shown).compile()
         compile_s = time.perf_counter() - start
 
         times = []
         for i in range(config.benchmark.warmup_steps + config.benchmark.steps):
             start = time.perf_counter()
-            state, metrics = step(state, reals, alpha, lr)
+            state, _, metrics = step(state, reals, shown)
             _block((state, metrics))
             if i >= config.benchmark.warmup_steps:
                 times.append(time.perf_counter() - start)
@@ -92,12 +120,19 @@ def benchmark_train_step(config: ml_collections.ConfigDict) -> Iterator[dict]:
         # XLA's count; on CPU the weight-gradient loops are counted once, so it is a lower bound
         # (and the ceiling below an upper bound).
         flops = (step.cost_analysis() or {}).get("flops", float("nan"))
+        compiled = plan_lib.Compiled(
+            batch // mesh.devices.size, compile_s, flops, plan_lib.memory_of(step)
+        )
         yield {
             "stage": stage,
             "resolution": res,
             "batch": batch,
             "devices": mesh.devices.size,
             "platform": jax.devices()[0].platform,
+            "device_kind": jax.devices()[0].device_kind,
+            "compute_dtype": config.model.compute_dtype,
+            "peak_bytes_per_device": compiled.peak_bytes,
+            **_of_device_peak(flops / step_s, config.model.compute_dtype),
             "compile_s": round(compile_s, 2),
             "step_ms": round(step_s * 1e3, 1),
             "imgs_per_s": round(batch / step_s, 2),
@@ -108,22 +143,29 @@ def benchmark_train_step(config: ml_collections.ConfigDict) -> Iterator[dict]:
         }
 
 
+def _of_device_peak(flops_per_s: float, compute_dtype: str) -> dict:
+    """The step's FLOP/s per device against the device's data-sheet peak, where known."""
+    spec = accelerators.spec(jax.devices()[0])
+    peak = spec and spec.peak_flops(compute_dtype)
+    return {"of_device_peak": round(flops_per_s / peak, 3)} if peak else {}
+
+
 def benchmark_input(config: ml_collections.ConfigDict) -> Iterator[dict]:
-    """Images/s of this process's input stream per stage, after the one-off decode and
-    box-filter (reported as prepare_s)."""
+    """Images/s of this process's input stream per stage (uint8 batches with their mirror
+    flags, as they leave the host), after the one-off decode and box-filter (prepare_s)."""
     model, bench = config.model, config.benchmark
     for stage in benchmark_stages(config):
         batch = bench.batch_size or schedule.batch_size(config, stage)
         start = time.perf_counter()
         input_pipeline.stage_images(config.data, model.resolution, model.num_channels, stage)
         prepare_s = time.perf_counter() - start
-        stream = input_pipeline.stage_batches(config, stage, 0, batch)
-        for _ in range(bench.warmup_steps):
-            next(stream)
-        start = time.perf_counter()
-        for _ in range(bench.input_batches):
-            next(stream)
-        elapsed = time.perf_counter() - start
+        with contextlib.closing(input_pipeline.stage_batches(config, stage, 0, batch)) as stream:
+            for _ in range(bench.warmup_steps):
+                next(stream)
+            start = time.perf_counter()
+            for _ in range(bench.input_batches):
+                next(stream)
+            elapsed = time.perf_counter() - start
         yield {
             "source": config.data.source,
             "stage": stage,

@@ -60,11 +60,31 @@ def _manager(directory: epath.Path, keep: int | None) -> ocp.CheckpointManager:
 
 
 def _explain(error: OSError, directory: epath.Path, previous: int | None) -> CheckpointWriteError:
-    reason = "the disk is full" if error.errno == errno.ENOSPC else f"{error}"
-    kept = f"checkpoint {previous} is intact" if previous is not None else "no earlier checkpoint"
+    """Says what failed and what to do about it, from the error itself, not from a guess.
+
+    Only a full disk (ENOSPC) calls for space. A file of the save that vanished while Orbax
+    wrote it (FileNotFoundError) means the directory changed underneath: typically another
+    process writing (and pruning) the same workdir.
+    """
+    kept = (
+        f"The checkpoint {previous} is intact"
+        if previous is not None
+        else "There is no earlier checkpoint"
+    )
+    if error.errno == errno.ENOSPC:
+        reason = "the disk is full"
+        advice = "free some space (or point --workdir elsewhere) and start the same command again"
+    elif isinstance(error, FileNotFoundError):
+        reason = f"{error}; the checkpoint directory changed while it was written"
+        advice = (
+            "another process may be writing this workdir (an earlier run still alive, or a run "
+            "started twice); stop it, then start the same command again"
+        )
+    else:
+        reason = str(error)
+        advice = "once that is fixed, start the same command again"
     return CheckpointWriteError(
-        f"Could not write a checkpoint to {directory}: {reason}. The {kept}; free some space "
-        "(or point --workdir elsewhere) and start the same command again to resume."
+        f"Could not write a checkpoint to {directory}: {reason}. {kept}; {advice} to resume."
     )
 
 

@@ -50,6 +50,46 @@ def validate_cache_management(data: ml_collections.ConfigDict) -> None:
         _fail("data.stale_cache_days", f"must be >= 0 days, got {data.stale_cache_days}")
 
 
+def _check_batch_sizes(config, stages: int, devices: int, processes: int) -> None:
+    """Each stage's global batch splits evenly over devices and processes, and gives every
+    device's minibatch-stddev groups at least two images (a group of one has no deviation:
+    the layer would silently feed the critic a constant)."""
+    model = config.model
+    _per_stage(
+        config,
+        "schedule.batch_sizes",
+        stages,
+        lambda b: isinstance(b, int) and b > 0,
+        "a positive int",
+    )
+    for stage in range(stages):
+        batch = schedule.batch_size(config, stage)
+        if batch % devices:
+            _fail(
+                "schedule.batch_sizes",
+                f"batch {batch} of {_stage(stage)} does not divide by the {devices} devices; "
+                f"use multiples of {devices}",
+            )
+        if batch % processes:
+            _fail("schedule.batch_sizes", f"batch {batch} does not divide by {processes} processes")
+        per_device = batch // devices
+        group = min(model.mbstd_group_size, per_device)
+        if model.mbstd_group_size > 1 and per_device < 2:
+            _fail(
+                "model.mbstd_group_size",
+                f"minibatch stddev (groups of {model.mbstd_group_size}) needs at least 2 images "
+                f"per device, but batch {batch} of {_stage(stage)} gives {per_device} to each "
+                f"of the {devices} devices; use a batch of at least {2 * devices} or "
+                "model.mbstd_group_size=1 (off)",
+            )
+        if model.mbstd_group_size > 1 and per_device % group:
+            _fail(
+                "model.mbstd_group_size",
+                f"{model.mbstd_group_size} does not divide the per-device batch {per_device} of "
+                f"{_stage(stage)}; use a divisor of it",
+            )
+
+
 def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1) -> None:
     """Raises ConfigError for the first invalid value."""
     model, sched, data = config.model, config.schedule, config.data
@@ -75,42 +115,28 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
             f"(nf({empty}) = fmap_base / 2**({empty} * fmap_decay) < 1); use at least "
             f"{int(need)} for resolution {res}",
         )
-    if model.compute_dtype not in ("float32", "bfloat16", "float16"):
+    if model.compute_dtype == "float16":
         _fail(
             "model.compute_dtype",
-            f"must be float32, bfloat16 or float16, got {model.compute_dtype!r}",
+            "float16 is not supported: there is no loss scaling, so its gradients would "
+            "underflow; use bfloat16 (float32's range) or float32",
         )
+    if model.compute_dtype not in ("float32", "bfloat16"):
+        _fail("model.compute_dtype", f"must be float32 or bfloat16, got {model.compute_dtype!r}")
     if model.conv_gradients not in ("auto", *conv.GRADIENT_RULES):
         _fail(
             "model.conv_gradients",
             f"must be 'auto' or one of {conv.GRADIENT_RULES}, got {model.conv_gradients!r}",
         )
 
-    _per_stage(
-        config,
-        "schedule.batch_sizes",
-        stages,
-        lambda b: isinstance(b, int) and b > 0,
-        "a positive int",
-    )
-    for stage in range(stages):
-        batch = schedule.batch_size(config, stage)
-        if batch % devices:
+    if schedule.is_auto(sched.batch_sizes):
+        if sched.max_batch_per_device < 1:
             _fail(
-                "schedule.batch_sizes",
-                f"batch {batch} of {_stage(stage)} does not divide by the {devices} devices; "
-                f"use multiples of {devices}",
+                "schedule.max_batch_per_device",
+                f"must be >= 1, got {sched.max_batch_per_device}",
             )
-        if batch % processes:
-            _fail("schedule.batch_sizes", f"batch {batch} does not divide by {processes} processes")
-        per_device = batch // devices
-        group = min(model.mbstd_group_size, per_device)
-        if model.mbstd_group_size > 1 and per_device % group:
-            _fail(
-                "model.mbstd_group_size",
-                f"{model.mbstd_group_size} does not divide the per-device batch {per_device} of "
-                f"{_stage(stage)}; use a divisor of it",
-            )
+    else:
+        _check_batch_sizes(config, stages, devices, processes)
     _per_stage(config, "optimizer.learning_rates", stages, lambda lr: lr > 0, "positive")
 
     for field in ("stabilize_images", "fade_images"):
@@ -128,6 +154,12 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
         )
     if sched.final_stabilize_images is not None and sched.final_stabilize_images < 0:
         _fail("schedule.final_stabilize_images", "must be >= 0")
+    if schedule.total_images(config) >= 2**31:
+        _fail(
+            "schedule",
+            f"{schedule.total_images(config)} images in all; the step counts images shown in "
+            "int32, so a run may show at most 2**31 - 1",
+        )
     if not 0.0 <= config.ema_decay < 1.0:
         _fail("ema_decay", f"must be in [0, 1), got {config.ema_decay}")
     for field in ("gp_weight", "drift_weight"):
@@ -181,3 +213,12 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
     ):
         if value < 1:
             _fail(field, f"must be >= 1, got {value}")
+    renew, stale_after = config.lease.renew_seconds, config.lease.stale_after_seconds
+    if not renew > 0:
+        _fail("lease.renew_seconds", f"must be positive, got {renew}")
+    if not stale_after >= 2 * renew:
+        _fail(
+            "lease.stale_after_seconds",
+            f"must be at least twice lease.renew_seconds ({renew}), or a live run's lease looks "
+            f"stale between two renewals; got {stale_after}",
+        )

@@ -155,8 +155,28 @@ def _weight_grad_bwd(kernel, padding, residuals, dw_bar):
 weight_grad.defvjp(_weight_grad_fwd, _weight_grad_bwd)
 
 
+# The 4-tap kernel rows of both fused forms: [w0, w0 + w1, w1 + w2, w2] (halved for the
+# average of the downsampling form), as the official `upscale2d_conv2d` / `conv2d_downscale2d`
+# pad and sum their kernels.
+_SUMMED_TAPS = _DOWN_TAPS * 2
+
+
+def _summed_kernel(w: jax.Array, taps: np.ndarray) -> jax.Array:
+    return jnp.einsum("ur,vc,rcio->uvio", taps, taps, w).astype(w.dtype)
+
+
 def upsample_conv(x: jax.Array, w: jax.Array, gradients: str) -> jax.Array:
-    """conv(upsample2x(x), w) for a 3x3 kernel, without forming the upsampled input."""
+    """conv(upsample2x(x), w) for a 3x3 kernel, without forming the upsampled input.
+
+    With XLA's rules (GPUs, TPUs) it is their native form, as the official code's: a stride-2
+    transposed convolution with the summed 4x4 kernel. The CPU-fast rules take the sub-pixel
+    form below (four 2x2 phases of a stride-1 convolution), which XLA:CPU runs faster.
+    """
+    if gradients == "xla":
+        return jax.lax.conv_general_dilated(
+            x, _summed_kernel(w, _SUMMED_TAPS), (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
+            dimension_numbers=_DIMS,
+        )  # fmt: skip
     n, h, wd, _ = x.shape
     cin, cout = w.shape[2:]
     # k[a, u, b, v] = sum_{r,c} P[a,u,r] P[b,v,c] w[r,c]: the 2x2 kernel of output phase (a, b).
@@ -169,10 +189,14 @@ def upsample_conv(x: jax.Array, w: jax.Array, gradients: str) -> jax.Array:
 
 
 def conv_downsample(x: jax.Array, w: jax.Array, gradients: str) -> jax.Array:
-    """downsample2x(conv(x, w)) for a 3x3 kernel, computed on the output grid."""
+    """downsample2x(conv(x, w)) for a 3x3 kernel, computed on the output grid: a stride-2
+    convolution with the summed and averaged 4x4 kernel. XLA's rules take it as it is; the
+    CPU-fast ones as a stride-1 2x2 convolution over a space-to-depth shuffle of the input."""
+    k = _summed_kernel(w, _DOWN_TAPS)  # [4, 4, i, o]
+    if gradients == "xla":
+        return jax.lax.conv_general_dilated(x, k, (2, 2), ((1, 1), (1, 1)), dimension_numbers=_DIMS)
     n, h, wd, cin = x.shape
     cout = w.shape[3]
-    k = jnp.einsum("ur,vc,rcio->uvio", _DOWN_TAPS, _DOWN_TAPS, w).astype(w.dtype)  # [4, 4, i, o]
     # Space-to-depth of the padded input turns the stride-2 4x4 conv into a stride-1 2x2 conv.
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     xs = xp.reshape(n, h // 2 + 1, 2, wd // 2 + 1, 2, cin).transpose(0, 1, 3, 2, 4, 5)

@@ -120,5 +120,11 @@ def export_generator(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ex = config.export
     generator = evaluate.load_generator(config, workdir, ex.checkpoint)
     output = paths.resolve(ex.output or f"{workdir}/export/{generator.images_shown}")
-    info = save(generator, output, tuple(ex.platforms))
+    platforms = tuple(ex.platforms)
+    # Every process restores (a collective read); one writes, so that several processes never
+    # write the same files of a shared workdir.
+    if jax.process_index() == 0:
+        info = save(generator, output, platforms)
+    else:
+        info = metadata(generator, platforms)
     return {"saved_model": str(output), **info}

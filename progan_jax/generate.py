@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from progan_jax import evaluate, paths, sampling
 
@@ -42,36 +43,51 @@ def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def interpolation_frames(gan, generator, seed: int, config) -> list[np.ndarray]:
-    """Frames of a grid of walks through `keyframes` latents each, looping back to the start."""
+    """Frames of a grid of walks through `keyframes` latents each, looping back to the start.
+    All frames are generated together, in minibatches over all devices."""
     gen = config.generate
     walks = gen.interpolation_grid**2
     keys = np.asarray(latents(gan, seed + 1, walks * gen.keyframes, gen.truncation))
     keys = keys.reshape(gen.keyframes, walks, -1)
-    frames = []
     t = np.linspace(0.0, 1.0, gen.frames_per_keyframe, endpoint=False)
-    for k in range(gen.keyframes):
-        path = slerp(keys[k], keys[(k + 1) % gen.keyframes], t)  # [frames, walks, latent]
-        for z in path:
-            images = sampling.generate_images(
-                gan, generator.params, jnp.asarray(z), generator.stage, generator.alpha
-            )
-            grid = sampling.image_grid(
-                sampling.to_uint8(images), gen.interpolation_grid, config.model.resolution
-            )
-            frames.append(grid)
-    return frames
+    segments = [slerp(keys[k], keys[(k + 1) % gen.keyframes], t) for k in range(gen.keyframes)]
+    z = np.concatenate(segments).reshape(-1, keys.shape[-1])  # [frames * walks, latent]
+    images = sampling.generate_images(
+        gan, generator.params, z, generator.stage, generator.alpha, np.uint8
+    )
+    frames = images.reshape(-1, walks, *images.shape[1:])
+    return [
+        sampling.image_grid(frame, gen.interpolation_grid, config.model.resolution)
+        for frame in frames
+    ]
 
 
 def write_generated(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """--mode=generate. Every process generates (the generator runs over all devices); only
+    process 0 writes the files, so processes never write the same paths."""
     gen = config.generate
     generator = evaluate.load_generator(config, workdir, gen.checkpoint)
     gan = generator.gan
     out = paths.resolve(gen.output or f"{workdir}/generated/{generator.images_shown}")
     z = latents(gan, gen.seed, gen.num_images, gen.truncation)
-    images = sampling.to_uint8(
-        sampling.generate_images(gan, generator.params, z, generator.stage, generator.alpha)
+    images = sampling.generate_images(
+        gan, generator.params, z, generator.stage, generator.alpha, np.uint8
     )
-    columns = gen.grid
+    frames = interpolation_frames(gan, generator, gen.seed, config) if gen.keyframes > 1 else []
+    written = _write_files(out, images, frames, config) if jax.process_index() == 0 else {}
+    return {
+        "images_shown": generator.images_shown,
+        "stage": generator.stage,
+        "alpha": generator.alpha,
+        **written,
+    }
+
+
+def _write_files(
+    out: epath.Path, images: np.ndarray, frames: list, config: ml_collections.ConfigDict
+) -> dict:
+    """grid.png, the single PNGs and (with frames) interpolation.gif under `out`."""
+    gen, columns = config.generate, config.generate.grid
     grid_path = sampling.save_png(
         out / "grid.png",
         sampling.image_grid(images[: columns * columns], columns, config.model.resolution),
@@ -81,8 +97,7 @@ def write_generated(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for i, image in enumerate(images)
     ]
     written = {"grid": str(grid_path), "images": len(singles)}
-    if gen.keyframes > 1:
-        frames = interpolation_frames(gan, generator, gen.seed, config)
+    if frames:
         pil = [sampling.to_pil(f) for f in frames]
         gif = sampling.write_image_file(
             out / "interpolation.gif",
@@ -92,9 +107,4 @@ def write_generated(config: ml_collections.ConfigDict, workdir: str) -> dict:
         )
         written["interpolation"] = str(gif)
         written["frames"] = len(frames)
-    return {
-        "images_shown": generator.images_shown,
-        "stage": generator.stage,
-        "alpha": generator.alpha,
-        **written,
-    }
+    return written

@@ -28,22 +28,53 @@ def lerp(a: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
     return a + (b - a) * t
 
 
+# Both resamplings are written as XLA's own windowed operations, not as reshapes to
+# [n, h, 2, w, 2, c]: TPUs tile an array's two minor dimensions to (8, 128), so those 6-D
+# forms of an RGB image (minor dimensions 2 and 3) take ~100x its memory (README, "TPUs").
+
+
 def upsample2x(x: jax.Array) -> jax.Array:
-    """Nearest-neighbour 2x upsampling."""
-    n, h, w, c = x.shape
-    x = jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, 2, w, 2, c))
-    return x.reshape(n, 2 * h, 2 * w, c)
+    """Nearest-neighbour 2x upsampling: a stride-2 transposed convolution with a 2x2 kernel
+    of ones, one channel at a time (each output pixel copies the one input pixel it sees)."""
+    c = x.shape[-1]
+    ones = jnp.ones((2, 2, 1, c), x.dtype)
+    return jax.lax.conv_general_dilated(
+        x,
+        ones,
+        window_strides=(1, 1),
+        padding=((1, 1), (1, 1)),
+        lhs_dilation=(2, 2),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=c,
+        precision=jax.lax.Precision.HIGHEST,  # a copy: no bfloat16 passes on TPU or GPU
+    )
 
 
 def downsample2x(x: jax.Array) -> jax.Array:
     """2x2 average pooling."""
-    n, h, w, c = x.shape
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+    # A NumPy zero, so that JAX sees a sum (and differentiates it) even inside a trace.
+    total = jax.lax.reduce_window(x, np.zeros((), x.dtype), jax.lax.add, (1, 2, 2, 1),
+                                  (1, 2, 2, 1), "VALID")  # fmt: skip
+    return total * jnp.asarray(0.25, x.dtype)
+
+
+def at_least_float32_dtype(dtype: jnp.dtype) -> jnp.dtype:
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 def at_least_float32(x: jax.Array) -> jax.Array:
     """Statistics and outputs are kept in (at least) float32 under bfloat16 compute."""
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return x.astype(at_least_float32_dtype(x.dtype))
+
+
+def fade(old: jax.Array, new: jax.Array, alpha: jax.Array | float) -> jax.Array:
+    """`lerp(old, new, alpha)` in at least float32, whatever the compute dtype.
+
+    bfloat16 keeps 8 significant bits: it would round alpha = 0.999 to 1 (the fade's end
+    skipped) and 1/3 to 0.334, and round the blend to 2**-9 of its size.
+    """
+    old, new = at_least_float32(old), at_least_float32(new)
+    return lerp(old, new, jnp.asarray(alpha, new.dtype))
 
 
 def pixel_norm(x: jax.Array, epsilon: float = 1e-8) -> jax.Array:

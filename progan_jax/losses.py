@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from progan_jax.layers import at_least_float32, lerp
+
 CriticFn = Callable[[jax.Array], jax.Array]  # images [N, H, W, C] -> scores [N]
 
 # How the penalised gradient norm relates to the critic's native-resolution one (see
@@ -23,8 +25,10 @@ def gradient_penalty(
     minibatch stddev couples the samples, and the cross-sample terms belong to the penalty.
     `s = norm_scale` turns the norm at this resolution into the norm the penalty is defined on
     (1 / f for a critic fed f-times nearest-upscaled images that it average-pools back).
+    The gradient is taken with respect to (at least) float32 images, so that it and its norm
+    are float32 whatever the images' and the critic's compute dtype.
     """
-    grads = jax.grad(lambda x: jnp.sum(critic_fn(x)))(mixed)
+    grads = jax.grad(lambda x: jnp.sum(critic_fn(x)))(at_least_float32(mixed))
     flat = grads.reshape(grads.shape[0], -1)
     norms = optax.safe_norm(flat, 0.0, axis=1) * norm_scale
     return jnp.square(norms - target) / target**2, norms
@@ -50,7 +54,7 @@ def critic_loss(
     # One batched evaluation of both sets; vmap keeps them apart for minibatch stddev.
     real_scores, fake_scores = jax.vmap(critic_fn)(jnp.stack([reals, fakes]))
     u = jax.random.uniform(key, (reals.shape[0], 1, 1, 1), dtype=reals.dtype)
-    mixed = reals + (fakes - reals) * u
+    mixed = lerp(reals, fakes, u)
     penalty, norms = gradient_penalty(critic_fn, mixed, gp_target, gp_norm_scale)
     drift = jnp.square(real_scores)
     loss = jnp.mean(fake_scores - real_scores + gp_weight * penalty + drift_weight * drift)

@@ -20,9 +20,10 @@ from progan_jax.layers import (
     EqualizedConv,
     EqualizedDense,
     at_least_float32,
+    at_least_float32_dtype,
     downsample2x,
+    fade,
     leaky_relu,
-    lerp,
     minibatch_stddev,
     pixel_norm,
     upsample2x,
@@ -92,7 +93,8 @@ class _Growing(nn.Module):
         )
 
     def dense(self, features: int, **kwargs) -> EqualizedDense:
-        return EqualizedDense(features, use_wscale=self.use_wscale, dtype=self.dtype, **kwargs)
+        kwargs.setdefault("dtype", self.dtype)
+        return EqualizedDense(features, use_wscale=self.use_wscale, **kwargs)
 
     def check_stage(self, stage: int) -> None:
         if not 0 <= stage < self.num_stages:
@@ -147,7 +149,7 @@ class Generator(_Growing):
         image = to_rgb[stage](features[stage])
         if stage > 0:
             previous = upsample2x(to_rgb[stage - 1](features[stage - 1]))
-            image = lerp(previous, image, jnp.asarray(alpha, image.dtype))
+            image = fade(previous, image, alpha)
         return at_least_float32(image)
 
 
@@ -164,7 +166,10 @@ class Critic(_Growing):
             x = leaky_relu(self.conv(self.nf(1), name="conv_4x4")(x))
             x = x.reshape(x.shape[0], -1)
             x = leaky_relu(self.dense(self.nf(0), name="dense0_4x4")(x))
-            return self.dense(1, gain=1.0, name="dense1_4x4")(x)[:, 0]
+            # The score in float32: bfloat16 would round it (and so the Wasserstein estimate
+            # and the drift term) to 2**-9 of the terms it sums.
+            wide = at_least_float32_dtype(self.dtype)
+            return self.dense(1, gain=1.0, dtype=wide, name="dense1_4x4")(x)[:, 0]
         x = leaky_relu(self.conv(self.nf(stage + 1), name=f"conv0_{res}x{res}")(x))
         return leaky_relu(
             self.conv(self.nf(stage), resample="down", name=f"conv1_down_{res}x{res}")(x)
@@ -190,10 +195,10 @@ class Critic(_Growing):
         x = self._block(leaky_relu(from_rgb[stage](image)), stage)
         if stage > 0:
             previous = leaky_relu(from_rgb[stage - 1](downsample2x(image)))
-            x = lerp(previous, x, jnp.asarray(alpha, x.dtype))
+            x = fade(previous, x, alpha)
             for s in reversed(range(stage)):
                 x = self._block(x, s)
-        return at_least_float32(x)
+        return x
 
 
 def _common_kwargs(model: ml_collections.ConfigDict) -> dict:

@@ -1,4 +1,9 @@
-"""Images from the generator: fixed latents, grids, PNG files."""
+"""Images from the generator: fixed latents, grids, PNG files.
+
+The generator runs over every device of every process: each device generates the images of
+its own slice of the latents (`generate`), a few at a time at large resolutions
+(`generation_group`), so N images on D devices take about the time of N / D on one.
+"""
 
 import dataclasses
 import functools
@@ -7,12 +12,22 @@ import os
 from collections.abc import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from etils import epath
+from jax.sharding import Mesh
 from PIL import Image
 
-from progan_jax import interrupt, models, paths, reporting
+from progan_jax import interrupt, models, parallel, paths, reporting
 from progan_jax.gan import GAN, Params
+
+# A device generates at most this many images at once, and no more pixels than four 1024x1024
+# images: the generator's activations grow with the pixels.
+MAX_GENERATION_GROUP = 64
+GENERATION_PIXELS = 4 * 1024 * 1024
+# Sample grids in TensorBoard show images at most this large (pixels a side), box filtered:
+# 64 samples at 1024x1024 would make an 8192x8192 grid at every write. The PNG is full size.
+PREVIEW_TILE = 256
 
 
 def fixed_latents(gan: GAN, seed: int, count: int) -> jax.Array:
@@ -20,20 +35,62 @@ def fixed_latents(gan: GAN, seed: int, count: int) -> jax.Array:
     return gan.sample_latents(jax.random.fold_in(jax.random.key(seed), 0x5A3), count)
 
 
+def generation_group(resolution: int) -> int:
+    """Images a device generates at once at `resolution`: 64 up to 256x256, then 16 at 512 and
+    4 at 1024."""
+    return max(1, min(MAX_GENERATION_GROUP, GENERATION_PIXELS // resolution**2))
+
+
+def _device_layout(count: int, devices: int, group: int) -> tuple[int, int]:
+    """(rows per device, group) for `count` images: an even number of rows per device, so that
+    consecutive pairs (which MS-SSIM compares) never straddle two devices, generated at most
+    `group` at a time."""
+    rows = parallel.round_up(-(-count // devices), 2)
+    group = min(group, rows)
+    return parallel.round_up(rows, group), group
+
+
 @functools.lru_cache(maxsize=16)
-def generator_fn(gan: GAN, stage: int):
-    """Jitted `(params, z, alpha) -> images` for one stage."""
-    return jax.jit(lambda params, z, alpha: gan.generate(params, z, stage, alpha))
+def generator_fn(gan: GAN, stage: int, mesh: Mesh, group: int, dtype: np.dtype):
+    """Jitted `((params, alpha), z) -> images` over `mesh`: each device generates the images of
+    its own slice of `z`, `group` at a time (a loop on the device), as uint8 (`to_uint8`, on
+    the device: a quarter of the bytes to gather) or float32 in [-1, 1]."""
+
+    def per_device(shared, z):
+        params, alpha = shared
+        groups = z.reshape(-1, group, z.shape[-1])
+        images = jax.lax.map(lambda latents: gan.generate(params, latents, stage, alpha), groups)
+        images = images.reshape(-1, *images.shape[2:])
+        return to_uint8(images, jnp) if dtype == np.uint8 else images
+
+    return parallel.rowwise(per_device, mesh)
+
+
+def generate(
+    gan: GAN, params: Params, z, stage: int, alpha: float, dtype: type = np.uint8
+) -> parallel.Rows:
+    """The images of latents `z` (the same on every process), in order, split over all devices:
+    each device generates only those of its own slice (padding makes the slices equal)."""
+    mesh = parallel.make_mesh()
+    resolution = models.stage_resolution(stage)
+    rows, group = _device_layout(len(z), mesh.size, generation_group(resolution))
+    latents = parallel.shard_rows(np.asarray(z, np.float32), mesh, rows * mesh.size)
+    shared = jax.device_put((params, np.float32(alpha)), parallel.replicated(mesh))
+    fn = generator_fn(gan, stage, mesh, group, np.dtype(dtype))
+    return parallel.Rows(fn(shared, latents.array), latents.count)
 
 
 def generate_images(
-    gan: GAN, params: Params, z: jax.Array, stage: int, alpha: float, batch: int = 64
-):
-    """Images in [-1, 1] as a float32 NumPy array, computed `batch` latents at a time."""
-    fn = generator_fn(gan, stage)
-    alpha = jax.device_put(np.float32(alpha))  # one explicit copy, not one per call
-    parts = [fn(params, z[i : i + batch], alpha) for i in range(0, len(z), batch)]
-    return np.concatenate([np.asarray(p) for p in parts])
+    gan: GAN, params: Params, z, stage: int, alpha: float, dtype: type = np.float32
+) -> np.ndarray:
+    """`generate`'s images as a NumPy array on every process: float32 in [-1, 1], or uint8.
+    Minibatches of `generation_group` images per device bound the devices' memory."""
+    minibatch = generation_group(models.stage_resolution(stage)) * jax.device_count()
+    parts = [
+        generate(gan, params, z[i : i + minibatch], stage, alpha, dtype).host()
+        for i in range(0, len(z), minibatch)
+    ]
+    return np.concatenate(parts)
 
 
 def to_uint8(images, xp=np):
@@ -43,11 +100,16 @@ def to_uint8(images, xp=np):
 
 
 def image_grid(images: np.ndarray, columns: int, tile: int | None = None) -> np.ndarray:
-    """uint8 images [N, h, w, C] -> one uint8 grid, each image upscaled (nearest) to `tile`."""
+    """uint8 images [N, h, w, C] -> one uint8 grid, each image resized to `tile` pixels a side
+    (a power of two): enlarged (nearest) or box filtered."""
     n, h, w, c = images.shape
     if tile is not None and tile > h:
         images = images.repeat(tile // h, axis=1).repeat(tile // w, axis=2)
-        h, w = images.shape[1:3]
+    elif tile is not None and tile < h:
+        f = h // tile
+        boxes = images.reshape(n, h // f, f, w // f, f, c).mean(axis=(2, 4))
+        images = np.rint(boxes).astype(np.uint8)
+    h, w = images.shape[1:3]
     rows = -(-n // columns)
     padded = np.zeros((rows * columns, h, w, c), images.dtype)
     padded[:n] = images
@@ -88,17 +150,31 @@ class GeneratorSnapshot:
     def resolution(self) -> int:
         return models.stage_resolution(self.stage)
 
-    def batches(self, count: int, batch: int, seed: int) -> Iterator[np.ndarray]:
-        """`count` generated uint8 images in minibatches, from latents fixed by `seed`; a
-        long run of them (a metric's thousands) reports its progress."""
-        what = f"generating {count} images at {self.resolution}x{self.resolution} (batches)"
-        return reporting.track(self._batches(count, batch, seed), -(-count // batch), what)
+    def minibatch(self, block: int) -> int:
+        """Images per minibatch of a stream whose latents come in blocks of `block`: whole
+        blocks, about `generation_group` images per device (at least one block)."""
+        per_step = generation_group(self.resolution) * jax.device_count()
+        return block * max(1, per_step // block)
 
-    def _batches(self, count: int, batch: int, seed: int) -> Iterator[np.ndarray]:
+    def batches(self, count: int, batch: int, seed: int) -> Iterator[parallel.Rows]:
+        """`count` generated uint8 images in minibatches split over the devices (`generate`),
+        from latents fixed by `seed` in blocks of `batch`: a block's latents depend on the seed
+        and its first image only, so the images do not depend on the number of devices. A long
+        run of them (a metric's thousands) reports its progress."""
+        minibatch = self.minibatch(batch)
+        what = f"generating {count} images at {self.resolution}x{self.resolution} (minibatches)"
+        batches = self._batches(count, batch, minibatch, seed)
+        return reporting.track(batches, -(-count // minibatch), what)
+
+    def _batches(
+        self, count: int, block: int, minibatch: int, seed: int
+    ) -> Iterator[parallel.Rows]:
         key = jax.random.key(seed)
-        for start in range(0, count, batch):
+        for start in range(0, count, minibatch):
             interrupt.check("evaluation")
-            n = min(batch, count - start)
-            z = self.gan.sample_latents(jax.random.fold_in(key, start), n)
-            images = generate_images(self.gan, self.params, z, self.stage, self.alpha)
-            yield to_uint8(images)
+            stop = min(start + minibatch, count)
+            z = np.concatenate([
+                self.gan.sample_latents(jax.random.fold_in(key, first), min(block, stop - first))
+                for first in range(start, stop, block)
+            ])  # fmt: skip
+            yield generate(self.gan, self.params, z, self.stage, self.alpha)

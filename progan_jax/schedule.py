@@ -7,6 +7,8 @@ size and learning rate follow from the count of images shown before it.
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from progan_jax import models
@@ -67,6 +69,47 @@ def alpha(phase: Phase, images_shown: int) -> float:
     if not phase.fading:
         return 1.0
     return min(max((images_shown - phase.start) / (phase.end - phase.start), 0.0), 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSchedule:
+    """What one stage's train step needs of the schedule, as compile-time constants.
+
+    The batch and learning rate are fixed within a stage, and so is where its fade lies in
+    images shown; alpha is then a function of the images shown alone, which the step computes
+    on the device from a count it carries, so no per-step value crosses from the host.
+    """
+
+    stage: int
+    batch_size: int
+    learning_rate: float
+    fade_start: int  # images shown when the stage's fade-in begins
+    fade_end: int  # ... and ends; equal to fade_start when the stage does not fade in
+
+    def alpha(self, images_shown: jax.Array) -> jax.Array:
+        """`alpha(phase, images_shown)` of the step starting at `images_shown` (int32), in
+        float32: the fade's completed fraction, then 1."""
+        length = self.fade_end - self.fade_start
+        if length == 0:
+            return jnp.ones((), jnp.float32)
+        done = (images_shown - self.fade_start).astype(jnp.float32)
+        return jnp.clip(done / jnp.float32(length), 0.0, 1.0)
+
+
+def stage_schedule(
+    config: ml_collections.ConfigDict, stage: int, batch: int | None = None
+) -> StageSchedule:
+    """The stage's schedule, at the config's batch or at `batch` (plans try several)."""
+    fades = [p for p in phases(config) if p.stage == stage and p.fading]
+    start, end = (fades[0].start, fades[0].end) if fades else (0, 0)
+    batch = batch_size(config, stage) if batch is None else batch
+    return StageSchedule(stage, batch, learning_rate(config, stage), start, end)
+
+
+def is_auto(batch_sizes) -> bool:
+    """Whether `schedule.batch_sizes` asks for the largest batches that fit (plan.py); the
+    command line's `--config.schedule.batch_sizes=auto` arrives as ('auto',)."""
+    return batch_sizes == "auto" or tuple(batch_sizes) == ("auto",)
 
 
 def batch_size(config: ml_collections.ConfigDict, stage: int) -> int:

@@ -22,9 +22,11 @@ from progan_jax import (
     checkpointing,
     config_checks,
     interrupt,
+    lease,
     models,
     parallel,
     paths,
+    plan,
     profiling,
     reporting,
     sampling,
@@ -52,20 +54,28 @@ class _Decisions:
     step, which would stall asynchronous dispatch. A single process decides at every step.
     """
 
-    def __init__(self, every_minutes: float, interval_steps: int):
+    def __init__(self, every_minutes: float, interval_steps: int, held: lease.Lease | None):
         self.every_s = 60.0 * every_minutes
         self.interval_steps = interval_steps
+        self.held = held  # process 0's lease of the workdir
         self.last_save = time.monotonic()
 
     def __call__(self, steps: int) -> tuple[bool, bool]:
-        """(stop, save) after `steps` train steps."""
+        """(stop, save) after `steps` train steps. Raises LeaseError, before anything is
+        saved, once another run has taken the workdir over."""
         several = jax.process_count() > 1
         if several and steps % self.interval_steps:
             return False, False
         due = self.every_s > 0 and time.monotonic() - self.last_save > self.every_s
-        flags = np.array([interrupt.requested(), due and jax.process_index() == 0], np.int32)
+        lost = self.held is not None and self.held.lost.is_set()
+        flags = np.array([interrupt.requested(), due and jax.process_index() == 0, lost], np.int32)
         if several:
             flags = np.max(multihost_utils.process_allgather(flags), axis=0)
+        if flags[2]:
+            raise lease.LeaseError(
+                "Another run took this workdir's lease over (see the error above): stopped "
+                "without saving, so as not to overwrite its checkpoints."
+            )
         return bool(flags[0]), bool(flags[1])
 
     def saved(self) -> None:
@@ -108,8 +118,10 @@ class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
         agreement.check_processes_agree(config)  # first: a lone failure would strand the rest
         config_checks.validate(config, jax.device_count(), jax.process_count())
-        self.config = config
         self.workdir = paths.resolve(workdir)
+        self.lease = lease.hold(self.workdir, config.lease)  # before anything touches the workdir
+        config = plan.resolve_batch_sizes(config)  # 'auto': the largest that fit the devices
+        self.config = config
         self.gan = gan_lib.GAN.from_config(config)
         self.mesh = parallel.make_mesh()
         self.checkpointer = checkpointing.Checkpointer(self.workdir, config.checkpoint.keep)
@@ -126,7 +138,9 @@ class Trainer:
         self.periodic_swd = generator_swd.PeriodicSWD(config)
         self.interval = _Interval()
         self.report = reporting.RunProgress(config)
-        self.decisions = _Decisions(config.checkpoint.every_minutes, config.logging.log_every_steps)
+        self.decisions = _Decisions(
+            config.checkpoint.every_minutes, config.logging.log_every_steps, self.lease
+        )
         self._sampled_at = -1
         self._steps: dict[int, object] = {}
 
@@ -160,14 +174,16 @@ class Trainer:
                 "%s parameters:\n%s", name, parameter_overview.get_parameter_overview(params)
             )
 
-    def scalars_to_mesh(self, *values: float) -> list[jax.Array]:
-        """Float32 scalars copied to every device explicitly, for the step's replicated inputs."""
-        sharding = parallel.replicated(self.mesh)
-        return [jax.device_put(np.float32(v), sharding) for v in values]
+    def images_shown_on_mesh(self, images_shown: int) -> jax.Array:
+        """The step's count of images shown, copied to every device once per stage: the step
+        returns it advanced, so alpha needs no copy from the host per step."""
+        return jax.device_put(np.int32(images_shown), parallel.replicated(self.mesh))
 
     def step_fn(self, stage: int):
         if stage not in self._steps:
-            self._steps[stage] = train_step.make_train_step(self.gan, self.mesh, stage)
+            self._steps[stage] = train_step.make_train_step(
+                self.gan, self.mesh, schedule.stage_schedule(self.config, stage)
+            )
         return self._steps[stage]
 
     # ------------------------------------------------------------------------- outputs
@@ -176,14 +192,15 @@ class Trainer:
         if self._sampled_at == progress.images_shown:
             return
         self._sampled_at = progress.images_shown
-        images = sampling.generate_images(self.gan, state.g_ema_params, self.latents, stage, alpha)
-        grid = sampling.image_grid(
-            sampling.to_uint8(images), self.config.logging.sample_grid, self.config.model.resolution
+        images = sampling.generate_images(
+            self.gan, state.g_ema_params, self.latents, stage, alpha, np.uint8
         )
-        self.writer.write_images(progress.images_shown, {"samples": grid[None]})
+        columns, resolution = self.config.logging.sample_grid, self.config.model.resolution
+        preview = sampling.image_grid(images, columns, min(resolution, sampling.PREVIEW_TILE))
+        self.writer.write_images(progress.images_shown, {"samples": preview[None]})
         if jax.process_index() == 0:
             path = self.workdir / "samples" / f"{progress.images_shown:09d}.png"
-            sampling.save_png(path, grid)
+            sampling.save_png(path, sampling.image_grid(images, columns, resolution))
             logging.info("Samples: %s", path)
 
     def write_swd(self, state: TrainState, progress: Progress, stage: int, alpha: float):
@@ -243,13 +260,15 @@ class Trainer:
     # --------------------------------------------------------------------------- loop
 
     def run(self) -> TrainState:
-        state, progress = self.initial()
         config = self.config
         every = config.checkpoint.every_images
         profiler = profiling.StepTrace(config.logging, self.workdir)
         stage, batches = None, None
         try:
+            state, progress = self.initial()
             with metric_writers.ensure_flushes(self.writer):
+                first_stage = schedule.phase_at(config, progress.images_shown).stage
+                input_pipeline.prepare_all_stages(config, first_stage)  # no box filter mid-run
                 while progress.images_shown < self.total:
                     phase = schedule.phase_at(config, progress.images_shown)
                     if phase.index != progress.phase_index:  # entering a new phase
@@ -266,13 +285,11 @@ class Trainer:
                             config, stage, progress.images_shown, batch
                         )
                         batches = input_pipeline.prefetch_to_mesh(local, self.mesh)
+                        shown = self.images_shown_on_mesh(progress.images_shown)
 
                     alpha = schedule.alpha(phase, progress.images_shown)
-                    lr = schedule.learning_rate(config, stage)
                     profiler.before_step(stage, state)
-                    state, metrics = self.step_fn(stage)(
-                        state, next(batches), *self.scalars_to_mesh(alpha, lr)
-                    )
+                    state, shown, metrics = self.step_fn(stage)(state, next(batches), shown)
                     before = progress.images_shown
                     progress = dataclasses.replace(
                         progress, images_shown=before + batch, steps=progress.steps + 1
@@ -302,6 +319,8 @@ class Trainer:
             self.report.close()
             self.periodic_swd.close()
             self.checkpointer.close()
+            if self.lease is not None:  # held by process 0
+                self.lease.release()
         return state
 
 

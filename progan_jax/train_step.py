@@ -11,19 +11,39 @@ the official multi-GPU code.
 import functools
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
 from progan_jax import losses, models, parallel
 from progan_jax.gan import GAN, Params, TrainState
-from progan_jax.layers import downsample2x, lerp, upsample2x
+from progan_jax.layers import at_least_float32, downsample2x, fade, upsample2x
+from progan_jax.schedule import StageSchedule
+
+
+def decode_reals(batch: dict[str, jax.Array]) -> jax.Array:
+    """A stream batch as the networks see it: uint8 images to float32 [-1, 1], mirrored
+    left-right where the stream says so. Done on the device, so a quarter of the bytes cross
+    from the host (see input_pipeline for the batch's fields)."""
+    images = batch["images"].astype(jnp.float32) * jnp.float32(2.0 / 255.0) - jnp.float32(1.0)
+    return jnp.where(batch["mirror"][:, None, None, None], images[:, :, ::-1], images)
+
+
+def batch_shapes(batch_size: int, resolution: int, channels: int) -> dict:
+    """Shapes and dtypes of a global batch as `decode_reals` takes it."""
+    return {
+        "images": jax.ShapeDtypeStruct((batch_size, resolution, resolution, channels), jnp.uint8),
+        "mirror": jax.ShapeDtypeStruct((batch_size,), jnp.bool_),
+    }
 
 
 def fade_reals(reals: jax.Array, stage: int, alpha) -> jax.Array:
-    """Blends reals with their 2x-blurred version in step with the networks' fade-in."""
+    """Blends reals with their 2x-blurred version in step with the networks' fade-in, in at
+    least float32 as the networks' fades: a bfloat16 blur and blend would round the reals."""
+    reals = at_least_float32(reals)
     if stage == 0:
         return reals
-    return lerp(upsample2x(downsample2x(reals)), reals, alpha)
+    return fade(upsample2x(downsample2x(reals)), reals, alpha)
 
 
 def step_keys(rng: jax.Array, device_index) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -113,33 +133,32 @@ def ema_update(gan: GAN, ema_params: Params, params: Params, names) -> Params:
 def train_step(
     gan: GAN,
     state: TrainState,
-    reals: jax.Array,
-    alpha: jax.Array,
-    learning_rate: jax.Array,
+    batch: dict[str, jax.Array],
+    images_shown: jax.Array,
     *,
-    stage: int,
+    schedule: StageSchedule,
     axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One critic and one generator update on this device's shard of the batch.
 
-    With `axis_name`, gradients and metrics are averaged over that mapped axis.
+    `images_shown` (int32) counts the images shown before this step; alpha follows from it
+    (`schedule.alpha`). With `axis_name`, gradients and metrics are averaged over that mapped
+    axis.
     """
     mean = (lambda t: jax.lax.pmean(t, axis_name)) if axis_name else (lambda t: t)
     device_index = jax.lax.axis_index(axis_name) if axis_name else 0
     next_rng, critic_key, generator_key = step_keys(state.rng, device_index)
+    stage, lr = schedule.stage, schedule.learning_rate
+    alpha = schedule.alpha(images_shown)
 
-    reals = fade_reals(reals, stage, alpha)
+    reals = fade_reals(decode_reals(batch), stage, alpha)
     d_grads, metrics = critic_grads(gan, state, reals, critic_key, stage, alpha)
-    d_params, d_opt_state = adam_update(
-        gan, state.d_params, mean(d_grads), state.d_opt_state, learning_rate
-    )
+    d_params, d_opt_state = adam_update(gan, state.d_params, mean(d_grads), state.d_opt_state, lr)
 
     g_grads, g_loss = generator_grads(
         gan, state.g_params, d_params, generator_key, reals.shape[0], stage, alpha
     )
-    g_params, g_opt_state = adam_update(
-        gan, state.g_params, mean(g_grads), state.g_opt_state, learning_rate
-    )
+    g_params, g_opt_state = adam_update(gan, state.g_params, mean(g_grads), state.g_opt_state, lr)
     g_ema_params = ema_update(gan, state.g_ema_params, g_params, g_grads.keys())
 
     new_state = TrainState(
@@ -151,25 +170,32 @@ def train_step(
         d_opt_state=d_opt_state,
         rng=next_rng,
     )
-    return new_state, mean({**metrics, "generator_loss": g_loss})
+    return new_state, {**mean({**metrics, "generator_loss": g_loss}), "alpha": alpha}
 
 
-def make_train_step(gan: GAN, mesh: Mesh, stage: int):
-    """The jitted data-parallel step for one stage: `(state, reals, alpha, lr) -> (state, metrics)`.
+def make_train_step(gan: GAN, mesh: Mesh, schedule: StageSchedule):
+    """The jitted data-parallel step of one stage:
+    `(state, batch, images_shown) -> (state, images_shown + batch size, metrics)`.
 
-    `reals` is the global batch split along `data`; `alpha` and `lr` are traced scalars, so the
-    step compiles once per stage (and batch shape). The input state is donated.
+    `batch` is the stream's global batch (uint8 images and mirror flags) split along `data`;
+    `images_shown` is a replicated int32 scalar that the loop feeds back, so alpha moves on the
+    device and the step compiles once per stage (and batch shape). The input state is donated.
     """
     rep, data = PartitionSpec(), PartitionSpec(parallel.DATA_AXIS)
-    per_device = functools.partial(train_step, gan, stage=stage, axis_name=parallel.DATA_AXIS)
+    per_device = functools.partial(train_step, gan, schedule=schedule, axis_name=parallel.DATA_AXIS)
     # Replication of the outputs is by construction (every update is pmean'd). The check is off
     # because the convolutions' custom VJPs return per-device weight gradients for replicated
     # weights, which it cannot type.
     mapped = jax.shard_map(
         per_device,
         mesh=mesh,
-        in_specs=(rep, data, rep, rep),
+        in_specs=(rep, data, rep),
         out_specs=(rep, rep),
         check_vma=False,
     )
-    return jax.jit(mapped, donate_argnums=0)
+
+    def step(state, batch, images_shown):
+        new_state, metrics = mapped(state, batch, images_shown)
+        return new_state, images_shown + schedule.batch_size, metrics
+
+    return jax.jit(step, donate_argnums=0)

@@ -9,13 +9,25 @@ some jaxlib releases, and XLA aborts on unknown flags, so it is set for those re
 import importlib.metadata
 import os
 
+from progan_jax import machine
+
 _CPU_FLAGS = {"--xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
 _JAXLIB_WITH_FLAGS = ("0.10.",)
 
 
-def set_default_flags() -> None:
-    """Adds the flags to XLA_FLAGS unless the user set them already."""
+def runs_on_cpu(dev: str = "/dev") -> bool:
+    """Whether JAX will pick the CPU: asked for with JAX_PLATFORMS, or no accelerator here."""
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if platforms:
+        return platforms.split(",")[0] == "cpu"
+    return machine.visible_accelerator(dev) is None
+
+
+def set_default_flags(dev: str = "/dev") -> None:
+    """Adds the CPU flags to XLA_FLAGS for a CPU run, unless the user set them already."""
     if not importlib.metadata.version("jaxlib").startswith(_JAXLIB_WITH_FLAGS):
+        return
+    if not runs_on_cpu(dev):
         return
     flags = os.environ.get("XLA_FLAGS", "").split()
     for name, value in _CPU_FLAGS.items():

@@ -1,11 +1,14 @@
 """Test session setup: eight simulated CPU devices and fast compilation.
 
 XLA reads the device count when JAX initialises its backend, so it is set before anything
-imports jax.
+imports jax. The suite runs on the CPU even on a GPU or TPU host (device counts and float32
+tolerances assume it), and so do the runs it starts in subprocesses, which inherit the
+environment; TPU targets are compiled for through libtpu's topologies, not run.
 """
 
 import os
 
+os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()

@@ -2,9 +2,10 @@
 
     python tests/data_process.py PORT INDEX MODE CACHE_DIR OUT.npz
 
-Prepares the synthetic set of `SIZE` 16x16 images in MODE `shard` (each process its half) or
-`shared` (the whole set, one cache folder, process 0 builds), reads stage 1's stream from the
-start and from a later position, and saves what it saw (and how many images it drew) to OUT.
+Prepares every stage of the synthetic set of `SIZE` 16x16 images in MODE `shard` (each process
+its half) or `shared` (the whole set, one cache folder, process 0 builds), reads stage 1's
+stream from the start and from a later position, and saves what it saw (and which images it
+drew, how many it box-filtered) to OUT.
 """
 
 import logging
@@ -32,15 +33,16 @@ def _config(mode: str, cache_dir: str):
     return config
 
 
-def _count_draws() -> list[int]:
-    draws, draw = [], synthetic.draw_face
+def _record_calls(module, name: str, record) -> list:
+    """`record(*args)` of every call of `module.name` from now on."""
+    calls, original = [], getattr(module, name)
 
-    def counted(*args):
-        draws.append(args[0])
-        return draw(*args)
+    def recorded(*args):
+        calls.append(record(*args))
+        return original(*args)
 
-    synthetic.draw_face = counted
-    return draws
+    setattr(module, name, recorded)
+    return calls
 
 
 def _count_mismatch_message() -> str:
@@ -52,11 +54,19 @@ def _count_mismatch_message() -> str:
     return ""
 
 
+def _decoded(stream, count: int) -> np.ndarray:
+    """The next `count` batches as float32 reals, stacked."""
+    return np.stack([input_pipeline.decode_batch(next(stream)) for _ in range(count)])
+
+
 def main(port: str, index: str, mode: str, cache_dir: str, out: str) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"127.0.0.1:{port}", 2, int(index))
-    config, draws = _config(mode, cache_dir), _count_draws()
+    config = _config(mode, cache_dir)
+    draws = _record_calls(synthetic, "draw_face", lambda index, *_: index)
+    filtered = _record_calls(sources, "box_downsample", lambda images, factor: len(images))
+    input_pipeline.prepare_all_stages(config)
     data = config.data
     stream = input_pipeline.stage_batches(config, 1, 0, BATCH)
     resumed = input_pipeline.stage_batches(config, 1, RESUME_AT * BATCH, BATCH)
@@ -64,9 +74,10 @@ def main(port: str, index: str, mode: str, cache_dir: str, out: str) -> None:
         out,
         images=input_pipeline.stage_images(data, 16, 3, 2),
         stage1=input_pipeline.stage_images(data, 16, 3, 1),
-        stream=np.stack([next(stream) for _ in range(BATCHES)]),
-        resumed=np.stack([next(resumed) for _ in range(BATCHES - RESUME_AT)]),
+        stream=_decoded(stream, BATCHES),
+        resumed=_decoded(resumed, BATCHES - RESUME_AT),
         draws=np.array(draws, np.int64),
+        filtered=sum(filtered),
         mismatch=_count_mismatch_message() if mode == "shared" else "",
     )
     jax.distributed.shutdown()

@@ -25,3 +25,13 @@ def test_benchmark_lines_relate_step_flops_to_the_gemm_peak(tiny_config, monkeyp
     assert line["of_gemm_peak"] == pytest.approx(step_flops / step_s / 1e7, rel=0.02)
     assert line["of_gemm_peak"] > 1  # the step outruns the made-up peak: the ceiling is lower
     assert line["ceiling_imgs_per_s"] < line["imgs_per_s"]
+
+
+def test_benchmark_input_times_the_uint8_stream_per_stage(tiny_config, tmp_path):
+    tiny_config.data.synthetic_size = 16
+    tiny_config.data.cache_dir = str(tmp_path)
+    tiny_config.benchmark.stages = (0, 2)
+    tiny_config.benchmark.input_batches = 3
+    lines = list(benchmark.benchmark_input(tiny_config))
+    assert [(line["stage"], line["resolution"]) for line in lines] == [(0, 4), (2, 16)]
+    assert all(line["imgs_per_s"] > 0 and line["prepare_s"] >= 0 for line in lines)

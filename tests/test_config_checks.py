@@ -42,12 +42,24 @@ def test_per_stage_tuple_shorter_than_the_run_says_which_resolutions_it_covers(t
 
 
 def test_per_stage_values_past_the_run_are_unused(tiny_config):
-    tiny_config.schedule.batch_sizes = (8, 8, 8, 3)  # 3 would not divide by 8 devices
+    tiny_config.schedule.batch_sizes = (16, 16, 16, 3)  # 3 would not divide by 8 devices
     tiny_config.optimizer.learning_rates = (2e-3, 2e-3, 2e-3, -1.0)
     config_checks.validate(tiny_config, devices=8)
 
 
 def test_bad_per_stage_value_names_stage_and_resolution(tiny_config):
-    tiny_config.schedule.batch_sizes = (8, 12, 8)
+    tiny_config.schedule.batch_sizes = (16, 12, 16)
     with pytest.raises(config_checks.ConfigError, match=r"batch 12 of stage 1 \(8x8\) does not"):
         config_checks.validate(tiny_config, devices=8)
+
+
+def test_one_image_per_device_with_minibatch_stddev_is_an_error(tiny_config):
+    """A group of one image has no deviation: the layer would feed the critic a constant."""
+    tiny_config.schedule.batch_sizes = (16, 8, 16)
+    with pytest.raises(
+        config_checks.ConfigError,
+        match=r"config\.model\.mbstd_group_size: .* batch 8 of stage 1 \(8x8\) gives 1 to each",
+    ):
+        config_checks.validate(tiny_config, devices=8)
+    tiny_config.model.mbstd_group_size = 1  # off: one image per device is fine
+    config_checks.validate(tiny_config, devices=8)

@@ -22,6 +22,20 @@ PRESET_V1_1GPU = dict(
     total_kimg=19000,
 )
 
+# Official config.py:103, `preset-v2-8gpus`, under config.py:106's fp32 per-GPU caps times 8
+# ({256: 128, 512: 64, 1024: 32}, none of which binds), with train.py:91-92's 600k phases and
+# config.py:103's G/D lrate_dict (the same for both networks).
+PRESET_V2_8GPUS = dict(
+    minibatch_base=32,
+    minibatch_dict={4: 512, 8: 256, 16: 128, 32: 64, 64: 32},
+    lrate_dict={128: 0.0015, 256: 0.002, 512: 0.003, 1024: 0.003},
+    lrate=0.001,
+    mbstd_group_size=4,
+    lod_training_kimg=600,
+    lod_transition_kimg=600,
+    total_kimg=12000,
+)
+
 # configs/default.py: train.py's schedule (minibatch_base 16, no minibatch_dict, lr 0.001) on
 # one GPU under config.py:106's fp32 per-GPU caps.
 OFFICIAL_DEFAULTS = dict(minibatch_base=16, minibatch_dict={512: 8, 1024: 4}, lrate=0.001)
@@ -53,6 +67,35 @@ def test_paper_configs_hold_the_official_preset(module):
     assert schedule.total_images(config) == preset["total_kimg"] * 1000
     assert config.data.mirror_augment  # config.py's CelebA and CelebA-HQ lines
     config_checks.validate(config, devices=1)
+
+
+def test_eight_device_config_holds_preset_v2_8gpus():
+    from configs import celeba_hq1024_8dev
+
+    config = celeba_hq1024_8dev.get_config()
+    preset = PRESET_V2_8GPUS
+    for stage in _stages(config):
+        res = models.stage_resolution(stage)
+        assert schedule.batch_size(config, stage) == preset["minibatch_dict"].get(
+            res, preset["minibatch_base"]
+        )
+        assert schedule.learning_rate(config, stage) == preset["lrate_dict"].get(
+            res, preset["lrate"]
+        )
+    assert config.model.mbstd_group_size == preset["mbstd_group_size"]
+    assert config.schedule.stabilize_images == preset["lod_training_kimg"] * 1000
+    assert config.schedule.fade_images == preset["lod_transition_kimg"] * 1000
+    assert schedule.total_images(config) == preset["total_kimg"] * 1000
+    for devices in (8, 16):
+        config_checks.validate(config, devices=devices)
+    with pytest.raises(config_checks.ConfigError, match="needs at least 2 images per device"):
+        config_checks.validate(config, devices=32)  # 1024x1024: 32 images on 32 devices
+
+
+def test_the_one_device_paper_config_stops_on_eight_devices():
+    """batch 14 at 256x256 does not split over 8 devices: the reason for the 8-device preset."""
+    with pytest.raises(config_checks.ConfigError, match="batch 14 of stage 6"):
+        config_checks.validate(celeba_hq1024.get_config(), devices=8)
 
 
 def _with_resolution(module, resolution: int):

@@ -14,6 +14,7 @@ from progan_jax.data import input_pipeline, synthetic
 from tests.runs import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+STAGE_FILES = ["images_16.npy", "images_4.npy", "images_8.npy"]  # every stage of 16x16
 
 
 def _run_two(mode: str, cache: pathlib.Path, tmp_path: pathlib.Path) -> list[dict]:
@@ -45,6 +46,7 @@ def _run_two(mode: str, cache: pathlib.Path, tmp_path: pathlib.Path) -> list[dic
 def _cache_files(cache: pathlib.Path) -> dict[str, list[str]]:
     return {
         "keys": sorted(p.name for p in cache.iterdir()),
+        "stages": sorted({p.name for p in cache.glob("*/images_*.npy")}),
         "leftovers": sorted(
             p.name
             for pattern in ("*.tmp", "*.partial", "*.progress.json")
@@ -65,7 +67,9 @@ def test_each_process_caches_and_streams_only_its_half(tmp_path, whole_set):
     files = _cache_files(cache)
     assert [key.rsplit("-", 1)[1] for key in files["keys"]] == ["shard0of2", "shard1of2"]
     assert files["leftovers"] == []
+    assert files["stages"] == STAGE_FILES
     half = worker.SIZE // 2
+    assert [r["filtered"] for r in runs] == [2 * half, 2 * half]  # stages 0 and 1 of a half
     for key in files["keys"]:
         assert np.load(cache / key / "images_16.npy", mmap_mode="r").shape[0] == half
     # The halves are disjoint and make up the whole set.
@@ -85,7 +89,7 @@ def test_each_process_caches_and_streams_only_its_half(tmp_path, whole_set):
             sharded=True,
         )
         for batch in run["stream"]:
-            np.testing.assert_array_equal(batch, next(want))
+            np.testing.assert_array_equal(batch, input_pipeline.decode_batch(next(want)))
         as_uint8 = np.rint((run["stream"] + 1) * 127.5).astype(np.uint8).reshape(-1, 8, 8, 3)
         own = {x.tobytes() for x in run["stage1"]} | {x[:, ::-1].tobytes() for x in run["stage1"]}
         assert {x.tobytes() for x in as_uint8} <= own
@@ -97,8 +101,10 @@ def test_a_shared_cache_is_built_once_and_read_by_both(tmp_path, whole_set):
     runs = _run_two("shared", cache, tmp_path)
 
     assert [len(r["draws"]) for r in runs] == [worker.SIZE, 0]  # process 0 built, 1 waited
+    assert [r["filtered"] for r in runs] == [2 * worker.SIZE, 0]  # every stage, by process 0
     files = _cache_files(cache)
     assert len(files["keys"]) == 1 and files["leftovers"] == []
+    assert files["stages"] == STAGE_FILES
     for run in runs:
         np.testing.assert_array_equal(run["images"], whole_set)
         np.testing.assert_array_equal(run["stage1"], runs[0]["stage1"])

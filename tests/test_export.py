@@ -158,3 +158,20 @@ def test_main_exports_a_chosen_checkpoint_to_a_chosen_folder(tmp_path, compile_c
     assert printed["saved_model"] == str(output)
     assert (printed["stage"], printed["alpha"]) == (STAGE, ALPHA)
     assert (output / "saved_model.pb").exists()
+
+
+def test_a_tpu_target_is_exported_from_this_cpu(tmp_path):
+    """The SavedModel's serialized program is lowered for every platform asked for, the TPU
+    included, without one."""
+    gan, params = _checkpoint(tmp_path / "run")
+    generator = sampling.GeneratorSnapshot(gan, params, STAGE, ALPHA, IMAGES_SHOWN)
+    info = export.save(generator, export.paths.resolve(tmp_path / "model"), ("cpu", "tpu"))
+    assert info["platforms"] == ["cpu", "tpu"]
+    assert (tmp_path / "model" / "saved_model.pb").exists()
+
+
+def test_only_process_0_writes_the_export(tmp_path, monkeypatch):
+    _checkpoint(tmp_path / "run")
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    info = export.export_generator(tiny.get_config(), str(tmp_path / "run"))
+    assert info["stage"] == STAGE and not pathlib.Path(info["saved_model"]).exists()

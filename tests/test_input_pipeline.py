@@ -1,6 +1,7 @@
 """Input pipeline: sources, crops, box filtering, the deterministic stream, sharding."""
 
 import concurrent.futures
+import hashlib
 import os
 import pathlib
 import signal
@@ -16,7 +17,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import tiny
-from progan_jax import interrupt, parallel
+from progan_jax import interrupt, parallel, train_step
 from progan_jax.data import cache, decode, errors, input_pipeline, sources, synthetic
 
 
@@ -69,6 +70,8 @@ def test_box_filter_matches_the_official_pyramid():
         got = sources.box_downsample(images, 2**levels)
         want = np.stack([_numpy_box_pyramid(im, levels) for im in images])
         np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="power of two"):
+        sources.box_downsample(images, 3)
 
 
 def _marker_image() -> np.ndarray:
@@ -199,9 +202,49 @@ def _stream(images, **kwargs):
     return input_pipeline.batches(images, **{**defaults, **kwargs})
 
 
+def _decoded(iterator, n):
+    """The next `n` batches as the step sees them: float32 reals."""
+    return [input_pipeline.decode_batch(b) for b in _take(iterator, n)]
+
+
+# sha256 (first 16 hex digits) of the float32 reals of 4 mirrored batches of 8 drawn from 13
+# random images, as the stream delivered them when it converted and mirrored on the host.
+_GOLDEN = {
+    "whole": ({}, "52b809d3d31504aa"),
+    "process 1 of 2": (dict(start=40, process_index=1, process_count=2), "fee2c29c83677941"),
+    "shard 1 of 2": (
+        dict(start=16, process_index=1, process_count=2, sharded=True),
+        "2b816003e07f8c6e",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", _GOLDEN)
+def test_decoded_stream_is_bit_identical_to_the_float_stream_of_before(case):
+    """uint8 with flags, decoded, is exactly what the host used to convert and mirror."""
+    kwargs, digest = _GOLDEN[case]
+    images = np.random.default_rng(5).integers(0, 256, (13, 4, 4, 3), dtype=np.uint8)
+    reals = np.concatenate(_decoded(_stream(images, mirror=True, **kwargs), 4))
+    assert reals.dtype == np.float32
+    assert hashlib.sha256(reals.tobytes()).hexdigest()[:16] == digest
+
+
+def test_batches_are_unmirrored_uint8_with_the_hashed_mirror_flags():
+    images = np.random.default_rng(6).integers(0, 256, (13, 4, 4, 3), dtype=np.uint8)
+    for mirror in (False, True):
+        batch = next(_stream(images, mirror=mirror, start=16))
+        assert set(batch) == {"images", "mirror"}
+        assert batch["images"].dtype == np.uint8 and batch["images"].shape == (8, 4, 4, 3)
+        assert batch["mirror"].dtype == bool and batch["mirror"].shape == (8,)
+        flags = input_pipeline.mirror_flags(3, np.arange(16, 24)) if mirror else np.zeros(8)
+        np.testing.assert_array_equal(batch["mirror"], flags)
+        rows = {x.tobytes() for x in batch["images"]}
+        assert rows <= {x.tobytes() for x in images}  # as cached, whatever the flag
+
+
 def test_stream_values_shapes_and_order_follow_the_seed():
     images = np.random.default_rng(0).integers(0, 256, (20, 4, 4, 3), dtype=np.uint8)
-    first = _take(_stream(images), 5)
+    first = _decoded(_stream(images), 5)
     assert all(b.shape == (8, 4, 4, 3) and b.dtype == np.float32 for b in first)
     stacked = np.concatenate(first)
     assert stacked.min() >= -1.0 and stacked.max() <= 1.0
@@ -209,8 +252,8 @@ def test_stream_values_shapes_and_order_follow_the_seed():
     as_uint8 = np.rint((stacked + 1) * 127.5).astype(np.uint8)
     for epoch in (as_uint8[:20], as_uint8[20:40]):
         assert sorted(x.tobytes() for x in epoch) == sorted(x.tobytes() for x in images)
-    np.testing.assert_array_equal(np.concatenate(_take(_stream(images), 5)), stacked)
-    assert not np.array_equal(np.concatenate(_take(_stream(images, seed=4), 5)), stacked)
+    np.testing.assert_array_equal(np.concatenate(_decoded(_stream(images), 5)), stacked)
+    assert not np.array_equal(np.concatenate(_decoded(_stream(images, seed=4), 5)), stacked)
 
 
 def test_stream_resumes_mid_way():
@@ -218,13 +261,14 @@ def test_stream_resumes_mid_way():
     whole = _take(_stream(images, mirror=True), 6)
     resumed = _take(_stream(images, mirror=True, start=3 * 8), 3)
     for a, b in zip(whole[3:], resumed, strict=True):
-        np.testing.assert_array_equal(a, b)
+        for field in ("images", "mirror"):
+            np.testing.assert_array_equal(a[field], b[field])
 
 
 def test_mirror_flips_about_half_the_images():
     image = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(1, 4, 4, 3)
     images = np.repeat(image, 64, axis=0)
-    batch = next(_stream(images, batch_size=64, mirror=True))
+    batch = input_pipeline.decode_batch(next(_stream(images, batch_size=64, mirror=True)))
     flat = np.rint((batch + 1) * 127.5).astype(np.uint8)
     flipped = np.array([np.array_equal(x, image[0, :, ::-1]) for x in flat])
     kept = np.array([np.array_equal(x, image[0]) for x in flat])
@@ -234,9 +278,10 @@ def test_mirror_flips_about_half_the_images():
 
 def test_process_shares_are_disjoint_and_make_up_the_global_batch():
     images = np.random.default_rng(2).integers(0, 256, (50, 4, 4, 3), dtype=np.uint8)
-    whole = _take(_stream(images, mirror=True), 4)
+    whole = _decoded(_stream(images, mirror=True), 4)
     shares = [
-        _take(_stream(images, mirror=True, process_index=i, process_count=4), 4) for i in range(4)
+        _decoded(_stream(images, mirror=True, process_index=i, process_count=4), 4)
+        for i in range(4)
     ]
     for b in range(4):
         parts = [share[b] for share in shares]
@@ -251,15 +296,39 @@ def test_process_shares_are_disjoint_and_make_up_the_global_batch():
 def test_stage_batches_are_sharded_over_eight_devices(data_config):
     mesh = parallel.make_mesh()
     local = input_pipeline.stage_batches(data_config, stage=1, start=0, batch_size=16)
+    want = next(input_pipeline.stage_batches(data_config, stage=1, start=0, batch_size=16))
     batch = next(input_pipeline.prefetch_to_mesh(local, mesh))
-    assert batch.shape == (16, 8, 8, 3)
-    assert len(batch.addressable_shards) == 8
-    assert {s.data.shape for s in batch.addressable_shards} == {(2, 8, 8, 3)}
-    assert batch.sharding.spec == jax.sharding.PartitionSpec("data")
+    assert batch["images"].shape == (16, 8, 8, 3) and batch["images"].dtype == np.uint8
+    assert batch["mirror"].shape == (16,) and batch["mirror"].dtype == bool
+    for field, rows in (("images", (2, 8, 8, 3)), ("mirror", (2,))):
+        assert len(batch[field].addressable_shards) == 8
+        assert {s.data.shape for s in batch[field].addressable_shards} == {rows}
+        assert batch[field].sharding.spec == jax.sharding.PartitionSpec("data")
+        np.testing.assert_array_equal(batch[field], want[field])
+    # The step's decoding on the devices is the host's reference, bit for bit.
+    reals = jax.jit(train_step.decode_reals)(batch)
+    np.testing.assert_array_equal(reals, input_pipeline.decode_batch(want))
     # The stage's images are the box-filtered base images.
     base = sources.load_images(data_config.data, 16, 3).images
     stage = input_pipeline.stage_images(data_config.data, 16, 3, 1)
     np.testing.assert_array_equal(stage, sources.box_downsample(np.asarray(base), 2))
+
+
+def test_prepare_all_stages_caches_every_stage_once(data_config, monkeypatch):
+    data, faces = data_config.data, synthetic.draw_faces(40, 16)
+    want = [sources.box_downsample(faces, 4 // 2**stage) for stage in range(3)]
+    drawn = _counting(monkeypatch, synthetic, "draw_face")
+    filtered = _counting(monkeypatch, sources, "box_downsample")
+    input_pipeline.prepare_all_stages(data_config, first_stage=1)
+    (key,) = pathlib.Path(data.cache_dir).iterdir()
+    assert sorted(p.name for p in key.glob("*.npy")) == ["images_16.npy", "images_8.npy"]
+    input_pipeline.prepare_all_stages(data_config)
+    assert sorted(p.name for p in key.glob("*.npy")) == [f"images_{r}.npy" for r in (16, 4, 8)]
+    done = len(drawn), len(filtered)
+    input_pipeline.prepare_all_stages(data_config)  # all cached: opened, nothing built
+    for stage in range(3):  # each stage's images are read from its cache
+        np.testing.assert_array_equal(input_pipeline.stage_images(data, 16, 3, stage), want[stage])
+    assert (len(drawn), len(filtered)) == done
 
 
 def _uninterrupted(config, tmp_path, stage: int = 2) -> np.ndarray:
@@ -460,11 +529,11 @@ def test_sharded_streams_read_only_their_shard_and_resume():
         first, last = sources.Shard(index, 2).bounds(10)
         shard = images[first:last]
         stream = dict(seed=3, batch_size=4, process_index=index, process_count=2, sharded=True)
-        whole = _take(_stream(shard, **stream), 6)  # 12 rows: more than an epoch of 5
+        whole = _decoded(_stream(shard, **stream), 6)  # 12 rows: more than an epoch of 5
         as_uint8 = np.rint((np.concatenate(whole) + 1) * 127.5).astype(np.uint8)
         own = {x.tobytes() for x in shard}
         assert {x.tobytes() for x in as_uint8} == own
         assert len({x.tobytes() for x in as_uint8[:5]}) == 5  # a permutation per epoch
-        resumed = _take(_stream(shard, **{**stream, "start": 3 * 4}), 3)
+        resumed = _decoded(_stream(shard, **{**stream, "start": 3 * 4}), 3)
         for a, b in zip(whole[3:], resumed, strict=True):
             np.testing.assert_array_equal(a, b)

@@ -67,6 +67,20 @@ def test_resampling_ops():
     np.testing.assert_allclose(np.asarray(layers.downsample2x(jnp.asarray(y))), expected, rtol=1e-6)
 
 
+def test_resampling_has_second_derivatives_under_jit():
+    """The penalty differentiates the critic's pooling twice, inside the jitted step.
+    f(x) = sum(down(up(x))**3) = sum(x**3): its gradient 3x**2, and d/dx sum((3x**2)**2)
+    = 36 x**3."""
+
+    def penalty_like(x):
+        inner = jax.grad(lambda y: jnp.sum(layers.downsample2x(layers.upsample2x(y)) ** 3))
+        return jnp.sum(inner(x) ** 2)
+
+    x = _rng(5).normal(size=(2, 4, 4, 3)).astype(np.float32)
+    got = jax.jit(jax.grad(penalty_like))(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(got), 36 * x**3, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("gain", [math.sqrt(2), 1.0])
 def test_equalized_dense_scales_weights_at_run_time(gain):
     dense = layers.EqualizedDense(300, gain=gain)
@@ -105,11 +119,12 @@ def test_equalized_conv_uses_fan_in_of_kernel_and_channels():
     np.testing.assert_allclose(np.asarray(y), np.asarray(expected), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rules", conv.GRADIENT_RULES)  # each has its own fused forms
 @pytest.mark.parametrize("resample", ["up", "down"])
-def test_fused_resampling_equals_separate_ops(resample):
+def test_fused_resampling_equals_separate_ops(resample, rules):
     x = jnp.asarray(_rng().normal(size=(2, 8, 8, 5)).astype(np.float32))
-    fused = layers.EqualizedConv(7, resample=resample, fused=True)
-    separate = layers.EqualizedConv(7, resample=resample, fused=False)
+    fused = layers.EqualizedConv(7, resample=resample, fused=True, gradients=rules)
+    separate = layers.EqualizedConv(7, resample=resample, fused=False, gradients=rules)
     params = fused.init(jax.random.key(1), x)
     params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero bias too
     a = fused.apply(params, x)

@@ -44,8 +44,8 @@ def test_a_tiny_run_writes_checkpoints_events_and_samples(uninterrupted):
     samples = sorted(p.name for p in (workdir / "samples").glob("*.png"))
     assert samples == ["000000064.png", "000000192.png", "000000320.png"]
     state, progress = final_state(workdir)
-    assert progress.images_shown == TOTAL_IMAGES and progress.steps == 40
-    assert int(state.step) == 40
+    assert progress.images_shown == TOTAL_IMAGES and progress.steps == 20  # batches of 16
+    assert int(state.step) == 20
     assert (workdir / "config.json").exists()
 
 
@@ -190,7 +190,7 @@ def test_config_checks_cover_devices_groups_and_sources():
     config_checks.validate(config, devices=8)
     cases = [
         ("schedule.batch_sizes", (12, 8, 8), 8, "does not divide by the 8 devices"),
-        ("model.mbstd_group_size", 3, 1, "does not divide the per-device batch 8"),
+        ("model.mbstd_group_size", 3, 1, "does not divide the per-device batch 16"),
         ("optimizer.learning_rates", (1e-3, 0.0, 1e-3), 1, "must be positive"),
         ("model.num_channels", 2, 1, "must be 1 (grayscale) or 3"),
         ("data.source", "nope", 1, "must be one of"),
@@ -250,12 +250,12 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path, compile_cac
         log.close()
     for index in range(2):
         text = (tmp_path / f"process{index}.log").read_text()
-        first, last = 4 * index, 4 * index + 4
-        assert f"process {index} of 2 reads rows [{first}, {last}) of every batch of 8" in text
+        first, last = 8 * index, 8 * index + 8
+        assert f"process {index} of 2 reads rows [{first}, {last}) of every batch of 16" in text
 
     # Gloo sums the two processes' gradients in another order than one process sums its four
     # devices', so the runs agree to float rounding, and the GAN amplifies rounding as it goes
-    # (Adam scales near-zero gradients up to full steps): tight at the end of stage 0 (8
+    # (Adam scales near-zero gradients up to full steps): tight at the end of stage 0 (4
     # steps), looser after stage 1; the last checkpoint's progress must still agree exactly.
     for images_shown, atol in ((64, 1e-5), (192, 1e-3), (None, None)):
         multi, multi_progress = final_state(workdir, images_shown)

@@ -94,7 +94,7 @@ def test_decisions_exchange_flags_once_per_log_interval(monkeypatch):
     monkeypatch.setattr(train.jax, "process_count", lambda: 2)
     monkeypatch.setattr(train.jax, "process_index", lambda: 0)
     monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
-    decisions = train._Decisions(every_minutes=0.0, interval_steps=5)
+    decisions = train._Decisions(every_minutes=0.0, interval_steps=5, held=None)
     answers = [decisions(step) for step in range(1, 21)]
     assert len(gathered) == 4  # steps 5, 10, 15, 20
     assert answers == [(False, False)] * 20
@@ -107,7 +107,7 @@ def test_process_0_clock_alone_times_the_saves(monkeypatch, index):
     monkeypatch.setattr(
         multihost_utils, "process_allgather", lambda flags: np.stack([flags, np.zeros_like(flags)])
     )
-    decisions = train._Decisions(every_minutes=1e-9, interval_steps=1)
+    decisions = train._Decisions(every_minutes=1e-9, interval_steps=1, held=None)
     stop, save = decisions(1)
     assert not stop and save == (index == 0)
 

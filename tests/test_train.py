@@ -71,10 +71,10 @@ def test_the_guard_catches_an_implicit_copy(tiny_config, monkeypatch):
     guard_transfers(monkeypatch)
     mesh = parallel.make_mesh()
     gan, state = gan_lib.initialize(tiny_config, mesh)
-    reals = parallel.global_batch(np.zeros((8, 4, 4, 3), np.float32), mesh)
-    step = train_step.make_train_step(gan, mesh, 0)
+    batch = {"images": np.zeros((8, 4, 4, 3), np.uint8), "mirror": np.zeros(8, bool)}
+    step = train_step.make_train_step(gan, mesh, schedule.stage_schedule(tiny_config, 0))
     with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
-        step(state, reals, 1.0, 1e-3)
+        step(state, parallel.global_batch(batch, mesh), 0)  # a Python int for images shown
 
 
 def test_the_host_runs_at_most_two_steps_ahead_of_the_device(monkeypatch):

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from progan_jax import gan as gan_lib
-from progan_jax import parallel, train_step
+from progan_jax import parallel, schedule, train_step
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +28,59 @@ def _reals(n, res, seed=0):
     return jax.random.uniform(jax.random.key(seed), (n, res, res, 3), minval=-1, maxval=1)
 
 
+def _batch(n, res, seed=0):
+    """A stream batch: random uint8 images, every other one to be mirrored."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, res, res, 3), np.uint8)
+    return {"images": jnp.asarray(images), "mirror": jnp.arange(n) % 2 == 1}
+
+
+def _plan(stage, alpha=1.0, lr=1e-3, batch=8):
+    """A stage schedule whose fade runs over images 0..1000, and the count at which its
+    alpha is `alpha`."""
+    plan = schedule.StageSchedule(stage, batch, lr, fade_start=0, fade_end=1000)
+    return plan, jnp.int32(round(alpha * 1000))
+
+
+def test_decode_reals_converts_and_mirrors_like_numpy():
+    batch = _batch(4, 8, seed=3)
+    images = np.asarray(batch["images"]).astype(np.float64) / 127.5 - 1.0
+    flags = np.asarray(batch["mirror"])
+    images[flags] = images[flags][:, :, ::-1]
+    got = jax.jit(train_step.decode_reals)(batch)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, images, rtol=0, atol=1e-6)
+    assert not np.allclose(got[1], got[1][:, ::-1])  # a flip that could be missed shows
+
+
+@pytest.mark.parametrize("offset", [0, 1, 21, 63, 64, 127])
+def test_alpha_on_the_device_follows_the_host_schedule(offset, tiny_config):
+    """At every point of stage 1 (a 64-image fade, then 64 stabilizing) and of stage 0."""
+    stage_plan = schedule.stage_schedule(tiny_config, 1)
+    images = stage_plan.fade_start + offset
+    phase = schedule.phase_at(tiny_config, images)
+    assert phase.stage == 1
+    assert float(stage_plan.alpha(jnp.int32(images))) == pytest.approx(
+        schedule.alpha(phase, images), abs=1e-7
+    )
+    assert float(schedule.stage_schedule(tiny_config, 0).alpha(jnp.int32(offset))) == 1.0
+
+
 def test_eight_devices_equal_per_shard_gradients_averaged(gan_and_state):
     gan, state = gan_and_state
     assert jax.device_count() == 8
     stage, alpha, lr = 2, 0.4, 2e-3
-    reals = _reals(16, 16)
+    batch = _batch(16, 16)
+    reals = train_step.decode_reals(batch)
     mesh = parallel.make_mesh()
-    step = train_step.make_train_step(gan, mesh, stage)
-    sharded, metrics = step(
+    plan, shown = _plan(stage, alpha, lr, batch=16)
+    step = train_step.make_train_step(gan, mesh, plan)
+    sharded, next_shown, metrics = step(
         jax.device_put(_copy(state), parallel.replicated(mesh)),
-        jax.device_put(reals, parallel.data_sharded(mesh)),
-        jnp.float32(alpha),
-        jnp.float32(lr),
+        jax.device_put(batch, parallel.data_sharded(mesh)),
+        jax.device_put(shown, parallel.replicated(mesh)),
     )
+    assert int(next_shown) == 400 + 16 and float(metrics["alpha"]) == pytest.approx(alpha)
 
     # The same step by hand on one device: each shard with its own keys, gradients averaged.
     critic_grads = jax.jit(lambda r, k: train_step.critic_grads(gan, state, r, k, stage, alpha))
@@ -75,8 +115,8 @@ def test_generator_ema_follows_the_new_parameters(gan_and_state):
     mesh = parallel.make_mesh(jax.devices()[:1])
     stage = 1
     ema_before = state.g_ema_params
-    new, _ = train_step.make_train_step(gan, mesh, stage)(
-        _copy(state), _reals(8, 8), jnp.float32(0.5), jnp.float32(1e-3)
+    new, _, _ = train_step.make_train_step(gan, mesh, _plan(stage)[0])(
+        _copy(state), _batch(8, 8), _plan(stage, 0.5)[1]
     )
     active, inactive = train_step.split_active(new.g_params, stage)
     assert "conv1_8x8" in active and "conv1_16x16" in inactive and "to_rgb_4x4" in active
@@ -99,12 +139,14 @@ def test_generator_ema_follows_the_new_parameters(gan_and_state):
         np.testing.assert_array_equal(new.g_params[name]["kernel"], state.g_params[name]["kernel"])
 
 
-def test_one_compile_per_stage_whatever_alpha_and_learning_rate(gan_and_state):
+def test_one_compile_per_stage_as_alpha_moves_on_the_device(gan_and_state):
     gan, state = gan_and_state
     mesh = parallel.make_mesh(jax.devices()[:2])
-    step = train_step.make_train_step(gan, mesh, 1)
+    plan, shown = _plan(1, alpha=0.0)
+    step = train_step.make_train_step(gan, mesh, plan)
     current = jax.device_put(_copy(state), parallel.replicated(mesh))
-    reals = jax.device_put(_reals(8, 8), parallel.data_sharded(mesh))
+    batch = jax.device_put(_batch(8, 8), parallel.data_sharded(mesh))
+    shown = jax.device_put(shown, parallel.replicated(mesh))
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, _, **kw: (
@@ -113,18 +155,20 @@ def test_one_compile_per_stage_whatever_alpha_and_learning_rate(gan_and_state):
             else None
         )
     )
-    for alpha, lr in [(0.0, 1e-3), (0.37, 1e-3), (1.0, 5e-4), (0.5, 1e-4)]:
-        current, _ = step(current, reals, jnp.float32(alpha), jnp.float32(lr))
+    alphas = []
+    for _ in range(4):
+        current, shown, metrics = step(current, batch, shown)
+        alphas.append(float(metrics["alpha"]))
     assert len(compiles) == 1
-    assert int(current.step) == 4
+    assert int(current.step) == 4 and int(shown) == 32
+    np.testing.assert_allclose(alphas, [0.0, 0.008, 0.016, 0.024], rtol=1e-6)
 
 
 def test_reset_optimizer_states(gan_and_state):
     gan, state = gan_and_state
     mesh = parallel.make_mesh(jax.devices()[:1])
-    new, _ = train_step.make_train_step(gan, mesh, 0)(
-        _copy(state), _reals(8, 4), jnp.float32(1.0), jnp.float32(1e-3)
-    )
+    plan, shown = _plan(0)
+    new, _, _ = train_step.make_train_step(gan, mesh, plan)(_copy(state), _batch(8, 4), shown)
     assert int(new.d_opt_state.count) == 1
     assert np.abs(new.d_opt_state.nu["conv_4x4"]["kernel"]).max() > 0
     reset = gan_lib.reset_optimizer_states(gan, new)
@@ -144,18 +188,20 @@ def test_a_few_steps_on_a_toy_target_drive_the_losses_the_right_way(gan_and_stat
     """Reals of one colour: the critic first learns to separate them from the fakes (the
     Wasserstein estimate rises), then G matches the colour and the estimate falls again."""
     gan, state = gan_and_state
-    target = jnp.asarray([0.6, -0.4, 0.2])
-    reals = jnp.broadcast_to(target, (8, 4, 4, 3))
+    colour = np.broadcast_to(np.array([204, 76, 153], np.uint8), (8, 4, 4, 3))
+    batch = {"images": jnp.asarray(colour), "mirror": jnp.zeros(8, bool)}
+    target = train_step.decode_reals(batch)[0, 0, 0]  # about (0.6, -0.4, 0.2)
     z = gan.sample_latents(jax.random.key(7), 64)
 
     def colour_error(params):
         return float(jnp.abs(gan.generate(params, z, 0, 1.0).mean(axis=(0, 1, 2)) - target).mean())
 
-    step = train_step.make_train_step(gan, parallel.make_mesh(jax.devices()[:1]), 0)
+    plan, shown = _plan(0, lr=5e-3)
+    step = train_step.make_train_step(gan, parallel.make_mesh(jax.devices()[:1]), plan)
     current = _copy(state)
     wasserstein = []
     for _ in range(150):
-        current, metrics = step(current, reals, jnp.float32(1.0), jnp.float32(5e-3))
+        current, shown, metrics = step(current, batch, shown)
         wasserstein.append(float(metrics["wasserstein"]))
         assert np.isfinite(float(metrics["critic_loss"]))
     assert colour_error(current.g_params) < 0.25 * colour_error(state.g_params)
@@ -263,3 +309,27 @@ def test_unknown_conv_gradients_is_a_config_error(tiny_config):
     tiny_config.model.conv_gradients = "cudnn"
     with pytest.raises(config_checks.ConfigError, match=r"model\.conv_gradients: .*'cudnn'"):
         config_checks.validate(tiny_config, devices=1)
+
+
+def test_rematerialization_recomputes_and_gives_the_same_gradients(gan_and_state):
+    """`model.rematerialize` recomputes activations in the backward passes (the penalty's
+    double backward included) and gives the same gradients. What it saves is measured where
+    it matters, on TPU programs (README, "TPUs and GPUs")."""
+    gan, state = gan_and_state
+    reals = train_step.fade_reals(_reals(8, 16, seed=2), 2, 0.6)
+    results = []
+    for remat in (False, True):
+        g = dataclasses.replace(gan, rematerialize=remat)
+
+        def grads(state, reals, g=g):
+            d_grads, parts = train_step.critic_grads(g, state, reals, jax.random.key(1), 2, 0.6)
+            g_grads, _ = train_step.generator_grads(
+                g, state.g_params, state.d_params, jax.random.key(2), 8, 2, 0.6
+            )
+            return d_grads, g_grads, parts["gradient_penalty"]
+
+        lowered = jax.jit(grads).lower(state, reals)
+        assert ("optimization_barrier" in lowered.as_text()) == remat  # recomputation
+        results.append(lowered.compile()(state, reals))
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

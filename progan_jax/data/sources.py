@@ -79,17 +79,33 @@ def celeba_crop(image: np.ndarray) -> np.ndarray:
     return image[row - half : row + half, col - half : col + half]
 
 
+def _pair_sums(images: np.ndarray) -> np.ndarray:
+    """float32 sums of the 2x2 blocks of `[N, H, W, C]` images.
+
+    Two additions of strided halves: several times faster than `sum` over the block axes,
+    which NumPy runs as short inner loops (box filtering a large set takes minutes per stage).
+    """
+    n, h, w, c = images.shape
+    rows = images.reshape(n, h // 2, 2, w, c)
+    rows = np.add(rows[:, :, 0], rows[:, :, 1], dtype=np.float32)
+    columns = rows.reshape(n, h // 2, w // 2, 2, c)
+    return columns[:, :, :, 0] + columns[:, :, :, 1]
+
+
 def box_downsample(images: np.ndarray, factor: int) -> np.ndarray:
     """`factor` x `factor` box filter of uint8 images (= repeated 2x2 averaging), rounded.
 
     Sums of at most 4**8 uint8 values and divisions by powers of two are exact in float32, so
     this equals the official tool's repeated 2x2 float averaging followed by rint.
     """
+    if factor < 1 or factor & (factor - 1):
+        raise ValueError(f"box filter factor {factor}: a power of two is needed")
+    sums = np.asarray(images)
+    for _ in range(int(factor).bit_length() - 1):
+        sums = _pair_sums(sums)
     if factor == 1:
-        return np.asarray(images)
-    n, h, w, c = images.shape
-    blocks = images.reshape(n, h // factor, factor, w // factor, factor, c)
-    mean = blocks.sum(axis=(2, 4), dtype=np.float32) * np.float32(1.0 / (factor * factor))
+        return sums
+    mean = sums * np.float32(1.0 / (factor * factor))
     return np.clip(np.rint(mean), 0, 255).astype(np.uint8)
 
 

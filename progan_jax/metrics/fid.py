@@ -7,6 +7,7 @@ data cache. With `data.mirror_augment` the reals are mirrored as in training
 (`generator_swd.real_batches`): the official FID statistics use mirror augment when on.
 """
 
+import functools
 import io
 import logging
 import os
@@ -19,9 +20,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
+from jax.sharding import Mesh
 from scipy import linalg
 
-from progan_jax import paths
+from progan_jax import parallel, paths
 from progan_jax.data import input_pipeline, sources
 from progan_jax.metrics import generator_swd, inception
 
@@ -64,10 +66,19 @@ def _features(params, images):
     return inception.InceptionV3().apply({"params": params}, inception.preprocess(images))
 
 
-def features(params: dict, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    """[n, 2048] pool features of each uint8 NHWC minibatch, as they are computed."""
+@functools.lru_cache(maxsize=4)
+def _features_over(mesh: Mesh):
+    """`(params, images) -> features` over `mesh`, each device featurising its own images."""
+    return parallel.rowwise(_features, mesh)
+
+
+def features(params: dict, batches: Iterable[np.ndarray | parallel.Rows]) -> Iterator[np.ndarray]:
+    """[n, 2048] pool features of each uint8 NHWC minibatch (host arrays or generated `Rows`),
+    as they are computed, on the host of every process."""
     for batch in batches:
-        yield np.asarray(_features(params, jnp.asarray(batch)))
+        rows = parallel.as_rows(batch)
+        params = jax.device_put(params, parallel.replicated(rows.mesh))  # once per mesh
+        yield parallel.Rows(_features_over(rows.mesh)(params, rows.array), rows.count).host()
 
 
 def statistics(feature_batches: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

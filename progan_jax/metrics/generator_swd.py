@@ -68,10 +68,11 @@ def describe_reals(
 def describe_generated(
     generator: GeneratorSnapshot, count: int, batch: int, seed: int
 ) -> swd.Descriptors:
-    """SWD descriptors of `count` images from latents fixed by `seed` (centres by seed + 1);
-    each minibatch is dropped once described, so the images are generated only once."""
+    """SWD descriptors of `count` images from latents fixed by `seed` in blocks of `batch`
+    (centres by seed + 1, per block); each minibatch is described on the devices that generated
+    it and dropped, so the images are generated only once and never leave the devices."""
     fakes = generator.batches(count, batch, seed)
-    return swd.describe(fakes, generator.resolution, seed=seed + 1)
+    return swd.describe(fakes, generator.resolution, seed=seed + 1, block=batch)
 
 
 def generated_swd(

@@ -4,16 +4,20 @@ The official `metrics/ms_ssim.py` (the TF-models port): 11x11 Gaussian window wi
 k1 0.01, k2 0.03, max value 255, five scales with weights (0.0448, 0.2856, 0.3001, 0.2363,
 0.1333), 2x2 box downsampling between scales, negative values clipped to zero.
 
-It runs in JAX on one minibatch of pairs at a time and only a running sum crosses batches, so
-memory does not depend on the number of images. The Gaussian window is separable, so the 'valid'
-filtering is two 1-D passes.
+It runs in JAX on one minibatch of pairs at a time, each device comparing its own pairs, and
+only a running sum crosses batches, so memory does not depend on the number of images. The
+Gaussian window is separable, so the 'valid' filtering is two 1-D passes.
 """
 
+import functools
 from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+
+from progan_jax import parallel
 
 WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 FILTER_SIZE, FILTER_SIGMA = 11, 1.5
@@ -104,30 +108,53 @@ def _check_size(height: int, width: int) -> None:
         )
 
 
+@functools.lru_cache(maxsize=4)
+def _consecutive_pairs(mesh: Mesh):
+    """`((), images) -> values` over `mesh`: MS-SSIM of images 0-1, 2-3, ..., each device
+    comparing the pairs of its own (even number of) images."""
+    return parallel.rowwise(lambda _, images: per_pair(images[0::2], images[1::2]), mesh)
+
+
+def _pair_values(rows: parallel.Rows) -> np.ndarray:
+    """float32 MS-SSIM of the whole pairs among `rows`, on the host."""
+    _check_size(*rows.array.shape[1:3])
+    values = _consecutive_pairs(rows.mesh)((), rows.array)
+    return parallel.Rows(values, rows.count // 2).host()
+
+
+def _paired(batch: np.ndarray | parallel.Rows, left: np.ndarray | None) -> parallel.Rows:
+    """`batch` after `left` (the previous batch's unpaired image), each device holding whole
+    pairs: generated rows stay on their devices when they can (no image left over, and an even
+    number per device); anything else is placed anew over this process's devices."""
+    if isinstance(batch, parallel.Rows) and left is None and batch.per_device % 2 == 0:
+        return batch
+    images = batch.host() if isinstance(batch, parallel.Rows) else np.asarray(batch)
+    if left is not None:
+        images = np.concatenate([left, images])
+    mesh = parallel.local_mesh()
+    return parallel.shard_rows(images, mesh, parallel.round_up(len(images), 2 * mesh.size))
+
+
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     """Mean MS-SSIM of image pairs (a[i], b[i]), uint8 or float in [0, 255], NHWC."""
-    _check_size(*np.shape(a)[1:3])
-    return float(np.mean(np.asarray(per_pair(jnp.asarray(a), jnp.asarray(b)), np.float64)))
+    pairs = np.stack([a, b], axis=1).reshape(-1, *np.shape(a)[1:])
+    return float(np.mean(_pair_values(_paired(pairs, None)), dtype=np.float64))
 
 
-def consecutive_pairs_ms_ssim(batches: Iterable[np.ndarray]) -> float:
+def consecutive_pairs_ms_ssim(batches: Iterable[np.ndarray | parallel.Rows]) -> float:
     """MS-SSIM between images 0-1, 2-3, ... of a generated set, as the paper reports it.
 
-    The set comes as NHWC minibatches of any sizes (a pair may straddle two); the per-pair
-    values are summed in float64 as they come.
+    The set comes as NHWC minibatches (host arrays or generated `Rows`) of any sizes (a pair may
+    straddle two); the per-pair values are summed in float64 as they come.
     """
     total, pairs = 0.0, 0
     left = None  # the odd image at the end of the previous batch
     for batch in batches:
-        _check_size(*batch.shape[1:3])
-        if left is not None and len(left):
-            batch = np.concatenate([left, batch])
-        even = len(batch) // 2 * 2
-        left = batch[even:]
-        if even:
-            values = per_pair(jnp.asarray(batch[0:even:2]), jnp.asarray(batch[1:even:2]))
-            total += float(np.sum(np.asarray(values, np.float64)))
-            pairs += even // 2
+        rows = _paired(batch, left)
+        values = _pair_values(rows)
+        total += float(np.sum(values, dtype=np.float64))
+        pairs += len(values)
+        left = rows.host(rows.count - 1) if rows.count % 2 else None
     if not pairs:
         raise ValueError("MS-SSIM needs at least two images")
     return total / pairs

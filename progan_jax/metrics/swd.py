@@ -14,7 +14,7 @@ of the sets being compared has to be in memory (N x 128 x 147 float32: 308 MB pe
 RGB images), but no more. `describe` streams a set once, computing each image's pyramid once,
 and appends each level's raw float32 descriptors to its own temporary file (75 KB per image and
 level on disk); `distances` then loads, normalises and compares one level at a time, on the
-device.
+device. Describing is split over the devices: each describes its own images of a minibatch.
 """
 
 import contextlib
@@ -27,6 +27,9 @@ from collections.abc import Iterable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+
+from progan_jax import parallel
 
 NHOOD_SIZE = 7
 NHOODS_PER_IMAGE = 128
@@ -127,6 +130,25 @@ def _describe_batch(
     return tuple(d.reshape(n * NHOODS_PER_IMAGE, *d.shape[2:]) for d in levels)
 
 
+@functools.lru_cache(maxsize=8)
+def _describer(mesh: Mesh, num_levels: int):
+    """`_describe_batch` over `mesh`: `((), (images, centres)) -> levels`, each device
+    describing its own images (their centres come split the same way, 128 per image)."""
+    return parallel.rowwise(lambda _, rows: _describe_batch(*rows, num_levels), mesh)
+
+
+def _block_centres(
+    rng: np.random.Generator, count: int, block: int, resolutions: list[int]
+) -> list[np.ndarray]:
+    """Each level's centres for `count` images, drawn block by block as if each block of
+    `block` images were a minibatch of its own."""
+    blocks = [
+        [sample_centres(rng, min(block, count - start), r) for r in resolutions]
+        for start in range(0, count, block)
+    ]
+    return [np.concatenate(level) for level in zip(*blocks, strict=True)]
+
+
 @functools.partial(jax.jit, donate_argnums=0)
 def normalize_descriptors(descriptors: jax.Array) -> jax.Array:
     """[M, 7, 7, C] with zero mean and unit std per channel over all neighbourhoods and
@@ -170,7 +192,8 @@ def sliced_wasserstein(
     others = tuple(other.reshape(len(other), dim) for other in others)
 
     def one_group(dirs):
-        projected = lambda d: _sort(dirs @ d.T)  # [dirs, n]
+        # [dirs, n] at full float32: GPUs and TPUs would otherwise multiply in TF32 or bfloat16.
+        projected = lambda d: _sort(jnp.matmul(dirs, d.T, precision=jax.lax.Precision.HIGHEST))
         reference_sorted, result = {}, []
         for other in others:
             n = min(len(reference), len(other))
@@ -236,11 +259,20 @@ def _checked_levels(resolution: int) -> list[int]:
 
 
 def describe(
-    images: Iterable[np.ndarray], resolution: int, seed: int, directory: str | None = None
+    images: Iterable[np.ndarray | parallel.Rows],
+    resolution: int,
+    seed: int,
+    directory: str | None = None,
+    block: int | None = None,
 ) -> Descriptors:
     """Descriptors of uint8 NHWC minibatches (all of one resolution), streamed once: each
     minibatch's pyramid goes to the level files and is dropped. Temporary files go under
-    `directory` (None: the system's temporary directory)."""
+    `directory` (None: the system's temporary directory).
+
+    Minibatches are host arrays or generated `Rows`. Neighbourhood centres are drawn per
+    `block` images (None: per minibatch): a stream batched in whole blocks of latents then gets
+    the centres it would get one block at a time, whatever the number of devices.
+    """
     resolutions = _checked_levels(resolution)
     rng = np.random.default_rng(seed)
     tmp = tempfile.TemporaryDirectory(prefix="swd-", dir=directory)
@@ -249,14 +281,17 @@ def describe(
         with contextlib.ExitStack() as stack:
             files = [stack.enter_context(open(_level_path(tmp, r), "wb")) for r in resolutions]
             for batch in images:
+                rows = parallel.as_rows(batch)
+                nhoods = len(rows.array) * NHOODS_PER_IMAGE
                 centres = tuple(
-                    jnp.asarray(sample_centres(rng, len(batch), r)) for r in resolutions
+                    parallel.shard_rows(c, rows.mesh, nhoods).array
+                    for c in _block_centres(rng, rows.count, block or rows.count, resolutions)
                 )
-                levels = _describe_batch(jnp.asarray(batch), centres, len(resolutions))
+                levels = _describer(rows.mesh, len(resolutions))((), (rows.array, centres))
                 for f, descriptors in zip(files, levels, strict=True):
-                    f.write(np.asarray(descriptors).data)
-                count += batch.shape[0] * NHOODS_PER_IMAGE
-                channels = batch.shape[-1]
+                    f.write(parallel.Rows(descriptors, rows.count * NHOODS_PER_IMAGE).host().data)
+                count += rows.count * NHOODS_PER_IMAGE
+                channels = rows.array.shape[-1]
         if not count:
             raise ValueError("SWD needs at least one image")
     except BaseException:
