@@ -108,10 +108,14 @@ def resume_line(scratch: pathlib.Path) -> dict:
     subprocess.run(_main_py(whole), check=True, capture_output=True)
     whole_s = time.perf_counter() - start
     process = subprocess.Popen(_main_py(broken), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    checkpoints = broken / "checkpoints"
-    while process.poll() is None and not any(checkpoints.glob("[0-9]*")):
+
+    def saved() -> list[int]:  # finished checkpoints, not Orbax's temporary directories
+        folder = broken / "checkpoints"
+        return sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit())
+
+    while process.poll() is None and not saved():
         time.sleep(0.2)
-    killed_at = sorted(int(p.name) for p in checkpoints.glob("[0-9]*"))
+    killed_at = saved()
     process.send_signal(signal.SIGKILL)
     process.wait()
     subprocess.run(_main_py(broken), check=True, capture_output=True)
