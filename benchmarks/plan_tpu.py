@@ -5,7 +5,8 @@ device, one JSON line per case (what `--mode=plan` prints for a stage).
     python benchmarks/plan_tpu.py                            # the README's table, v5e:2x4
     python benchmarks/plan_tpu.py --topology v6e:2x2 --cases celeba_hq1024_8dev:8:16:bfloat16
 
-A case is `config:stage:global batch:compute dtype`. Each compile takes minutes on a 2-core
+A case is `config:stage:global batch:compute dtype`, with `:remat` for
+`model.rematerialize=True`. Each compile takes minutes on a 2-core
 machine (XLA's TPU compiler at paper widths); a case that does not fit prints XLA's
 out-of-memory figure (`compile_error`) instead of the buffer sizes.
 """
@@ -24,6 +25,7 @@ from progan_jax import plan  # noqa: E402
 CASES = (
     "celeba128:5:64:float32",
     "celeba_hq1024_8dev:8:32:bfloat16",
+    "celeba_hq1024_8dev:8:32:bfloat16:remat",
     "celeba_hq1024_8dev:8:32:float32",
 )
 
@@ -36,12 +38,13 @@ def main() -> None:
     target = plan.make_target(args.topology)
     devices = len(target.devices)
     for case in args.cases.split(","):
-        name, stage, batch, dtype = case.split(":")
+        name, stage, batch, dtype, *remat = case.split(":")
         config = importlib.import_module(f"configs.{name}").get_config()
         config.model.compute_dtype = dtype
+        config.model.rematerialize = remat == ["remat"]
         compiled = plan.compile_step(config, target, int(stage), int(batch) // devices)
         line = plan.stage_report(config, target, int(stage), compiled)
-        print(json.dumps({"config": name, **line}), flush=True)
+        print(json.dumps({"config": name, "rematerialize": bool(remat), **line}), flush=True)
 
 
 if __name__ == "__main__":
