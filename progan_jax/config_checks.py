@@ -50,6 +50,12 @@ def validate_cache_management(data: ml_collections.ConfigDict) -> None:
         _fail("data.stale_cache_days", f"must be >= 0 days, got {data.stale_cache_days}")
 
 
+def minibatch_stddev_accepts(per_device: int, group_size: int) -> bool:
+    """Whether minibatch stddev (groups of `group_size`; <= 1: off) runs on `per_device` images
+    per device: at least 2 (a group of one has no deviation), split into whole groups."""
+    return group_size <= 1 or (per_device >= 2 and per_device % min(group_size, per_device) == 0)
+
+
 def _check_batch_sizes(config, stages: int, devices: int, processes: int) -> None:
     """Each stage's global batch splits evenly over devices and processes, and gives every
     device's minibatch-stddev groups at least two images (a group of one has no deviation:
@@ -73,8 +79,9 @@ def _check_batch_sizes(config, stages: int, devices: int, processes: int) -> Non
         if batch % processes:
             _fail("schedule.batch_sizes", f"batch {batch} does not divide by {processes} processes")
         per_device = batch // devices
-        group = min(model.mbstd_group_size, per_device)
-        if model.mbstd_group_size > 1 and per_device < 2:
+        if minibatch_stddev_accepts(per_device, model.mbstd_group_size):
+            continue
+        if per_device < 2:
             _fail(
                 "model.mbstd_group_size",
                 f"minibatch stddev (groups of {model.mbstd_group_size}) needs at least 2 images "
@@ -82,12 +89,11 @@ def _check_batch_sizes(config, stages: int, devices: int, processes: int) -> Non
                 f"of the {devices} devices; use a batch of at least {2 * devices} or "
                 "model.mbstd_group_size=1 (off)",
             )
-        if model.mbstd_group_size > 1 and per_device % group:
-            _fail(
-                "model.mbstd_group_size",
-                f"{model.mbstd_group_size} does not divide the per-device batch {per_device} of "
-                f"{_stage(stage)}; use a divisor of it",
-            )
+        _fail(
+            "model.mbstd_group_size",
+            f"{model.mbstd_group_size} does not divide the per-device batch {per_device} of "
+            f"{_stage(stage)}; use a divisor of it",
+        )
 
 
 def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1) -> None:

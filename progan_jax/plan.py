@@ -204,12 +204,9 @@ def memory_budget(config: ml_collections.ConfigDict, target: Target) -> float | 
 
 
 def valid_per_device_batches(config: ml_collections.ConfigDict, limit: int) -> list[int]:
-    """Per-device batches up to `limit` that minibatch stddev allows, smallest first: at least
-    2 (a group of one has no deviation), and a multiple of the group size once past it."""
+    """Per-device batches up to `limit` that minibatch stddev allows, smallest first."""
     group = config.model.mbstd_group_size
-    if group <= 1:
-        return list(range(1, limit + 1))
-    return [b for b in range(2, limit + 1) if b % min(group, b) == 0]
+    return [b for b in range(1, limit + 1) if config_checks.minibatch_stddev_accepts(b, group)]
 
 
 def largest_fitting(

@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 from PIL import Image
 
 from progan_jax import interrupt, models, parallel, paths, reporting
+from progan_jax.data import sources
 from progan_jax.gan import GAN, Params
 
 # A device generates at most this many images at once, and no more pixels than four 1024x1024
@@ -106,9 +107,7 @@ def image_grid(images: np.ndarray, columns: int, tile: int | None = None) -> np.
     if tile is not None and tile > h:
         images = images.repeat(tile // h, axis=1).repeat(tile // w, axis=2)
     elif tile is not None and tile < h:
-        f = h // tile
-        boxes = images.reshape(n, h // f, f, w // f, f, c).mean(axis=(2, 4))
-        images = np.rint(boxes).astype(np.uint8)
+        images = sources.box_downsample(images, h // tile)
     h, w = images.shape[1:3]
     rows = -(-n // columns)
     padded = np.zeros((rows * columns, h, w, c), images.dtype)

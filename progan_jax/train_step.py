@@ -21,12 +21,13 @@ from progan_jax.layers import at_least_float32, downsample2x, fade, upsample2x
 from progan_jax.schedule import StageSchedule
 
 
-def decode_reals(batch: dict[str, jax.Array]) -> jax.Array:
+def decode_reals(batch: dict[str, jax.Array], xp=jnp) -> jax.Array:
     """A stream batch as the networks see it: uint8 images to float32 [-1, 1], mirrored
     left-right where the stream says so. Done on the device, so a quarter of the bytes cross
-    from the host (see input_pipeline for the batch's fields)."""
-    images = batch["images"].astype(jnp.float32) * jnp.float32(2.0 / 255.0) - jnp.float32(1.0)
-    return jnp.where(batch["mirror"][:, None, None, None], images[:, :, ::-1], images)
+    from the host (see input_pipeline for the batch's fields); `xp=np` does the same on the
+    host (tests hold the stream's decoded floats to it)."""
+    images = batch["images"].astype(xp.float32) * xp.float32(2.0 / 255.0) - xp.float32(1.0)
+    return xp.where(batch["mirror"][:, None, None, None], images[:, :, ::-1], images)
 
 
 def batch_shapes(batch_size: int, resolution: int, channels: int) -> dict:

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from configs import tiny
+from progan_jax import train_step
 from progan_jax.data import input_pipeline, sources, synthetic
 
 SIZE = 10
@@ -56,7 +57,7 @@ def _count_mismatch_message() -> str:
 
 def _decoded(stream, count: int) -> np.ndarray:
     """The next `count` batches as float32 reals, stacked."""
-    return np.stack([input_pipeline.decode_batch(next(stream)) for _ in range(count)])
+    return np.stack([train_step.decode_reals(next(stream), np) for _ in range(count)])
 
 
 def main(port: str, index: str, mode: str, cache_dir: str, out: str) -> None:

@@ -204,7 +204,7 @@ def _stream(images, **kwargs):
 
 def _decoded(iterator, n):
     """The next `n` batches as the step sees them: float32 reals."""
-    return [input_pipeline.decode_batch(b) for b in _take(iterator, n)]
+    return [train_step.decode_reals(b, np) for b in _take(iterator, n)]
 
 
 # sha256 (first 16 hex digits) of the float32 reals of 4 mirrored batches of 8 drawn from 13
@@ -268,7 +268,7 @@ def test_stream_resumes_mid_way():
 def test_mirror_flips_about_half_the_images():
     image = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(1, 4, 4, 3)
     images = np.repeat(image, 64, axis=0)
-    batch = input_pipeline.decode_batch(next(_stream(images, batch_size=64, mirror=True)))
+    batch = train_step.decode_reals(next(_stream(images, batch_size=64, mirror=True)), np)
     flat = np.rint((batch + 1) * 127.5).astype(np.uint8)
     flipped = np.array([np.array_equal(x, image[0, :, ::-1]) for x in flat])
     kept = np.array([np.array_equal(x, image[0]) for x in flat])
@@ -307,7 +307,7 @@ def test_stage_batches_are_sharded_over_eight_devices(data_config):
         np.testing.assert_array_equal(batch[field], want[field])
     # The step's decoding on the devices is the host's reference, bit for bit.
     reals = jax.jit(train_step.decode_reals)(batch)
-    np.testing.assert_array_equal(reals, input_pipeline.decode_batch(want))
+    np.testing.assert_array_equal(reals, train_step.decode_reals(want, np))
     # The stage's images are the box-filtered base images.
     base = sources.load_images(data_config.data, 16, 3).images
     stage = input_pipeline.stage_images(data_config.data, 16, 3, 1)

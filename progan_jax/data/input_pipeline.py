@@ -17,7 +17,7 @@ In shard mode (`data.shard_per_process`, by default when there are several proce
 function of (seed, images shown, process index), so a resumed run continues exactly.
 
 A batch leaves the host as uint8 images with their mirror flags: the step converts them to
-float32 [-1, 1] and flips them on the devices (`decode_batch` is the host's reference), so a
+float32 [-1, 1] and flips them on the devices (`train_step.decode_reals`), so a
 quarter of float32's bytes cross to the devices, and the host does no arithmetic per pixel.
 """
 
@@ -210,14 +210,6 @@ def load_batch(images: np.ndarray, indices: np.ndarray) -> np.ndarray:
     return batch
 
 
-def decode_batch(batch: Batch) -> np.ndarray:
-    """What the train step makes of a stream batch: float32 [-1, 1], mirrored left-right where
-    `batch["mirror"]` is set. The step does this on the devices, so that uint8 crosses from the
-    host; this is the host's reference for it, which tests hold the step's decoding to."""
-    images = batch["images"].astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
-    return np.where(batch["mirror"][:, None, None, None], images[:, :, ::-1], images)
-
-
 def batches(
     images: np.ndarray,
     *,
@@ -234,9 +226,10 @@ def batches(
 
     Each batch is `{"images": uint8 [B / P, r, r, C], "mirror": bool [B / P]}`: the images as
     cached (not mirrored) and whether each is to be shown mirrored (all False without
-    `mirror`); `decode_batch` gives the float32 reals. Rows of the whole set's stream, or with
-    `sharded` (`images` is this process's shard) of the process's own stream (see the module
-    doc). uint8 is a quarter of float32's bytes on the way to the devices, which convert and flip.
+    `mirror`); `train_step.decode_reals` gives the float32 reals. Rows of the whole set's
+    stream, or with `sharded` (`images` is this process's shard) of the process's own stream
+    (see the module doc). uint8 is a quarter of float32's bytes on the way to the devices,
+    which convert and flip.
     `prefetch` batches are read ahead on worker threads (NumPy releases the GIL while it
     copies). The stream needs random access by position, which the decoded cache gives and a
     tf.data pipeline over records would not.
