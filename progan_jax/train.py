@@ -209,9 +209,7 @@ class Trainer:
         )
         results = self.periodic_swd(generator)
         if results is not None:
-            self.writer.write_scalars(
-                progress.images_shown, {f"swd/{k}": v for k, v in results.items()}
-            )
+            self.writer.write_scalars(progress.images_shown, tensorboard_tags(results))
 
     def flush_metrics(self, progress: Progress, phase: schedule.Phase, alpha: float) -> None:
         """Writes the mean metrics since the last call; stops the run if any is not finite."""
@@ -238,7 +236,7 @@ class Trainer:
         )
         if seconds_left is not None:
             scalars["eta_hours"] = seconds_left / 3600
-        self.writer.write_scalars(progress.images_shown, scalars)
+        self.writer.write_scalars(progress.images_shown, tensorboard_tags(scalars))
 
     def save(self, state, progress: Progress, phase, alpha, *, stage_end: bool = False) -> None:
         """Checks the metrics not yet logged (never checkpoint a broken state), then saves."""
@@ -322,6 +320,24 @@ class Trainer:
             if self.lease is not None:  # held by process 0
                 self.lease.release()
         return state
+
+
+# TensorBoard's sections: each scalar under the group it belongs to (`loss/critic_loss`).
+TAG_GROUPS = {
+    "loss": (
+        "critic_loss", "generator_loss", "wasserstein", "gradient_penalty", "gradient_norm",
+        "drift", "real_score", "fake_score",
+    ),
+    "schedule": ("alpha", "stage", "resolution", "batch_size", "learning_rate", "kimg"),
+    "speed": ("images_per_s", "eta_hours"),
+}  # fmt: skip
+
+
+def tensorboard_tags(scalars: dict[str, float]) -> dict[str, float]:
+    """`scalars` keyed by TensorBoard tags: `group/name`, with metrics (SWD, FID, MS-SSIM)
+    under `metrics/`."""
+    group_of = {name: group for group, names in TAG_GROUPS.items() for name in names}
+    return {f"{group_of.get(name, 'metrics')}/{name}": value for name, value in scalars.items()}
 
 
 def _crossed(before: int, after: int, every: int) -> bool:

@@ -57,9 +57,11 @@ def test_events_hold_losses_alpha_and_images(uninterrupted):
     for path in workdir.glob("events.out.tfevents.*"):
         for event in tf.compat.v1.train.summary_iterator(str(path)):
             tags.update(v.tag for v in event.summary.value)
-    for tag in ("critic_loss", "generator_loss", "gradient_penalty", "drift", "wasserstein",
-                "real_score", "fake_score", "alpha", "stage", "learning_rate", "images_per_s",
-                "batch_size", "samples", "swd/swd_x1e3_16"):  # fmt: skip
+    for tag in ("loss/critic_loss", "loss/generator_loss", "loss/gradient_penalty",
+                "loss/drift", "loss/wasserstein", "loss/real_score", "loss/fake_score",
+                "schedule/alpha", "schedule/stage", "schedule/learning_rate",
+                "schedule/batch_size", "speed/images_per_s", "samples",
+                "metrics/swd_x1e3_16"):  # fmt: skip
         assert tag in tags, tag
 
 
