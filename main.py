@@ -20,26 +20,19 @@ from progan_jax import xla_flags
 
 xla_flags.set_default_flags()  # before JAX initialises its backends
 
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Callable, Iterable  # noqa: E402
 
+import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from progan_jax import errors, interrupt  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Configuration file.", lock_config=True)
-_MODES = [
-    "train",
-    "plan",
-    "evaluate",
-    "generate",
-    "export",
-    "benchmark",
-    "benchmark_input",
-    "summary",
-    "caches",
-]
-_MODE = flags.DEFINE_enum("mode", "train", _MODES, "What to run.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Checkpoints, TensorBoard events and samples (default workdir/<config>)."
 )
@@ -130,9 +123,97 @@ def _workdir() -> str:
     return os.path.join("workdir", os.path.splitext(os.path.basename(config_file))[0])
 
 
-def _print_lines(lines) -> None:
+def _print_lines(lines: Iterable) -> None:
     for line in lines:
         print(line if isinstance(line, str) else json.dumps(line), flush=True)
+
+
+# Each mode's work: `(config, workdir) -> lines to print` (dicts print as JSON). Imports are
+# local: JAX's distributed runtime must start (main) before anything touches a backend.
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
+    from progan_jax import train
+
+    train.train(config, workdir)
+    return []
+
+
+def _evaluate(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
+    from progan_jax import evaluate
+
+    with interrupt.sigterm_requests_stop():  # stops between minibatches
+        results = evaluate.evaluate(config, workdir)
+    evaluate.write_results(results, workdir)
+    return [results]
+
+
+def _generate(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
+    from progan_jax import generate
+
+    return [generate.write_generated(config, workdir)]
+
+
+def _export(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
+    from progan_jax import export
+
+    return [export.export_generator(config, workdir)]
+
+
+def _plan(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
+    from progan_jax import plan
+
+    return plan.plan(config)
+
+
+def _benchmark(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
+    from progan_jax import benchmark
+
+    return benchmark.benchmark_train_step(config)
+
+
+def _benchmark_input(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
+    from progan_jax import benchmark
+
+    return benchmark.benchmark_input(config)
+
+
+def _summary(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
+    from progan_jax import summary
+
+    return summary.summarize(config)
+
+
+def _caches(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
+    from progan_jax import config_checks
+    from progan_jax.data import cache_management
+
+    config_checks.validate_cache_management(config.data)
+    return cache_management.cache_report(config.data)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    """A mode's work and what must hold before it starts."""
+
+    run: Callable[[ml_collections.ConfigDict, str], Iterable]
+    on_devices: bool = False  # stops on the CPU of a GPU/TPU machine (unless --allow_cpu)
+    writes_workdir: bool = False  # the workdir must exist and answer (a bucket may not)
+    uses_tensorflow: bool = False  # tf.data or a SavedModel: TF must leave the GPUs to JAX
+
+
+MODES = {
+    "train": Mode(_train, on_devices=True, writes_workdir=True, uses_tensorflow=True),
+    "plan": Mode(_plan),
+    "evaluate": Mode(_evaluate, on_devices=True, writes_workdir=True, uses_tensorflow=True),
+    "generate": Mode(_generate, on_devices=True, writes_workdir=True),
+    "export": Mode(_export, on_devices=True, writes_workdir=True, uses_tensorflow=True),
+    "benchmark": Mode(_benchmark, on_devices=True),
+    "benchmark_input": Mode(_benchmark_input, uses_tensorflow=True),
+    "summary": Mode(_summary),
+    "caches": Mode(_caches),
+}
+_MODE = flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
 
 
 def main(argv: list[str]) -> None:
@@ -140,70 +221,20 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     _configure_jax()
     _initialize_distributed()
-    config = _CONFIG.value
-    from progan_jax import (
-        accelerators,
-        benchmark,
-        checkpointing,
-        config_checks,
-        evaluate,
-        export,
-        generate,
-        interrupt,
-        lease,
-        paths,
-        plan,
-        summary,
-        train,
-    )
-    from progan_jax.data import cache_management, errors, input_pipeline
+    from progan_jax import accelerators, paths
 
-    expected = (
-        accelerators.AcceleratorUnusedError,
-        config_checks.ConfigError,
-        errors.DataSetMissingError,
-        input_pipeline.DataPreparationError,
-        checkpointing.CheckpointWriteError,
-        train.NonFiniteLossError,
-        paths.UnreachableError,
-        lease.LeaseError,
-        FileNotFoundError,
-    )
-    workdir = _workdir()
+    mode, workdir = MODES[_MODE.value], _workdir()
     try:
-        if _MODE.value in ("train", "evaluate", "generate", "export", "benchmark"):
+        if mode.on_devices:
             accelerators.check_platform(_ALLOW_CPU.value)
-        if _MODE.value in ("train", "evaluate", "generate", "export"):
+        if mode.writes_workdir:
             paths.ensure_directory(paths.resolve(workdir), _STORAGE_TIMEOUT.value)
-        if _MODE.value == "train":
+        if mode.uses_tensorflow:
             _hide_gpus_from_tensorflow()
-            train.train_and_evaluate(config, workdir)
-        elif _MODE.value == "evaluate":
-            _hide_gpus_from_tensorflow()
-            with interrupt.sigterm_requests_stop():  # stops between minibatches
-                results = evaluate.evaluate(config, workdir)
-            evaluate.write_results(results, workdir)
-            _print_lines([results])
-        elif _MODE.value == "generate":
-            _print_lines([generate.write_generated(config, workdir)])
-        elif _MODE.value == "export":
-            _hide_gpus_from_tensorflow()
-            _print_lines([export.export_generator(config, workdir)])
-        elif _MODE.value == "plan":
-            _print_lines(plan.plan(config))
-        elif _MODE.value == "benchmark":
-            _print_lines(benchmark.benchmark_train_step(config))
-        elif _MODE.value == "benchmark_input":
-            _hide_gpus_from_tensorflow()
-            _print_lines(benchmark.benchmark_input(config))
-        elif _MODE.value == "caches":
-            config_checks.validate_cache_management(config.data)
-            _print_lines(cache_management.cache_report(config.data))
-        else:
-            _print_lines(summary.summarize(config))
+        _print_lines(mode.run(_CONFIG.value, workdir))
     except interrupt.Interrupted as stopped:
         logging.warning("%s", stopped)  # preemption: exit 0, a restart continues
-    except expected as error:
+    except errors.UserError as error:
         logging.error("%s", error)
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -51,15 +51,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def make_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     """configs/tiny.py at `args.resolution`, narrow, synthetic faces, untrained generator."""
     from configs import tiny
-    from progan_jax import config_checks, models
+    from progan_jax import config_checks, stages
 
     config = tiny.get_config()
-    stages = models.num_stages(args.resolution)
+    count = stages.num_stages(args.resolution)
     config.model.resolution = args.resolution
     config.model.fmap_base = args.fmap_base
     config.model.fmap_max = args.fmap_max
-    config.optimizer.learning_rates = (2e-3,) * stages
-    config.schedule.batch_sizes = (8,) * stages
+    config.optimizer.learning_rates = (2e-3,) * count
+    config.schedule.batch_sizes = (8,) * count
     config.data.synthetic_size = args.synthetic_size
     config.data.cache_dir = args.cache_dir
     config.eval.checkpoint = 0

@@ -85,11 +85,11 @@ def folder_config(path: pathlib.Path, cache_dir: pathlib.Path):
 
 def decoded(path: pathlib.Path, cache_dir: pathlib.Path) -> np.ndarray:
     """The folder's images as progan_jax decodes them: uint8 [N, 32, 32, 3]."""
-    from progan_jax import models
+    from progan_jax import stages
     from progan_jax.data import input_pipeline
 
     config = folder_config(path, cache_dir)
-    last = models.num_stages(config.model.resolution) - 1  # per-stage tuples may run longer
+    last = stages.num_stages(config.model.resolution) - 1  # per-stage tuples may run longer
     return np.asarray(input_pipeline.stage_images(config.data, RESOLUTION, 3, last))
 
 

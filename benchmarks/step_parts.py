@@ -20,7 +20,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from progan_jax import xla_flags  # noqa: E402
+from progan_jax import stages, xla_flags  # noqa: E402
 
 xla_flags.set_default_flags()
 
@@ -29,7 +29,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import short_budget  # noqa: E402
-from progan_jax import benchmark, models, parallel, schedule, train_step  # noqa: E402
+from progan_jax import benchmark, parallel, schedule, train_step  # noqa: E402
 from progan_jax import gan as gan_lib  # noqa: E402
 
 
@@ -61,7 +61,7 @@ def main() -> None:
         config.update_from_flattened_dict({field: _parse(value)})
     gan, state = gan_lib.initialize(config, parallel.make_mesh())
     stage, alpha, key = args.stage, jnp.float32(args.alpha), jax.random.key(0)
-    res = models.stage_resolution(stage)
+    res = stages.stage_resolution(stage)
     reals = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (args.batch, res, res, 3)))
     reals = reals.astype(jnp.float32)
     z = gan.sample_latents(key, args.batch)

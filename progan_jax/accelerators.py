@@ -18,6 +18,7 @@ import os
 import jax
 
 from progan_jax import machine
+from progan_jax.errors import UserError
 
 GB = 1e9
 GIB = 2**30
@@ -85,8 +86,8 @@ def describe() -> str:
     )
 
 
-class AcceleratorUnusedError(RuntimeError):
-    pass
+class AcceleratorUnusedError(UserError, RuntimeError):
+    """JAX runs on the CPU of a machine with a GPU or TPU; the message names the extra."""
 
 
 def check_platform(allow_cpu: bool, dev: str = "/dev") -> None:

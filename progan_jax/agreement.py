@@ -19,7 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from progan_jax import interrupt
-from progan_jax.config_checks import ConfigError
+from progan_jax.errors import ConfigError
 
 T = TypeVar("T")
 

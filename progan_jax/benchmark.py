@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from progan_jax import accelerators, models, parallel, schedule, train_step
+from progan_jax import accelerators, parallel, schedule, stages, train_step
 from progan_jax import gan as gan_lib
 from progan_jax import plan as plan_lib
 from progan_jax.data import input_pipeline
@@ -31,7 +31,7 @@ from progan_jax.data import input_pipeline
 
 def benchmark_stages(config: ml_collections.ConfigDict) -> list[int]:
     stages = config.benchmark.stages
-    return list(range(models.num_stages(config.model.resolution))) if stages is None else stages
+    return list(range(stages.num_stages(config.model.resolution))) if stages is None else stages
 
 
 def _block(tree) -> None:
@@ -71,7 +71,7 @@ def random_batch(
     """A global batch of random uint8 images (half of them to be mirrored) on `mesh`, built
     from this process's rows."""
     shapes = train_step.batch_shapes(
-        batch // jax.process_count(), models.stage_resolution(stage), config.model.num_channels
+        batch // jax.process_count(), stages.stage_resolution(stage), config.model.num_channels
     )
     rng = np.random.default_rng(stage)
     local = {
@@ -99,7 +99,7 @@ def benchmark_train_step(config: ml_collections.ConfigDict) -> Iterator[dict]:
         plan = benchmark_schedule(config, stage)
         batch = plan.batch_size
         parallel.check_batch_divides(batch, mesh.devices.size)
-        res = models.stage_resolution(stage)
+        res = stages.stage_resolution(stage)
         reals = random_batch(config, stage, batch, mesh)
         shown = jax.device_put(
             np.int32(mid_fade(plan, config.benchmark.alpha)), parallel.replicated(mesh)
@@ -169,7 +169,7 @@ def benchmark_input(config: ml_collections.ConfigDict) -> Iterator[dict]:
         yield {
             "source": config.data.source,
             "stage": stage,
-            "resolution": models.stage_resolution(stage),
+            "resolution": stages.stage_resolution(stage),
             "batch": batch,
             "prepare_s": round(prepare_s, 2),
             "imgs_per_s": round(bench.input_batches * batch / jax.process_count() / elapsed, 1),

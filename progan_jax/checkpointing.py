@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from progan_jax import paths
+from progan_jax.errors import MissingFileError, UserError
 from progan_jax.gan import TrainState
 
 
@@ -38,8 +39,8 @@ class Progress:
         return cls(**{k: v for k, v in fields.items() if k in known})
 
 
-class CheckpointWriteError(RuntimeError):
-    pass
+class CheckpointWriteError(UserError, RuntimeError):
+    """A checkpoint could not be written; the message says why and what to do."""
 
 
 def _manager(directory: epath.Path, keep: int | None) -> ocp.CheckpointManager:
@@ -108,7 +109,7 @@ class Checkpointer:
         periodic, stages = self._periodic.all_steps(), self._stages.all_steps()
         if step not in periodic and step not in stages:
             available = sorted(set(periodic) | set(stages))
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"No checkpoint at {step} images shown under {self.directory.parent}; "
                 f"there are: {available or 'none'}."
             )

@@ -5,12 +5,9 @@ Every error names the field (`config.schedule.batch_sizes: ...`) and says what w
 
 import ml_collections
 
-from progan_jax import conv, losses, models, paths, schedule
+from progan_jax import conv, losses, models, paths, schedule, stages
 from progan_jax.data import sources
-
-
-class ConfigError(ValueError):
-    pass
+from progan_jax.errors import ConfigError
 
 
 def _fail(field: str, message: str) -> None:
@@ -18,7 +15,7 @@ def _fail(field: str, message: str) -> None:
 
 
 def _stage(stage: int) -> str:
-    res = models.stage_resolution(stage)
+    res = stages.stage_resolution(stage)
     return f"stage {stage} ({res}x{res})"
 
 
@@ -31,7 +28,7 @@ def _per_stage(config, field: str, stages: int, check, what: str) -> None:
     if not isinstance(values, tuple | list):
         _fail(field, f"must be a tuple with one value per stage (4x4, 8x8, ...), got {values!r}")
     if len(values) < stages:
-        last = models.stage_resolution(len(values) - 1)
+        last = stages.stage_resolution(len(values) - 1)
         given = f"4x4 up to {last}x{last}" if values else "none"
         _fail(
             field,
@@ -102,19 +99,19 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
     res = model.resolution
     if not isinstance(res, int) or res < 4 or res & (res - 1):
         _fail("model.resolution", f"must be a power of two >= 4, got {res!r}")
-    stages = models.num_stages(res)
+    count = stages.num_stages(res)
     if model.num_channels not in (1, 3):
         _fail("model.num_channels", f"must be 1 (grayscale) or 3 (RGB), got {model.num_channels}")
     for field in ("latent_size", "fmap_base", "fmap_max"):
         if model[field] < 1:
             _fail(f"model.{field}", f"must be positive, got {model[field]}")
-    # nf(s) feeds the blocks of stage s - 1 (and s, in the critic), up to nf(stages).
+    # nf(s) feeds the blocks of stage s - 1 (and s, in the critic), up to nf(count).
     nf = [models.feature_maps(s, model.fmap_base, model.fmap_max, model.fmap_decay) for s in
-          range(stages + 1)]  # fmt: skip
+          range(count + 1)]  # fmt: skip
     if 0 in nf:
         empty = nf.index(0)
-        need = -(-(2.0 ** (stages * model.fmap_decay)) // 1)  # the ceiling
-        block = models.stage_resolution(empty - 1)
+        need = -(-(2.0 ** (count * model.fmap_decay)) // 1)  # the ceiling
+        block = stages.stage_resolution(empty - 1)
         _fail(
             "model.fmap_base",
             f"{model.fmap_base} leaves the {block}x{block} layers with no feature maps "
@@ -142,8 +139,8 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
                 f"must be >= 1, got {sched.max_batch_per_device}",
             )
     else:
-        _check_batch_sizes(config, stages, devices, processes)
-    _per_stage(config, "optimizer.learning_rates", stages, lambda lr: lr > 0, "positive")
+        _check_batch_sizes(config, count, devices, processes)
+    _per_stage(config, "optimizer.learning_rates", count, lambda lr: lr > 0, "positive")
 
     for field in ("stabilize_images", "fade_images"):
         if sched[field] < 0:
@@ -154,7 +151,7 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
         _per_stage(
             config,
             "schedule.phase_images",
-            stages,
+            count,
             lambda n: isinstance(n, int) and n > 0,
             "a positive int",
         )

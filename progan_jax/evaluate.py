@@ -13,9 +13,10 @@ import logging
 import jax
 import ml_collections
 
-from progan_jax import checkpointing, models, parallel, sampling, schedule
+from progan_jax import checkpointing, parallel, sampling, schedule, stages
 from progan_jax import gan as gan_lib
 from progan_jax.data import input_pipeline
+from progan_jax.errors import MissingFileError
 from progan_jax.metrics import generator_swd, ms_ssim, swd
 
 
@@ -25,7 +26,7 @@ def load_generator(
     """G_ema of the latest checkpoint, of the one at `images_shown`, or (0) the untrained G at
     the final stage."""
     gan, state = gan_lib.initialize(config, parallel.make_mesh())
-    last_stage = models.num_stages(config.model.resolution) - 1
+    last_stage = stages.num_stages(config.model.resolution) - 1
     if images_shown == 0:
         return sampling.GeneratorSnapshot(gan, state.g_ema_params, last_stage, 1.0, 0)
     checkpointer = checkpointing.Checkpointer(workdir)
@@ -34,7 +35,7 @@ def load_generator(
     finally:
         checkpointer.close()
     if restored is None:
-        raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train first.")
+        raise MissingFileError(f"No checkpoint in {workdir}/checkpoints; train first.")
     state, progress = restored
     if progress.alpha is None:  # a checkpoint from before progress kept stage and alpha
         phase = schedule.phases(config)[progress.phase_index]  # of the last step taken

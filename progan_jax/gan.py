@@ -12,7 +12,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from progan_jax import losses, models, parallel
+from progan_jax import losses, models, parallel, stages
 
 Params = Any
 
@@ -108,7 +108,7 @@ def create_train_state(
     bits far faster than threefry's for the many parameter shapes of a growing network.
     """
     last = gan.generator.num_stages - 1
-    res = models.stage_resolution(last)
+    res = stages.stage_resolution(last)
 
     @functools.partial(jax.jit, out_shardings=sharding)
     def init(key: jax.Array) -> TrainState:

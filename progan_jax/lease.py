@@ -42,12 +42,13 @@ import ml_collections
 from etils import epath
 
 from progan_jax import agreement, paths
+from progan_jax.errors import UserError
 
 FILE = "lease.json"
 SETTLE_S = 2.0  # between writing a non-exclusive lease and reading it back
 
 
-class LeaseError(RuntimeError):
+class LeaseError(UserError, RuntimeError):
     """Another run holds the workdir, or this run could not take its lease."""
 
 

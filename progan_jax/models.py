@@ -6,7 +6,6 @@ parameters of every stage are created at init, so the parameter tree never chang
 the networks grow: one optimizer state and one checkpoint layout serve the whole run.
 """
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -14,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from progan_jax import conv
+from progan_jax import conv, stages
 from progan_jax.layers import (
     SQRT2,
     EqualizedConv,
@@ -28,15 +27,6 @@ from progan_jax.layers import (
     pixel_norm,
     upsample2x,
 )
-
-
-def num_stages(resolution: int) -> int:
-    """Stages from 4x4 up to `resolution` (a power of two >= 4)."""
-    return int(math.log2(resolution)) - 1
-
-
-def stage_resolution(stage: int) -> int:
-    return 4 * 2**stage
 
 
 def feature_maps(stage: int, fmap_base: int, fmap_max: int, fmap_decay: float = 1.0) -> int:
@@ -58,8 +48,8 @@ def is_active(module_name: str, stage: int) -> bool:
     """
     resolution = int(module_name.rsplit("_", 1)[1].split("x")[0])
     if module_name.startswith(_RGB_LAYERS):
-        return resolution in (stage_resolution(stage), stage_resolution(stage) // 2)
-    return resolution <= stage_resolution(stage)
+        return resolution in (stages.stage_resolution(stage), stages.stage_resolution(stage) // 2)
+    return resolution <= stages.stage_resolution(stage)
 
 
 class _Growing(nn.Module):
@@ -77,7 +67,7 @@ class _Growing(nn.Module):
 
     @property
     def num_stages(self) -> int:
-        return num_stages(self.resolution)
+        return stages.num_stages(self.resolution)
 
     def nf(self, stage: int) -> int:
         return feature_maps(stage, self.fmap_base, self.fmap_max, self.fmap_decay)
@@ -119,7 +109,7 @@ class Generator(_Growing):
         return pixel_norm(x, self.pixelnorm_epsilon) if self.use_pixelnorm else x
 
     def _block(self, x: jax.Array, stage: int) -> jax.Array:
-        res = stage_resolution(stage)
+        res = stages.stage_resolution(stage)
         nf = self.nf(stage + 1)
         if stage == 0:
             # Independent of use_pixelnorm, as in the official code.
@@ -135,7 +125,7 @@ class Generator(_Growing):
         self.check_stage(stage)
         to_rgb = [
             self.conv(self.num_channels, kernel_size=1, gain=1.0, name=f"to_rgb_{r}x{r}")
-            for r in map(stage_resolution, range(self.num_stages))
+            for r in map(stages.stage_resolution, range(self.num_stages))
         ]
         last = self.num_stages - 1 if self.is_initializing() else stage
         features = []
@@ -159,7 +149,7 @@ class Critic(_Growing):
     mbstd_group_size: int = 4
 
     def _block(self, x: jax.Array, stage: int) -> jax.Array:
-        res = stage_resolution(stage)
+        res = stages.stage_resolution(stage)
         if stage == 0:
             if self.mbstd_group_size > 1:
                 x = minibatch_stddev(x, self.mbstd_group_size)
@@ -178,14 +168,14 @@ class Critic(_Growing):
     @nn.compact
     def __call__(self, image: jax.Array, *, stage: int, alpha: jax.Array | float) -> jax.Array:
         self.check_stage(stage)
-        expected = stage_resolution(stage)
+        expected = stages.stage_resolution(stage)
         if image.shape[1:3] != (expected, expected):
             raise ValueError(
                 f"critic at stage {stage} expects {expected}x{expected} images, got {image.shape}"
             )
         from_rgb = [
             self.conv(self.nf(s + 1), kernel_size=1, name=f"from_rgb_{r}x{r}")
-            for s, r in enumerate(map(stage_resolution, range(self.num_stages)))
+            for s, r in enumerate(map(stages.stage_resolution, range(self.num_stages)))
         ]
         if self.is_initializing():  # create every stage's fromRGB
             smaller = image

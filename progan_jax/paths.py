@@ -11,8 +11,10 @@ import threading
 
 from etils import epath
 
+from progan_jax.errors import UserError
 
-class UnreachableError(OSError):
+
+class UnreachableError(UserError, OSError):
     """The workdir (or another output path) cannot be reached; the message says what to check."""
 
 

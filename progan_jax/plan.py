@@ -28,11 +28,20 @@ import jax.numpy as jnp
 import ml_collections
 from jax.experimental import multihost_utils
 
-from progan_jax import accelerators, config_checks, conv, models, parallel, schedule, train_step
+from progan_jax import (
+    accelerators,
+    config_checks,
+    conv,
+    errors,
+    parallel,
+    schedule,
+    stages,
+    train_step,
+)
 from progan_jax import gan as gan_lib
 
 
-class PlanError(config_checks.ConfigError):
+class PlanError(errors.ConfigError):
     """A stage's step does not fit the device memory."""
 
 
@@ -155,7 +164,7 @@ def compile_step(
     gan = target_gan(config, target)
     mesh = parallel.make_mesh(target.devices)
     plan = schedule.stage_schedule(config, stage, per_device_batch * len(target.devices))
-    res = models.stage_resolution(stage)
+    res = stages.stage_resolution(stage)
     args = (
         _abstract(_state_shapes(gan), parallel.replicated(mesh)),
         _abstract(
@@ -244,7 +253,7 @@ def stage_report(
     fading = any(p.fading for p in schedule.phases(config) if p.stage == stage)
     line = {
         "stage": stage,
-        "resolution": models.stage_resolution(stage),
+        "resolution": stages.stage_resolution(stage),
         # alpha is an input of the step, so the fade and the stabilization run one program
         "phases": ["fade", "stabilize"] if fading else ["stabilize"],
         "target": target.name,
@@ -294,7 +303,7 @@ def _finite(value: float) -> float | None:
 
 def planned_stages(config: ml_collections.ConfigDict) -> list[int]:
     stages = config.plan.stages
-    return list(range(models.num_stages(config.model.resolution))) if stages is None else stages
+    return list(range(stages.num_stages(config.model.resolution))) if stages is None else stages
 
 
 def plan(config: ml_collections.ConfigDict) -> Iterator[dict]:
@@ -372,12 +381,12 @@ def resolve_batch_sizes(config: ml_collections.ConfigDict) -> ml_collections.Con
     devices = len(target.devices)
     candidates = auto_candidates(config)
     chosen = []
-    for stage in range(models.num_stages(config.model.resolution)):
+    for stage in range(stages.num_stages(config.model.resolution)):
         fitting = largest_fitting(
             functools.partial(compile_step, config, target, stage), candidates, budget
         )
         if fitting is None:
-            res = models.stage_resolution(stage)
+            res = stages.stage_resolution(stage)
             raise PlanError(
                 f"config.schedule.batch_sizes: no batch of stage {stage} ({res}x{res}) fits "
                 f"{budget / 1e9:.2f} GB per device; use fewer feature maps or bfloat16."

@@ -18,7 +18,7 @@ from etils import epath
 from jax.sharding import Mesh
 from PIL import Image
 
-from progan_jax import interrupt, models, parallel, paths, reporting
+from progan_jax import interrupt, parallel, paths, reporting, stages
 from progan_jax.data import sources
 from progan_jax.gan import GAN, Params
 
@@ -73,7 +73,7 @@ def generate(
     """The images of latents `z` (the same on every process), in order, split over all devices:
     each device generates only those of its own slice (padding makes the slices equal)."""
     mesh = parallel.make_mesh()
-    resolution = models.stage_resolution(stage)
+    resolution = stages.stage_resolution(stage)
     rows, group = _device_layout(len(z), mesh.size, generation_group(resolution))
     latents = parallel.shard_rows(np.asarray(z, np.float32), mesh, rows * mesh.size)
     shared = jax.device_put((params, np.float32(alpha)), parallel.replicated(mesh))
@@ -86,7 +86,7 @@ def generate_images(
 ) -> np.ndarray:
     """`generate`'s images as a NumPy array on every process: float32 in [-1, 1], or uint8.
     Minibatches of `generation_group` images per device bound the devices' memory."""
-    minibatch = generation_group(models.stage_resolution(stage)) * jax.device_count()
+    minibatch = generation_group(stages.stage_resolution(stage)) * jax.device_count()
     parts = [
         generate(gan, params, z[i : i + minibatch], stage, alpha, dtype).host()
         for i in range(0, len(z), minibatch)
@@ -147,7 +147,7 @@ class GeneratorSnapshot:
 
     @property
     def resolution(self) -> int:
-        return models.stage_resolution(self.stage)
+        return stages.stage_resolution(self.stage)
 
     def minibatch(self, block: int) -> int:
         """Images per minibatch of a stream whose latents come in blocks of `block`: whole

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from progan_jax import models
+from progan_jax import stages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +37,7 @@ def phase_lengths(config: ml_collections.ConfigDict, stage: int) -> tuple[int, i
 
 def phases(config: ml_collections.ConfigDict) -> list[Phase]:
     """Every phase of the run, in order; zero-length fades are left out."""
-    last = models.num_stages(config.model.resolution) - 1
+    last = stages.num_stages(config.model.resolution) - 1
     final = config.schedule.final_stabilize_images
     result, shown = [], 0
     for stage in range(last + 1):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from progan_jax import models, schedule
+from progan_jax import models, schedule, stages
 from progan_jax.gan import GAN, create_train_state
 from progan_jax.layers import count_params
 
@@ -64,7 +64,7 @@ def summarize(config: ml_collections.ConfigDict) -> Iterator[str]:
     gan = GAN.from_config(config)
     shapes = jax.eval_shape(lambda: create_train_state(gan, jax.random.key(0)))
     stage = gan.generator.num_stages - 1
-    res = models.stage_resolution(stage)
+    res = stages.stage_resolution(stage)
     latents = jax.ShapeDtypeStruct((1, gan.latent_size), jnp.float32)
     images = jax.ShapeDtypeStruct((1, res, res, config.model.num_channels), jnp.float32)
     totals = {}

@@ -23,7 +23,6 @@ from progan_jax import (
     config_checks,
     interrupt,
     lease,
-    models,
     parallel,
     paths,
     plan,
@@ -31,17 +30,19 @@ from progan_jax import (
     reporting,
     sampling,
     schedule,
+    stages,
     train_step,
 )
 from progan_jax import gan as gan_lib
 from progan_jax.checkpointing import Progress
 from progan_jax.data import input_pipeline
+from progan_jax.errors import UserError
 from progan_jax.gan import TrainState
 from progan_jax.metrics import generator_swd
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(UserError, RuntimeError):
+    """The losses went non-finite; the message says which checkpoint is intact."""
 
 
 class _Decisions:
@@ -229,7 +230,7 @@ class Trainer:
         scalars.update(
             alpha=alpha,
             stage=phase.stage,
-            resolution=models.stage_resolution(phase.stage),
+            resolution=stages.stage_resolution(phase.stage),
             batch_size=schedule.batch_size(self.config, phase.stage),
             learning_rate=schedule.learning_rate(self.config, phase.stage),
             kimg=progress.images_shown / 1000,
@@ -277,7 +278,7 @@ class Trainer:
                         progress = dataclasses.replace(progress, phase_index=phase.index)
                     if phase.stage != stage:  # a new pipeline and step, nothing else
                         stage, batch = phase.stage, schedule.batch_size(config, phase.stage)
-                        res = models.stage_resolution(stage)
+                        res = stages.stage_resolution(stage)
                         logging.info("Stage %d: %dx%d, batch %d.", stage, res, res, batch)
                         local = input_pipeline.stage_batches(
                             config, stage, progress.images_shown, batch
@@ -350,7 +351,7 @@ def _scalar(value):
     return value if isinstance(value, int | float | str | bool) else str(value)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or resumes) the run in `workdir`; SIGTERM stops it at the next safe point."""
     with interrupt.sigterm_requests_stop():
         return Trainer(config, workdir).run()

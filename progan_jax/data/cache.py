@@ -35,7 +35,7 @@ from typing import BinaryIO
 import numpy as np
 
 from progan_jax import interrupt, reporting
-from progan_jax.data.errors import DataSetMissingError
+from progan_jax.errors import DataSetMissingError
 
 CHUNK_BYTES = 256 << 20  # images committed at a time while building a cache (~5,500 at 128x128)
 # A source where more than this share of the files cannot be decoded is an error, not a run on

@@ -34,8 +34,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from progan_jax import agreement, interrupt, models, parallel
+from progan_jax import agreement, interrupt, parallel, stages
 from progan_jax.data import cache, sources
+from progan_jax.errors import UserError
 
 # Bytes of base images box-filtered at a time: small groups keep the float32 sums in the CPU's
 # caches (and out of freshly mapped memory), ~3x faster than a commit's chunk (~256 MB) at once.
@@ -77,7 +78,7 @@ def prepare_all_stages(config: ml_collections.ConfigDict, first_stage: int = 0) 
     calls it with the same stages (see `stage_images`: one collective per stage).
     """
     model = config.model
-    for stage in range(first_stage, models.num_stages(model.resolution)):
+    for stage in range(first_stage, stages.num_stages(model.resolution)):
         stage_images(config.data, model.resolution, model.num_channels, stage)
 
 
@@ -90,7 +91,7 @@ def _cached_stage(
 ) -> np.ndarray:
     """The shard's images box-filtered to the stage's resolution, built once (resumably)."""
     base = sources.load_images(data, resolution, channels, shard).images
-    res = models.stage_resolution(stage)
+    res = stages.stage_resolution(stage)
     if res == resolution:
         return base
     chunk = cache.chunk_items(base.shape[1:])
@@ -111,7 +112,7 @@ def _cached_stage(
     return images
 
 
-class DataPreparationError(RuntimeError):
+class DataPreparationError(UserError, RuntimeError):
     """The processes of a run see different data sets, or another process failed to prepare."""
 
 

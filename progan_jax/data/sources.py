@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from progan_jax.data import cache, decode, synthetic
-from progan_jax.data.errors import DataSetMissingError
+from progan_jax.errors import DataSetMissingError
 
 CELEBA_CROP_CENTER = (121, 89)  # (row, column) of the official 128x128 crop, dataset_tool.py
 CELEBA_CROP = 128

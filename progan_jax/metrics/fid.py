@@ -25,6 +25,7 @@ from scipy import linalg
 
 from progan_jax import parallel, paths
 from progan_jax.data import input_pipeline, sources
+from progan_jax.errors import MissingFileError
 from progan_jax.metrics import generator_swd, inception
 
 HOW_TO_GET_WEIGHTS = (
@@ -49,7 +50,7 @@ def load_weights(path: str | os.PathLike) -> dict:
     """The .npz written by the converter as the Flax parameter tree."""
     path = paths.resolve(path)
     if not path.exists():
-        raise FileNotFoundError(f"No Inception weights at {path}. {HOW_TO_GET_WEIGHTS}")
+        raise MissingFileError(f"No Inception weights at {path}. {HOW_TO_GET_WEIGHTS}")
     tree: dict = {}
     with _load_npz(path) as archive:
         for key in archive.files:
@@ -150,7 +151,7 @@ def _save_statistics(path: epath.Path, mu: np.ndarray, sigma: np.ndarray) -> Non
 def evaluate_fid(config: ml_collections.ConfigDict, generator, reals: np.ndarray) -> dict:
     ev = config.eval
     if not ev.fid_weights:
-        raise FileNotFoundError(f"eval.fid_weights is not set. {HOW_TO_GET_WEIGHTS}")
+        raise MissingFileError(f"eval.fid_weights is not set. {HOW_TO_GET_WEIGHTS}")
     params = load_weights(ev.fid_weights)
     count = min(ev.fid_images, len(reals))
     path = _reference_path(config, generator.resolution, count)
