@@ -10,15 +10,12 @@ process alone (preparing data, taking the workdir's lease) ends the same way on 
 import hashlib
 import json
 import logging
-from collections.abc import Callable
 from typing import TypeVar
 
 import jax
 import ml_collections
-import numpy as np
-from jax.experimental import multihost_utils
 
-from progan_jax import interrupt
+from progan_jax import collectives
 from progan_jax.errors import ConfigError
 
 T = TypeVar("T")
@@ -81,15 +78,6 @@ def check_resume(saved_config_json: str, config: ml_collections.ConfigDict) -> l
     return changes
 
 
-def _allgather_bytes(data: bytes) -> list[bytes]:
-    """Every process's `data` (of any length), in process order."""
-    lengths = multihost_utils.process_allgather(np.int64(len(data)))
-    padded = np.zeros(int(np.max(lengths)), np.uint8)
-    padded[: len(data)] = np.frombuffer(data, np.uint8)
-    gathered = np.asarray(multihost_utils.process_allgather(padded))
-    return [bytes(row[:n]) for row, n in zip(gathered, np.asarray(lengths), strict=True)]
-
-
 def check_processes_agree(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError on every process if any process resolved another config.
 
@@ -100,10 +88,10 @@ def check_processes_agree(config: ml_collections.ConfigDict) -> None:
         return
     text = json.dumps(config_fields(config), sort_keys=True)
     digest = hashlib.sha256(text.encode()).digest()
-    digests = _allgather_bytes(digest)
+    digests = collectives.allgather_bytes(digest)
     if len(set(digests)) == 1:
         return
-    fields = [json.loads(t) for t in _allgather_bytes(text.encode())]
+    fields = [json.loads(t) for t in collectives.allgather_bytes(text.encode())]
     report, first = [], None
     for index, other in enumerate(fields[1:], start=1):
         names = differing_fields(fields[0], other)
@@ -116,35 +104,3 @@ def check_processes_agree(config: ml_collections.ConfigDict) -> None:
         + "; ".join(report)
         + ". Run the same checkout and command line on every host."
     )
-
-
-_OK, _INTERRUPTED, _FAILED = 0, 1, 2
-
-
-def together(what: str, error: type[Exception], work: Callable[[], T]) -> T:
-    """Runs `work` here and stops every process if it failed or was interrupted anywhere.
-
-    A process that failed alone would leave the others waiting in the next collective until the
-    runtime's heartbeat timeout, and a SIGTERM would no longer mean a clean exit 0. So the
-    processes exchange how their `work` ended (one all-gather, which is also a barrier) and all
-    stop the same way: `Interrupted` if any was, else the failed processes with their own error
-    and the others with `error`, naming `what` failed where.
-    """
-    if jax.process_count() == 1:
-        return work()
-    result, status, failure = None, _OK, None
-    try:
-        result = work()
-    except interrupt.Interrupted as stopped:
-        status, failure = _INTERRUPTED, stopped
-    except Exception as raised:
-        status, failure = _FAILED, raised
-    statuses = np.asarray(multihost_utils.process_allgather(np.int32(status)))
-    if failure is not None:
-        raise failure
-    if (statuses == _INTERRUPTED).any():
-        raise interrupt.Interrupted(f"SIGTERM on another process during {what}: stopped.")
-    if (statuses == _FAILED).any():
-        failed = ", ".join(str(i) for i in np.flatnonzero(statuses == _FAILED))
-        raise error(f"{what.capitalize()} failed on process(es) {failed}; their logs say why.")
-    return result

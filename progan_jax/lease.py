@@ -41,7 +41,7 @@ import jax
 import ml_collections
 from etils import epath
 
-from progan_jax import agreement, paths
+from progan_jax import collectives, paths
 from progan_jax.errors import UserError
 
 FILE = "lease.json"
@@ -289,6 +289,6 @@ def hold(workdir: epath.Path, config: ml_collections.ConfigDict) -> Lease | None
         stale_after_seconds=config.stale_after_seconds,
     )
     first = jax.process_index() == 0
-    return agreement.together(
+    return collectives.together(
         "taking the workdir's lease", LeaseError, take if first else lambda: None
     )

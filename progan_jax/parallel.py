@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from progan_jax import collectives
 
 DATA_AXIS = "data"
 
@@ -78,7 +79,7 @@ class Rows:
         processes' devices where the mesh spans them)."""
         if self.array.is_fully_addressable:
             return np.asarray(self.array)[start : self.count]
-        return multihost_utils.process_allgather(self.array[start : self.count], tiled=True)
+        return collectives.gather_rows(self.array[start : self.count])
 
 
 def shard_rows(rows: np.ndarray, mesh: Mesh, size: int | None = None) -> Rows:

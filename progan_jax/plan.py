@@ -26,10 +26,10 @@ from collections.abc import Callable, Iterator
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax.experimental import multihost_utils
 
 from progan_jax import (
     accelerators,
+    collectives,
     config_checks,
     conv,
     errors,
@@ -400,8 +400,7 @@ def resolve_batch_sizes(config: ml_collections.ConfigDict) -> ml_collections.Con
             fitting.peak_bytes / 1e9,
             budget / 1e9,
         )
-    if jax.process_count() > 1:
-        chosen = [int(b) for b in multihost_utils.broadcast_one_to_all(jnp.asarray(chosen))]
+    chosen = collectives.from_process_0(chosen)
     resolved = config.copy_and_resolve_references()
     with resolved.unlocked():
         resolved.schedule.batch_sizes = tuple(chosen)

@@ -15,11 +15,11 @@ import jax
 import ml_collections
 import numpy as np
 from clu import metric_writers, parameter_overview
-from jax.experimental import multihost_utils
 
 from progan_jax import (
     agreement,
     checkpointing,
+    collectives,
     config_checks,
     interrupt,
     lease,
@@ -70,8 +70,7 @@ class _Decisions:
         due = self.every_s > 0 and time.monotonic() - self.last_save > self.every_s
         lost = self.held is not None and self.held.lost.is_set()
         flags = np.array([interrupt.requested(), due and jax.process_index() == 0, lost], np.int32)
-        if several:
-            flags = np.max(multihost_utils.process_allgather(flags), axis=0)
+        flags = collectives.any_process(flags)
         if flags[2]:
             raise lease.LeaseError(
                 "Another run took this workdir's lease over (see the error above): stopped "

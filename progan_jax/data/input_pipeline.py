@@ -31,10 +31,9 @@ from collections.abc import Iterator
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from progan_jax import agreement, interrupt, parallel, stages
+from progan_jax import collectives, interrupt, parallel, stages
 from progan_jax.data import cache, sources
 from progan_jax.errors import UserError
 
@@ -62,7 +61,7 @@ def stage_images(
     """
     shard = process_shard(data)
     prepare = functools.partial(_cached_stage, data, resolution, channels, stage, shard)
-    together = functools.partial(agreement.together, "data preparation", DataPreparationError)
+    together = functools.partial(collectives.together, "data preparation", DataPreparationError)
     if data.shared_cache and shard == sources.WHOLE and jax.process_count() > 1:
         together(prepare if jax.process_index() == 0 else lambda: None)  # 0 builds, all wait
     return together(prepare)  # builds this process's cache, or reads what process 0 built
@@ -123,7 +122,7 @@ def agreed_count(count: int, shard: sources.Shard) -> int:
     data (another folder, another TFDS version): an error that names them. With shards, the
     sum.
     """
-    counts = _process_counts(count)
+    counts = collectives.process_values(count)
     if shard != sources.WHOLE:
         return sum(counts)
     if len(set(counts)) > 1:
@@ -142,14 +141,7 @@ def smallest_share(count: int) -> int:
     images: the generator runs on the global mesh, and programs of different shapes on
     different processes would wait for each other for ever.
     """
-    return min(_process_counts(count))
-
-
-def _process_counts(count: int) -> list[int]:
-    """Every process's `count`, in process order."""
-    if jax.process_count() == 1:
-        return [count]
-    return [int(c) for c in multihost_utils.process_allgather(np.int32(count))]
+    return min(collectives.process_values(count))
 
 
 def image_batches(images: np.ndarray, indices: np.ndarray, batch: int) -> Iterator[np.ndarray]:
