@@ -98,7 +98,7 @@ def _final_generator(workdir: pathlib.Path):
         state, progress = checkpointer.restore(state)
     finally:
         checkpointer.close()
-    return jax.tree.map(np.asarray, state.g_ema_params), progress
+    return jax.tree.map(np.asarray, state.generator_ema_params), progress
 
 
 def resume_line(scratch: pathlib.Path) -> dict:

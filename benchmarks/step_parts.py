@@ -73,15 +73,16 @@ def main() -> None:
         return gan.critic_fn(p, stage, alpha)(x)
 
     parts = [
-        ("generator_forward", lambda p, z: gan.generate(p, z, stage, alpha), state.g_params, z),
-        ("critic_forward", critic, state.d_params, reals),
+        ("generator_forward", lambda p, z: gan.generate(p, z, stage, alpha),
+         state.generator_params, z),
+        ("critic_forward", critic, state.critic_params, reals),
         ("critic_input_grad", lambda p, x: jax.grad(lambda x: critic(p, x).sum())(x),
-         state.d_params, reals),
+         state.critic_params, reals),
         ("critic_update_grads",
-         lambda s, x: train_step.critic_grads(gan, s, x, key, stage, alpha), state, reals),
+         lambda s, x: train_step.critic_gradients(gan, s, x, key, stage, alpha), state, reals),
         ("generator_update_grads",
-         lambda g, d: train_step.generator_grads(gan, g, d, key, args.batch, stage, alpha),
-         state.g_params, state.d_params),
+         lambda g, d: train_step.generator_gradients(gan, g, d, key, args.batch, stage, alpha),
+         state.generator_params, state.critic_params),
         ("step", lambda s, b: train_step.train_step(gan, s, b, shown, schedule=plan),
          state, batch),
     ]  # fmt: skip

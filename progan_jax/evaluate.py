@@ -28,7 +28,7 @@ def load_generator(
     gan, state = gan_lib.initialize(config, parallel.make_mesh())
     last_stage = stages.num_stages(config.model.resolution) - 1
     if images_shown == 0:
-        return sampling.GeneratorSnapshot(gan, state.g_ema_params, last_stage, 1.0, 0)
+        return sampling.GeneratorSnapshot(gan, state.generator_ema_params, last_stage, 1.0, 0)
     checkpointer = checkpointing.Checkpointer(workdir)
     try:
         restored = checkpointer.restore(state, images_shown)
@@ -43,7 +43,7 @@ def load_generator(
             progress, stage=phase.stage, alpha=schedule.alpha(phase, progress.images_shown)
         )
     return sampling.GeneratorSnapshot(
-        gan, state.g_ema_params, progress.stage, progress.alpha, progress.images_shown
+        gan, state.generator_ema_params, progress.stage, progress.alpha, progress.images_shown
     )
 
 

@@ -20,11 +20,11 @@ Params = Any
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array  # train steps taken (int32)
-    g_params: Params
-    d_params: Params
-    g_ema_params: Params
-    g_opt_state: optax.OptState
-    d_opt_state: optax.OptState
+    generator_params: Params
+    critic_params: Params
+    generator_ema_params: Params
+    generator_opt_state: optax.OptState
+    critic_opt_state: optax.OptState
     rng: jax.Array  # typed PRNG key, split once per step
 
 
@@ -69,11 +69,11 @@ class GAN:
     def sample_latents(self, key: jax.Array, n: int) -> jax.Array:
         return jax.random.normal(key, (n, self.latent_size), jnp.float32)
 
-    def generate(self, g_params: Params, z: jax.Array, stage: int, alpha) -> jax.Array:
+    def generate(self, generator_params: Params, z: jax.Array, stage: int, alpha) -> jax.Array:
         def apply(params, z, alpha):
             return self.generator.apply({"params": params}, z, stage=stage, alpha=alpha)
 
-        return self._maybe_remat(apply)(g_params, z, alpha)
+        return self._maybe_remat(apply)(generator_params, z, alpha)
 
     def gp_norm_scale(self, stage: int) -> float:
         """Factor on the critic's input-gradient norm inside the penalty at `stage`.
@@ -90,11 +90,11 @@ class GAN:
             return 1.0
         return 2.0 ** (stage - (self.generator.num_stages - 1))
 
-    def critic_fn(self, d_params: Params, stage: int, alpha) -> losses.CriticFn:
+    def critic_fn(self, critic_params: Params, stage: int, alpha) -> losses.CriticFn:
         def apply(params, alpha, images):
             return self.critic.apply({"params": params}, images, stage=stage, alpha=alpha)
 
-        return functools.partial(self._maybe_remat(apply), d_params, alpha)
+        return functools.partial(self._maybe_remat(apply), critic_params, alpha)
 
 
 def create_train_state(
@@ -112,21 +112,24 @@ def create_train_state(
 
     @functools.partial(jax.jit, out_shardings=sharding)
     def init(key: jax.Array) -> TrainState:
-        g_key, d_key, rng = jax.random.split(key, 3)
-        g_key, d_key = (
-            jax.random.key(jax.random.bits(k, dtype=jnp.uint32), impl="rbg") for k in (g_key, d_key)
+        generator_key, critic_key, rng = jax.random.split(key, 3)
+        generator_key, critic_key = (
+            jax.random.key(jax.random.bits(k, dtype=jnp.uint32), impl="rbg")
+            for k in (generator_key, critic_key)
         )
         z = jnp.zeros((1, gan.latent_size), jnp.float32)
         image = jnp.zeros((1, res, res, gan.critic.num_channels), jnp.float32)
-        g_params = gan.generator.init(g_key, z, stage=last, alpha=1.0)["params"]
-        d_params = gan.critic.init(d_key, image, stage=last, alpha=1.0)["params"]
+        generator_params = gan.generator.init(generator_key, z, stage=last, alpha=1.0)["params"]
+        critic_params = gan.critic.init(critic_key, image, stage=last, alpha=1.0)["params"]
         return TrainState(
             step=jnp.zeros((), jnp.int32),
-            g_params=g_params,
-            d_params=d_params,
-            g_ema_params=jax.tree.map(jnp.copy, g_params),  # a copy: G's buffers get donated
-            g_opt_state=gan.optimizer.init(g_params),
-            d_opt_state=gan.optimizer.init(d_params),
+            generator_params=generator_params,
+            critic_params=critic_params,
+            generator_ema_params=jax.tree.map(
+                jnp.copy, generator_params
+            ),  # a copy: G's buffers get donated
+            generator_opt_state=gan.optimizer.init(generator_params),
+            critic_opt_state=gan.optimizer.init(critic_params),
             rng=rng,
         )
 
@@ -136,8 +139,8 @@ def create_train_state(
 def reset_optimizer_states(gan: GAN, state: TrainState) -> TrainState:
     """Fresh Adam moments for both networks, as the official code does at phase boundaries."""
     return state.replace(
-        g_opt_state=gan.optimizer.init(state.g_params),
-        d_opt_state=gan.optimizer.init(state.d_params),
+        generator_opt_state=gan.optimizer.init(state.generator_params),
+        critic_opt_state=gan.optimizer.init(state.critic_params),
     )
 
 

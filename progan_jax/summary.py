@@ -69,8 +69,8 @@ def summarize(config: ml_collections.ConfigDict) -> Iterator[str]:
     images = jax.ShapeDtypeStruct((1, res, res, config.model.num_channels), jnp.float32)
     totals = {}
     for title, module, params, inputs in [
-        ("Generator", gan.generator, shapes.g_params, latents),
-        ("Critic", gan.critic, shapes.d_params, images),
+        ("Generator", gan.generator, shapes.generator_params, latents),
+        ("Critic", gan.critic, shapes.critic_params, images),
     ]:
         totals[title] = count_params(params)
         yield from format_table(

@@ -169,7 +169,10 @@ class Trainer:
             (self.workdir / "config.json").write_text(self.config.to_json_best_effort(indent=2))
         hparams = agreement.config_fields(self.config)
         self.writer.write_hparams({k: _scalar(v) for k, v in hparams.items()})
-        for name, params in (("generator", state.g_params), ("critic", state.d_params)):
+        for name, params in (
+            ("generator", state.generator_params),
+            ("critic", state.critic_params),
+        ):
             logging.info(
                 "%s parameters:\n%s", name, parameter_overview.get_parameter_overview(params)
             )
@@ -193,7 +196,7 @@ class Trainer:
             return
         self._sampled_at = progress.images_shown
         images = sampling.generate_images(
-            self.gan, state.g_ema_params, self.latents, stage, alpha, np.uint8
+            self.gan, state.generator_ema_params, self.latents, stage, alpha, np.uint8
         )
         columns, resolution = self.config.logging.sample_grid, self.config.model.resolution
         preview = sampling.image_grid(images, columns, min(resolution, sampling.PREVIEW_TILE))
@@ -205,7 +208,7 @@ class Trainer:
 
     def write_swd(self, state: TrainState, progress: Progress, stage: int, alpha: float):
         generator = sampling.GeneratorSnapshot(
-            self.gan, state.g_ema_params, stage, alpha, progress.images_shown
+            self.gan, state.generator_ema_params, stage, alpha, progress.images_shown
         )
         results = self.periodic_swd(generator)
         if results is not None:

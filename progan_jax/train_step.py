@@ -60,17 +60,19 @@ def split_active(params: Params, stage: int) -> tuple[Params, Params]:
     return active, {k: v for k, v in params.items() if k not in active}
 
 
-def critic_grads(
+def critic_gradients(
     gan: GAN, state: TrainState, reals: jax.Array, key: jax.Array, stage: int, alpha
 ) -> tuple[Params, dict[str, jax.Array]]:
     """Gradient of the critic loss on one shard of (already faded) reals, for active modules."""
     z_key, mix_key = jax.random.split(key)
-    fakes = gan.generate(state.g_params, gan.sample_latents(z_key, reals.shape[0]), stage, alpha)
-    active, frozen = split_active(state.d_params, stage)
+    fakes = gan.generate(
+        state.generator_params, gan.sample_latents(z_key, reals.shape[0]), stage, alpha
+    )
+    active, frozen = split_active(state.critic_params, stage)
 
-    def loss_fn(d_active):
+    def loss_fn(critic_active):
         return losses.critic_loss(
-            gan.critic_fn({**frozen, **d_active}, stage, alpha),
+            gan.critic_fn({**frozen, **critic_active}, stage, alpha),
             reals,
             fakes,
             mix_key,
@@ -83,16 +85,22 @@ def critic_grads(
     return jax.grad(loss_fn, has_aux=True)(active)
 
 
-def generator_grads(
-    gan: GAN, g_params: Params, d_params: Params, key: jax.Array, n: int, stage: int, alpha
+def generator_gradients(
+    gan: GAN,
+    generator_params: Params,
+    critic_params: Params,
+    key: jax.Array,
+    n: int,
+    stage: int,
+    alpha,
 ) -> tuple[Params, jax.Array]:
     """Gradient of `-D(G(z))` for `n` fresh latents, for the active modules of G."""
     z = gan.sample_latents(key, n)
-    active, frozen = split_active(g_params, stage)
+    active, frozen = split_active(generator_params, stage)
 
-    def loss_fn(g_active):
-        fakes = gan.generate({**frozen, **g_active}, z, stage, alpha)
-        return losses.generator_loss(gan.critic_fn(d_params, stage, alpha), fakes)
+    def loss_fn(generator_active):
+        fakes = gan.generate({**frozen, **generator_active}, z, stage, alpha)
+        return losses.generator_loss(gan.critic_fn(critic_params, stage, alpha), fakes)
 
     loss, grads = jax.value_and_grad(loss_fn)(active)
     return grads, loss
@@ -153,25 +161,31 @@ def train_step(
     alpha = schedule.alpha(images_shown)
 
     reals = fade_reals(decode_reals(batch), stage, alpha)
-    d_grads, metrics = critic_grads(gan, state, reals, critic_key, stage, alpha)
-    d_params, d_opt_state = adam_update(gan, state.d_params, mean(d_grads), state.d_opt_state, lr)
-
-    g_grads, g_loss = generator_grads(
-        gan, state.g_params, d_params, generator_key, reals.shape[0], stage, alpha
+    critic_grads, metrics = critic_gradients(gan, state, reals, critic_key, stage, alpha)
+    critic_params, critic_opt_state = adam_update(
+        gan, state.critic_params, mean(critic_grads), state.critic_opt_state, lr
     )
-    g_params, g_opt_state = adam_update(gan, state.g_params, mean(g_grads), state.g_opt_state, lr)
-    g_ema_params = ema_update(gan, state.g_ema_params, g_params, g_grads.keys())
+
+    generator_grads, generator_loss = generator_gradients(
+        gan, state.generator_params, critic_params, generator_key, reals.shape[0], stage, alpha
+    )
+    generator_params, generator_opt_state = adam_update(
+        gan, state.generator_params, mean(generator_grads), state.generator_opt_state, lr
+    )
+    generator_ema_params = ema_update(
+        gan, state.generator_ema_params, generator_params, generator_grads.keys()
+    )
 
     new_state = TrainState(
         step=state.step + 1,
-        g_params=g_params,
-        d_params=d_params,
-        g_ema_params=g_ema_params,
-        g_opt_state=g_opt_state,
-        d_opt_state=d_opt_state,
+        generator_params=generator_params,
+        critic_params=critic_params,
+        generator_ema_params=generator_ema_params,
+        generator_opt_state=generator_opt_state,
+        critic_opt_state=critic_opt_state,
         rng=next_rng,
     )
-    return new_state, {**mean({**metrics, "generator_loss": g_loss}), "alpha": alpha}
+    return new_state, {**mean({**metrics, "generator_loss": generator_loss}), "alpha": alpha}
 
 
 def make_train_step(gan: GAN, mesh: Mesh, schedule: StageSchedule):
