@@ -4,9 +4,9 @@
     python benchmarks/eval_memory.py --cases=ms_ssim:2000,ms_ssim:20000
 
 Each case runs `evaluate.evaluate` (the `--mode=evaluate` path) on an untrained generator
-(`eval.checkpoint=0`) of a narrow 256x256 network built from configs/tiny.py, in a fresh process
-so that peak RSS (`ru_maxrss`) belongs to that case alone, and prints one JSON line: seconds of
-the `evaluate` call (compilation included), the process's peak RSS, and the metrics. Case names:
+(`eval.checkpoint_images_shown=0`) of a narrow 256x256 network built from configs/tiny.py, in
+a fresh process so that peak RSS (`ru_maxrss`) belongs to that case alone, and prints one JSON
+line: seconds of the `evaluate` call (compilation included), the process's peak RSS, and the metrics. Case names:
 
     ms_ssim:N            eval.metrics=(ms_ssim,), eval.ms_ssim_images=N
     swd:N                eval.metrics=(swd,), eval.swd_images=N, with the noise floor
@@ -62,7 +62,7 @@ def make_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     config.schedule.batch_sizes = (8,) * count
     config.data.synthetic_size = args.synthetic_size
     config.data.cache_dir = args.cache_dir
-    config.eval.checkpoint = 0
+    config.eval.checkpoint_images_shown = 0
     config.eval.batch_size = args.batch_size
     config.eval.noise_floor = True
     config_checks.validate(config, devices=1)

@@ -117,10 +117,10 @@ def train_progan_jax(args: argparse.Namespace, workdir: pathlib.Path) -> dict:
 
 
 def progan_jax_images(args: argparse.Namespace, workdir: pathlib.Path, count: int) -> np.ndarray:
-    from progan_jax import evaluate
+    from progan_jax import checkpointing
 
     config = folder_config(args.train, args.cache)  # the overrides keep the networks' shapes
-    generator = evaluate.load_generator(config, str(workdir), None)
+    generator = checkpointing.load_generator(config, str(workdir), None)
     if generator.resolution != RESOLUTION or generator.alpha != 1.0:
         raise RuntimeError(
             f"the budget ended at stage {generator.stage}, alpha {generator.alpha:.2f}, before "

@@ -148,7 +148,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.eval = ml_collections.ConfigDict(
         dict(
-            checkpoint=config_dict.placeholder(int),  # images shown (None: latest; 0: untrained)
+            checkpoint_images_shown=config_dict.placeholder(
+                int
+            ),  # the checkpoint (None: latest; 0: untrained)
             metrics=("swd", "ms_ssim"),  # add "fid" once eval.fid_weights is set
             # Latents, SWD centres and reals are drawn in blocks of this many images; a
             # minibatch on the devices is whole blocks (sampling.GeneratorSnapshot.minibatch).
@@ -167,7 +169,7 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.generate = ml_collections.ConfigDict(
         dict(
-            checkpoint=config_dict.placeholder(int),  # images shown (None: latest)
+            checkpoint_images_shown=config_dict.placeholder(int),  # the checkpoint (None: latest)
             seed=0,
             num_images=64,  # single PNGs
             grid=8,  # grid.png of grid x grid images
@@ -181,7 +183,7 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.export = ml_collections.ConfigDict(
         dict(
-            checkpoint=config_dict.placeholder(int),  # images shown (None: latest)
+            checkpoint_images_shown=config_dict.placeholder(int),  # the checkpoint (None: latest)
             platforms=("cpu", "cuda"),  # where the SavedModel can run: cpu, cuda, rocm, tpu
             output=config_dict.placeholder(str),  # None: <workdir>/export/<images shown>
         )

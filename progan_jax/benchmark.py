@@ -83,7 +83,7 @@ def random_batch(
 
 def benchmark_schedule(config: ml_collections.ConfigDict, stage: int) -> schedule.StageSchedule:
     """The stage's step at `benchmark.batch_size` (if set) instead of the schedule's batch."""
-    return schedule.stage_schedule(config, stage, config.benchmark.batch_size)
+    return schedule.Schedule.from_config(config).stage_schedule(stage, config.benchmark.batch_size)
 
 
 def mid_fade(plan: schedule.StageSchedule, alpha: float) -> int:
@@ -154,8 +154,9 @@ def benchmark_input(config: ml_collections.ConfigDict) -> Iterator[dict]:
     """Images/s of this process's input stream per stage (uint8 batches with their mirror
     flags, as they leave the host), after the one-off decode and box-filter (prepare_s)."""
     model, bench = config.model, config.benchmark
+    run_schedule = schedule.Schedule.from_config(config)
     for stage in benchmark_stages(config):
-        batch = bench.batch_size or schedule.batch_size(config, stage)
+        batch = bench.batch_size or run_schedule.batch_size(stage)
         start = time.perf_counter()
         input_pipeline.stage_images(config.data, model.resolution, model.num_channels, stage)
         prepare_s = time.perf_counter() - start

@@ -66,7 +66,7 @@ def _check_batch_sizes(config, stages: int, devices: int, processes: int) -> Non
         "a positive int",
     )
     for stage in range(stages):
-        batch = schedule.batch_size(config, stage)
+        batch = config.schedule.batch_sizes[stage]
         if batch % devices:
             _fail(
                 "schedule.batch_sizes",
@@ -157,10 +157,11 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
         )
     if sched.final_stabilize_images is not None and sched.final_stabilize_images < 0:
         _fail("schedule.final_stabilize_images", "must be >= 0")
-    if schedule.total_images(config) >= 2**31:
+    total = schedule.Schedule.from_config(config).total_images
+    if total >= 2**31:
         _fail(
             "schedule",
-            f"{schedule.total_images(config)} images in all; the step counts images shown in "
+            f"{total} images in all; the step counts images shown in "
             "int32, so a run may show at most 2**31 - 1",
         )
     if not 0.0 <= config.ema_decay < 1.0:

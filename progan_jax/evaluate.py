@@ -1,55 +1,26 @@
 """Metrics of a checkpoint's EMA generator against the configured data.
 
     python main.py --config configs/demo.py --mode=evaluate                       # latest
-    python main.py --config configs/demo.py --mode=evaluate --config.eval.checkpoint=0  # untrained
+    python main.py --config configs/demo.py --mode=evaluate \
+        --config.eval.checkpoint_images_shown=0  # the untrained generator
 
 SWD (with the real-vs-real noise floor), MS-SSIM between consecutive generated pairs and, with
 Inception weights configured, FID. Results go to stdout (one JSON line) and to TensorBoard.
 """
 
-import dataclasses
 import logging
 
 import jax
 import ml_collections
 
-from progan_jax import checkpointing, parallel, sampling, schedule, stages
-from progan_jax import gan as gan_lib
+from progan_jax import checkpointing
 from progan_jax.data import input_pipeline
-from progan_jax.errors import MissingFileError
 from progan_jax.metrics import generator_swd, ms_ssim, swd
-
-
-def load_generator(
-    config: ml_collections.ConfigDict, workdir: str, images_shown: int | None
-) -> sampling.GeneratorSnapshot:
-    """G_ema of the latest checkpoint, of the one at `images_shown`, or (0) the untrained G at
-    the final stage."""
-    gan, state = gan_lib.initialize(config, parallel.make_mesh())
-    last_stage = stages.num_stages(config.model.resolution) - 1
-    if images_shown == 0:
-        return sampling.GeneratorSnapshot(gan, state.generator_ema_params, last_stage, 1.0, 0)
-    checkpointer = checkpointing.Checkpointer(workdir)
-    try:
-        restored = checkpointer.restore(state, images_shown)
-    finally:
-        checkpointer.close()
-    if restored is None:
-        raise MissingFileError(f"No checkpoint in {workdir}/checkpoints; train first.")
-    state, progress = restored
-    if progress.alpha is None:  # a checkpoint from before progress kept stage and alpha
-        phase = schedule.phases(config)[progress.phase_index]  # of the last step taken
-        progress = dataclasses.replace(
-            progress, stage=phase.stage, alpha=schedule.alpha(phase, progress.images_shown)
-        )
-    return sampling.GeneratorSnapshot(
-        gan, state.generator_ema_params, progress.stage, progress.alpha, progress.images_shown
-    )
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ev = config.eval
-    generator = load_generator(config, workdir, ev.checkpoint)
+    generator = checkpointing.load_generator(config, workdir, ev.checkpoint_images_shown)
     res = generator.resolution
     data = config.data
     reals = input_pipeline.stage_images(

@@ -1,8 +1,9 @@
 """Images from a checkpoint's EMA generator: a grid, single PNGs and a latent walk.
 
     python main.py --config configs/demo.py --mode=generate
-    python main.py --config configs/demo.py --mode=generate --config.generate.checkpoint=30016 \
-        --config.generate.seed=7 --config.generate.truncation=1.5
+    python main.py --config configs/demo.py --mode=generate \
+        --config.generate.checkpoint_images_shown=30016 --config.generate.seed=7 \
+        --config.generate.truncation=1.5
 
 Writes under <workdir>/generated/<images shown>/: grid.png, images/<seed>_<i>.png and
 interpolation.gif (a grid of walks through latent space along great circles, as the latents
@@ -15,7 +16,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from progan_jax import evaluate, paths, sampling
+from progan_jax import checkpointing, paths, sampling
 
 
 def latents(gan, seed: int, count: int, truncation: float | None) -> jax.Array:
@@ -66,7 +67,7 @@ def write_generated(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=generate. Every process generates (the generator runs over all devices); only
     process 0 writes the files, so processes never write the same paths."""
     gen = config.generate
-    generator = evaluate.load_generator(config, workdir, gen.checkpoint)
+    generator = checkpointing.load_generator(config, workdir, gen.checkpoint_images_shown)
     gan = generator.gan
     out = paths.resolve(gen.output or f"{workdir}/generated/{generator.images_shown}")
     z = latents(gan, gen.seed, gen.num_images, gen.truncation)

@@ -163,7 +163,9 @@ def compile_step(
     """Compiles `stage`'s train step for `target` at `per_device_batch` images per device."""
     gan = target_gan(config, target)
     mesh = parallel.make_mesh(target.devices)
-    plan = schedule.stage_schedule(config, stage, per_device_batch * len(target.devices))
+    plan = schedule.Schedule.from_config(config).stage_schedule(
+        stage, per_device_batch * len(target.devices)
+    )
     res = stages.stage_resolution(stage)
     args = (
         _abstract(_state_shapes(gan), parallel.replicated(mesh)),
@@ -250,7 +252,7 @@ def stage_report(
     """The JSON line of one stage's plan."""
     devices = len(target.devices)
     budget = memory_budget(config, target)
-    fading = any(p.fading for p in schedule.phases(config) if p.stage == stage)
+    fading = schedule.Schedule.from_config(config).fades_in(stage)
     line = {
         "stage": stage,
         "resolution": stages.stage_resolution(stage),
@@ -327,7 +329,7 @@ def plan(config: ml_collections.ConfigDict) -> Iterator[dict]:
             candidates = auto_candidates(config)
             compiled = largest_fitting(compile_at, candidates, budget) or compile_at(candidates[0])
         else:
-            compiled = compile_at(schedule.batch_size(config, stage) // devices)
+            compiled = compile_at(config.schedule.batch_sizes[stage] // devices)
         line = stage_report(config, target, stage, compiled)
         yield line
         if line.get("fits") is False:

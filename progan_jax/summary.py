@@ -80,6 +80,8 @@ def summarize(config: ml_collections.ConfigDict) -> Iterator[str]:
         {
             "generator_params": totals["Generator"],
             "critic_params": totals["Critic"],
-            "total_images": schedule.total_images(config),  # the run's length, all phases
+            "total_images": schedule.Schedule.from_config(
+                config
+            ).total_images,  # the run's length, all phases
         }
     )
