@@ -6,7 +6,8 @@
 Each case runs `evaluate.evaluate` (the `--mode=evaluate` path) on an untrained generator
 (`eval.checkpoint_images_shown=0`) of a narrow 256x256 network built from configs/tiny.py, in
 a fresh process so that peak RSS (`ru_maxrss`) belongs to that case alone, and prints one JSON
-line: seconds of the `evaluate` call (compilation included), the process's peak RSS, and the metrics. Case names:
+line: seconds of the `evaluate` call (compilation included), the process's peak RSS, and the
+metrics. Case names:
 
     ms_ssim:N            eval.metrics=(ms_ssim,), eval.ms_ssim_images=N
     swd:N                eval.metrics=(swd,), eval.swd_images=N, with the noise floor
