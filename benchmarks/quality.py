@@ -126,7 +126,9 @@ def progan_jax_images(args: argparse.Namespace, workdir: pathlib.Path, count: in
             f"the budget ended at stage {generator.stage}, alpha {generator.alpha:.2f}, before "
             "32x32 was faded in: give more --minutes or shorten configs/short_budget.py's phases"
         )
-    return np.concatenate([rows.host() for rows in generator.batches(count, 256, seed=123)])
+    return np.concatenate(
+        [rows.host() for rows in generator.fake_minibatches(count, 256, seed=123)]
+    )
 
 
 # ---------------------------------------------------------------- the tutorial, in torch

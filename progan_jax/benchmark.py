@@ -160,7 +160,9 @@ def benchmark_input(config: ml_collections.ConfigDict) -> Iterator[dict]:
         start = time.perf_counter()
         input_pipeline.stage_images(config.data, model.resolution, model.num_channels, stage)
         prepare_s = time.perf_counter() - start
-        with contextlib.closing(input_pipeline.stage_batches(config, stage, 0, batch)) as stream:
+        with contextlib.closing(
+            input_pipeline.stage_train_batches(config, stage, 0, batch)
+        ) as stream:
             for _ in range(bench.warmup_steps):
                 next(stream)
             start = time.perf_counter()

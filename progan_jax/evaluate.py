@@ -13,7 +13,7 @@ import logging
 import jax
 import ml_collections
 
-from progan_jax import checkpointing
+from progan_jax import checkpointing, seeds
 from progan_jax.data import input_pipeline
 from progan_jax.metrics import generator_swd, ms_ssim, swd
 
@@ -48,7 +48,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         results.update(generator_swd.swd_with_noise_floor(config, generator, reals))
 
     if "ms_ssim" in metrics:
-        fakes = generator.batches(ev.ms_ssim_images, ev.batch_size, config.seed + 3)
+        fakes = generator.fake_minibatches(
+            ev.ms_ssim_images, ev.batch_size, seeds.seed_of(config.seed, seeds.Stream.MS_SSIM_FAKES)
+        )
         results["ms_ssim"] = ms_ssim.consecutive_pairs_ms_ssim(fakes)
 
     if "fid" in metrics:

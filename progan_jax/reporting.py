@@ -7,39 +7,16 @@ rate of their stage; a stage not reached yet borrows the latest measured rate, s
 pixel count (the work per image grows with the pixels).
 """
 
+import contextlib
 import logging
-import sys
 import time
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
 
-import jax
 import ml_collections
 import tqdm
 
-from progan_jax import models, schedule
-
-T = TypeVar("T")
+from progan_jax import models, schedule, tracking
 
 _BAR_FORMAT = "{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}{postfix}]"
-
-
-def _reports() -> bool:
-    return jax.process_index() == 0
-
-
-def _on_terminal() -> bool:
-    return sys.stderr.isatty()
-
-
-def format_duration(seconds: float) -> str:
-    """`1h02m`, `4m05s`, `12s`: a person's reading of a duration."""
-    seconds = max(round(seconds), 0)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 class Estimate:
@@ -69,7 +46,7 @@ class Estimate:
         if not measured:
             return None
         known = max(measured)
-        scale = (models.stage_resolution(known) / models.stage_resolution(stage)) ** 2
+        scale = (stages.stage_resolution(known) / stages.stage_resolution(stage)) ** 2
         return self.images[known] / self.seconds[known] * scale
 
     def seconds_left(self, images_shown: int) -> float | None:
@@ -88,26 +65,28 @@ class Estimate:
 class RunProgress:
     """The training loop's report: stage, phase, alpha, images shown of total, images/s, ETA.
 
-    On a terminal a tqdm bar redraws in place; elsewhere (a log file, a job scheduler) a plain
+    On a terminal a tqdm bar redraws in place, log records printed above it; elsewhere (a log file, a job scheduler) a plain
     line goes to the log every `every_s` seconds.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, every_s: float = 60):
         self.total = schedule.total_images(config)
-        self.enabled = _reports()
+        self.enabled = tracking.reports()
         self.estimate = Estimate(config)
         self.every_s = every_s
         self._logged = time.monotonic()
         self._bar: tqdm.tqdm | None = None
+        self._closing = contextlib.ExitStack()  # the bar, once shown
 
     def describe(self, images_shown: int, phase: schedule.Phase, alpha: float) -> str:
-        res = models.stage_resolution(phase.stage)
+        res = stages.stage_resolution(phase.stage)
         kind = "fade-in" if phase.fading else "stabilize"
         rate = self.estimate.rate(phase.stage)
         left = self.estimate.seconds_left(images_shown)
+        eta = "?" if left is None else tracking.format_duration(left)
         return (
             f"stage {phase.stage} ({res}x{res}) {kind} alpha {alpha:.2f} | "
-            f"{rate or 0:,.0f} images/s | ETA {'?' if left is None else format_duration(left)}"
+            f"{rate or 0:,.0f} images/s | ETA {eta}"
         )
 
     def update(self, images_shown: int, phase: schedule.Phase, alpha: float) -> None:
@@ -115,11 +94,12 @@ class RunProgress:
             return
         now = time.monotonic()
         self.estimate.update(images_shown, phase.stage, now)
-        if self._bar is None and _on_terminal():
-            self._bar = tqdm.tqdm(
+        if self._bar is None and tracking.on_terminal():
+            bar = tracking.terminal_bar(
                 total=self.total, initial=images_shown, unit="images", unit_scale=True,
-                bar_format=_BAR_FORMAT, dynamic_ncols=True, file=sys.stderr,
+                bar_format=_BAR_FORMAT, dynamic_ncols=True,
             )  # fmt: skip
+            self._bar = self._closing.enter_context(bar)
         if self._bar is not None:
             self._bar.update(images_shown - self._bar.n)
             self._bar.set_postfix_str(self.describe(images_shown, phase, alpha), refresh=False)
@@ -133,35 +113,4 @@ class RunProgress:
             )  # fmt: skip
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def track(
-    items: Iterable[T], total: int | None, description: str, done: int = 0, every_s: float = 30
-) -> Iterator[T]:
-    """`items`, reporting `description: N of total` while a long preparation consumes them (a
-    bar on a terminal, else a log line every `every_s` seconds; process 0 only). `done` items
-    were consumed before (a resumed build); `total` None: unknown. Closing this generator
-    closes `items` (a reader's worker threads stop with it)."""
-    iterator = iter(items)
-    try:
-        if not _reports():
-            yield from iterator
-        elif _on_terminal():
-            bar = tqdm.tqdm(iterator, total=total, initial=done, desc=description, leave=False)
-            yield from bar
-        else:
-            started = last = time.monotonic()
-            of = "" if total is None else f" of {total}"
-            for count, item in enumerate(iterator, done + 1):
-                yield item
-                now = time.monotonic()
-                if now - last >= every_s:
-                    last = now
-                    elapsed = format_duration(now - started)
-                    logging.info("%s: %d%s (%s)", description, count, of, elapsed)
-    finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
+        self._closing.close()

@@ -18,7 +18,7 @@ from etils import epath
 from jax.sharding import Mesh
 from PIL import Image
 
-from progan_jax import interrupt, parallel, paths, reporting, stages
+from progan_jax import interrupt, parallel, paths, reporting, seeds, stages
 from progan_jax.data import sources
 from progan_jax.gan import GAN, Params
 
@@ -33,7 +33,7 @@ PREVIEW_TILE = 256
 
 def fixed_latents(gan: GAN, seed: int, count: int) -> jax.Array:
     """The same `count` latents for a given seed, so grids are comparable across a run."""
-    return gan.sample_latents(jax.random.fold_in(jax.random.key(seed), 0x5A3), count)
+    return gan.sample_latents(jax.random.fold_in(jax.random.key(seed), seeds.SAMPLE_GRID), count)
 
 
 def generation_group(resolution: int) -> int:
@@ -155,17 +155,17 @@ class GeneratorSnapshot:
         per_step = generation_group(self.resolution) * jax.device_count()
         return block * max(1, per_step // block)
 
-    def batches(self, count: int, batch: int, seed: int) -> Iterator[parallel.Rows]:
+    def fake_minibatches(self, count: int, batch: int, seed: int) -> Iterator[parallel.Rows]:
         """`count` generated uint8 images in minibatches split over the devices (`generate`),
         from latents fixed by `seed` in blocks of `batch`: a block's latents depend on the seed
         and its first image only, so the images do not depend on the number of devices. A long
         run of them (a metric's thousands) reports its progress."""
         minibatch = self.minibatch(batch)
         what = f"generating {count} images at {self.resolution}x{self.resolution} (minibatches)"
-        batches = self._batches(count, batch, minibatch, seed)
+        batches = self._fake_minibatches(count, batch, minibatch, seed)
         return reporting.track(batches, -(-count // minibatch), what)
 
-    def _batches(
+    def _fake_minibatches(
         self, count: int, block: int, minibatch: int, seed: int
     ) -> Iterator[parallel.Rows]:
         key = jax.random.key(seed)

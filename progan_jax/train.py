@@ -128,7 +128,7 @@ class Trainer:
         self.writer = metric_writers.create_default_writer(
             str(self.workdir), just_logging=jax.process_index() != 0
         )
-        self.total = schedule.total_images(config)
+        self.schedule = schedule.Schedule.from_config(config)
         self.latents = sampling.fixed_latents(self.gan, config.seed, config.logging.sample_grid**2)
         self.reset_optimizers = jax.jit(
             functools.partial(gan_lib.reset_optimizer_states, self.gan),
@@ -137,7 +137,7 @@ class Trainer:
         )
         self.periodic_swd = generator_swd.PeriodicSWD(config)
         self.interval = _Interval()
-        self.report = reporting.RunProgress(config)
+        self.report = reporting.RunProgress(self.schedule)
         self.decisions = _Decisions(
             config.checkpoint.every_minutes, config.logging.log_every_steps, self.lease
         )
@@ -156,13 +156,10 @@ class Trainer:
         restored = self.checkpointer.restore(state)
         if restored is not None:
             state, progress = restored
-            logging.info(
-                "Resuming from %d images shown (step %d).", progress.images_shown, progress.steps
-            )
+            logging.info("Resuming from %d images shown.", progress.images_shown)
             return state, progress
-        first = schedule.phase_at(self.config, 0)
         self._describe_new_run(state)
-        return state, Progress(images_shown=0, phase_index=first.index, steps=0)
+        return state, Progress(images_shown=0, phase_index=self.schedule.phase_at(0).index)
 
     def _describe_new_run(self, state: TrainState) -> None:
         if jax.process_index() == 0:
@@ -185,7 +182,7 @@ class Trainer:
     def step_fn(self, stage: int):
         if stage not in self._steps:
             self._steps[stage] = train_step.make_train_step(
-                self.gan, self.mesh, schedule.stage_schedule(self.config, stage)
+                self.gan, self.mesh, self.schedule.stage_schedule(stage)
             )
         return self._steps[stage]
 
@@ -233,8 +230,8 @@ class Trainer:
             alpha=alpha,
             stage=phase.stage,
             resolution=stages.stage_resolution(phase.stage),
-            batch_size=schedule.batch_size(self.config, phase.stage),
-            learning_rate=schedule.learning_rate(self.config, phase.stage),
+            batch_size=self.schedule.batch_size(phase.stage),
+            learning_rate=self.schedule.learning_rate(phase.stage),
             kimg=progress.images_shown / 1000,
         )
         if seconds_left is not None:
@@ -250,8 +247,8 @@ class Trainer:
         logging.info("Checkpoint at %d images shown.", progress.images_shown)
 
     def end_stage(self, state, progress: Progress) -> None:
-        phase = schedule.phases(self.config)[progress.phase_index]
-        alpha = schedule.alpha(phase, progress.images_shown)
+        phase = self.schedule.phases[progress.phase_index]
+        alpha = phase.alpha(progress.images_shown)
         self.write_samples(state, progress, phase.stage, alpha)
         self.save(state, progress, phase, alpha, stage_end=True)
         logging.info(
@@ -261,50 +258,49 @@ class Trainer:
     # --------------------------------------------------------------------------- loop
 
     def run(self) -> TrainState:
-        config = self.config
+        config, sched = self.config, self.schedule
         every = config.checkpoint.every_images
         profiler = profiling.StepTrace(config.logging, self.workdir)
         stage, batches = None, None
         try:
             state, progress = self.initial()
-            with metric_writers.ensure_flushes(self.writer):
-                first_stage = schedule.phase_at(config, progress.images_shown).stage
+            steps = int(jax.device_get(state.step))  # counted on the host from here on
+            with metric_writers.ensure_flushes(self.writer), jax.transfer_guard("disallow"):
+                first_stage = sched.phase_at(progress.images_shown).stage
                 input_pipeline.prepare_all_stages(config, first_stage)  # no box filter mid-run
-                while progress.images_shown < self.total:
-                    phase = schedule.phase_at(config, progress.images_shown)
+                while progress.images_shown < sched.total_images:
+                    phase = sched.phase_at(progress.images_shown)
                     if phase.index != progress.phase_index:  # entering a new phase
-                        if phase.stage != schedule.phases(config)[progress.phase_index].stage:
+                        if phase.stage != sched.phases[progress.phase_index].stage:
                             self.end_stage(state, progress)
                         if config.optimizer.reset_at_phase_boundary:
                             state = self.reset_optimizers(state)
                         progress = dataclasses.replace(progress, phase_index=phase.index)
                     if phase.stage != stage:  # a new pipeline and step, nothing else
-                        stage, batch = phase.stage, schedule.batch_size(config, phase.stage)
+                        stage, batch = phase.stage, sched.batch_size(phase.stage)
                         res = stages.stage_resolution(stage)
                         logging.info("Stage %d: %dx%d, batch %d.", stage, res, res, batch)
-                        local = input_pipeline.stage_batches(
+                        local = input_pipeline.stage_train_batches(
                             config, stage, progress.images_shown, batch
                         )
                         batches = input_pipeline.prefetch_to_mesh(local, self.mesh)
                         shown = self.images_shown_on_mesh(progress.images_shown)
 
-                    alpha = schedule.alpha(phase, progress.images_shown)
+                    alpha = phase.alpha(progress.images_shown)
                     profiler.before_step(stage, state)
                     state, shown, metrics = self.step_fn(stage)(state, next(batches), shown)
-                    before = progress.images_shown
-                    progress = dataclasses.replace(
-                        progress, images_shown=before + batch, steps=progress.steps + 1
-                    )
+                    before, steps = progress.images_shown, steps + 1
+                    progress = dataclasses.replace(progress, images_shown=before + batch)
                     self.interval.add(metrics, batch)
                     self.report.update(progress.images_shown, phase, alpha)
 
-                    if progress.steps % config.logging.log_every_steps == 0:
+                    if steps % config.logging.log_every_steps == 0:
                         self.flush_metrics(progress, phase, alpha)
                     if _crossed(before, progress.images_shown, config.logging.sample_every_images):
                         self.write_samples(state, progress, stage, alpha)
                     if _crossed(before, progress.images_shown, config.eval.swd_every_images):
                         self.write_swd(state, progress, stage, alpha)
-                    stopping, timed = self.decisions(progress.steps)
+                    stopping, timed = self.decisions(steps)
                     if stopping or timed or _crossed(before, progress.images_shown, every):
                         self.save(state, progress, phase, alpha)
                     if stopping:
@@ -354,6 +350,7 @@ def _scalar(value):
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains (or resumes) the run in `workdir`; SIGTERM stops it at the next safe point."""
+    """Trains (or resumes) the run in `workdir` to the end of its schedule (periodic SWD on the
+    way, `eval.swd_every_images`); SIGTERM stops it at the next safe point."""
     with interrupt.sigterm_requests_stop():
         return Trainer(config, workdir).run()

@@ -16,6 +16,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec
 
 from progan_jax import losses, models, parallel
+from progan_jax.data import input_pipeline
 from progan_jax.gan import GAN, Params, TrainState
 from progan_jax.layers import at_least_float32, downsample2x, fade, upsample2x
 from progan_jax.schedule import StageSchedule
@@ -27,7 +28,7 @@ def decode_reals(batch: dict[str, jax.Array], xp=jnp) -> jax.Array:
     from the host (see input_pipeline for the batch's fields); `xp=np` does the same on the
     host (tests hold the stream's decoded floats to it)."""
     images = batch["images"].astype(xp.float32) * xp.float32(2.0 / 255.0) - xp.float32(1.0)
-    return xp.where(batch["mirror"][:, None, None, None], images[:, :, ::-1], images)
+    return input_pipeline.mirrored(images, batch["mirror"], xp)
 
 
 def batch_shapes(batch_size: int, resolution: int, channels: int) -> dict:

@@ -144,7 +144,9 @@ def smallest_share(count: int) -> int:
     return min(collectives.process_values(count))
 
 
-def image_batches(images: np.ndarray, indices: np.ndarray, batch: int) -> Iterator[np.ndarray]:
+def indexed_minibatches(
+    images: np.ndarray, indices: np.ndarray, batch: int
+) -> Iterator[np.ndarray]:
     """`images[indices]` as in-memory minibatches (of the memory-mapped cache, read in order)."""
     for start in range(0, len(indices), batch):
         interrupt.check("reading images for evaluation")
@@ -156,6 +158,13 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
+
+
+def mirrored(images, flags, xp=np):
+    """`images` [N, r, r, C] with those where `flags` [N] is set flipped left-right: the one flip
+    of the training stream (on the devices, `train_step.decode_reals`) and of the reals that
+    the metrics read (on the host, `xp=np`)."""
+    return xp.where(flags[:, None, None, None], images[:, :, ::-1], images)
 
 
 def mirror_flags(seed: int, positions: np.ndarray) -> np.ndarray:
@@ -203,7 +212,7 @@ def load_batch(images: np.ndarray, indices: np.ndarray) -> np.ndarray:
     return batch
 
 
-def batches(
+def train_batches(
     images: np.ndarray,
     *,
     seed: int,
@@ -245,7 +254,7 @@ def batches(
             yield batch
 
 
-def stage_batches(
+def stage_train_batches(
     config: ml_collections.ConfigDict, stage: int, start: int, batch_size: int
 ) -> Iterator[Batch]:
     """`batches` of the configured data set at `stage`, for this process.
@@ -268,7 +277,7 @@ def stage_batches(
         last,
         batch_size,
     )
-    return batches(
+    return train_batches(
         images,
         seed=config.seed,
         start=start,

@@ -4,7 +4,7 @@ Weights are read from a .npz (made by `python -m progan_jax.metrics.convert_fid_
 local path or a bucket URL); nothing is downloaded. The reals' statistics are cached per data
 set, resolution, count and mirroring, in `eval.fid_stats_dir` (which may be a bucket) or the
 data cache. With `data.mirror_augment` the reals are mirrored as in training
-(`generator_swd.real_batches`): the official FID statistics use mirror augment when on.
+(`generator_swd.real_minibatches`): the official FID statistics use mirror augment when on.
 """
 
 import functools
@@ -23,7 +23,7 @@ from etils import epath
 from jax.sharding import Mesh
 from scipy import linalg
 
-from progan_jax import parallel, paths
+from progan_jax import parallel, paths, seeds
 from progan_jax.data import input_pipeline, sources
 from progan_jax.errors import MissingFileError
 from progan_jax.metrics import generator_swd, inception
@@ -160,18 +160,21 @@ def evaluate_fid(config: ml_collections.ConfigDict, generator, reals: np.ndarray
         mu_real, sigma_real = cached
     else:
         logging.info("FID statistics of %d reals (cached in %s).", count, path)
-        order = np.random.default_rng(config.seed).permutation(len(reals))[:count]
-        batches = generator_swd.real_batches(
+        reals_seed = seeds.seed_of(config.seed, seeds.Stream.REALS)
+        order = np.random.default_rng(reals_seed).permutation(len(reals))[:count]
+        batches = generator_swd.real_minibatches(
             reals,
             np.sort(order),
             ev.batch_size,
             mirror=config.data.mirror_augment,
-            seed=config.seed,
+            seed=reals_seed,
         )
         mu_real, sigma_real = statistics(features(params, batches))
         if jax.process_index() == 0:
             _save_statistics(path, mu_real, sigma_real)
-    fakes = generator.batches(ev.fid_images, ev.batch_size, config.seed + 4)
+    fakes = generator.fake_minibatches(
+        ev.fid_images, ev.batch_size, seeds.seed_of(config.seed, seeds.Stream.FID_FAKES)
+    )
     mu_fake, sigma_fake = statistics(features(params, fakes))
     return {
         "fid": frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake),

@@ -2,7 +2,7 @@
 
 Both describe the reals and the generated images into temporary files per pyramid level
 (`swd.describe`), so memory does not grow with the number of images. Reals are mirrored as in
-training when `data.mirror_augment` is on (`real_batches`), as the official evaluation does.
+training when `data.mirror_augment` is on (`real_minibatches`), as the official evaluation does.
 """
 
 import contextlib
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import ml_collections
 import numpy as np
 
-from progan_jax import reporting
+from progan_jax import reporting, seeds
 from progan_jax.data import input_pipeline
 from progan_jax.metrics import swd
 from progan_jax.sampling import GeneratorSnapshot
@@ -34,7 +34,7 @@ def draw_reals(reals: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np
     return real_swd_draws(len(reals), count, seed)
 
 
-def real_batches(
+def real_minibatches(
     reals: np.ndarray, indices: np.ndarray, batch: int, *, mirror: bool, seed: int
 ) -> Iterator[np.ndarray]:
     """`reals[indices]` in minibatches; with `mirror`, each image flipped left-right on a fair
@@ -47,11 +47,11 @@ def real_batches(
     """
     shown = 0
     what = f"reading {len(indices)} reals (batches)"
-    batches = input_pipeline.image_batches(reals, indices, batch)
+    batches = input_pipeline.indexed_minibatches(reals, indices, batch)
     for images in reporting.track(batches, -(-len(indices) // batch), what):
         if mirror:
             flip = input_pipeline.mirror_flags(seed, np.arange(shown, shown + len(images)))
-            images[flip] = images[flip, :, ::-1]
+            images = input_pipeline.mirrored(images, flip)
         shown += len(images)
         yield images
 
@@ -60,8 +60,8 @@ def describe_reals(
     reals: np.ndarray, indices: np.ndarray, batch: int, seed: int, *, mirror: bool
 ) -> swd.Descriptors:
     """SWD descriptors (temporary files, one per level) of `reals[indices]`, read in batches
-    (mirrored per `real_batches`, on coins seeded by `seed` too)."""
-    batches = real_batches(reals, indices, batch, mirror=mirror, seed=seed)
+    (mirrored per `real_minibatches`, on coins seeded by `seed` too)."""
+    batches = real_minibatches(reals, indices, batch, mirror=mirror, seed=seed)
     return swd.describe(batches, reals.shape[1], seed=seed)
 
 
@@ -71,7 +71,7 @@ def describe_generated(
     """SWD descriptors of `count` images from latents fixed by `seed` in blocks of `batch`
     (centres by seed + 1, per block); each minibatch is described on the devices that generated
     it and dropped, so the images are generated only once and never leave the devices."""
-    fakes = generator.batches(count, batch, seed)
+    fakes = generator.fake_minibatches(count, batch, seed)
     return swd.describe(fakes, generator.resolution, seed=seed + 1, block=batch)
 
 
@@ -90,18 +90,25 @@ def swd_with_noise_floor(
     second draw against the first (`swd_noise_floor_*`), on the same directions: the sets are
     described first, then compared one pyramid level at a time."""
     ev, mirror = config.eval, config.data.mirror_augment
-    draw, second = draw_reals(reals, ev.swd_images, config.seed)
+    draw, second = draw_reals(reals, ev.swd_images, seeds.seed_of(config.seed, seeds.Stream.REALS))
     with contextlib.ExitStack() as stack:
         real_desc = stack.enter_context(
-            describe_reals(reals, draw, ev.batch_size, 1, mirror=mirror)
+            describe_reals(reals, draw, ev.batch_size, seeds.Coins.SWD_REALS, mirror=mirror)
         )
         others = [
             stack.enter_context(
-                describe_generated(generator, len(draw), ev.batch_size, config.seed + 1)
+                describe_generated(
+                    generator,
+                    len(draw),
+                    ev.batch_size,
+                    seeds.seed_of(config.seed, seeds.Stream.SWD_FAKES),
+                )
             )
         ]
         if ev.noise_floor:
-            second_desc = describe_reals(reals, second, ev.batch_size, 4, mirror=mirror)
+            second_desc = describe_reals(
+                reals, second, ev.batch_size, seeds.Coins.SWD_NOISE_FLOOR_REALS, mirror=mirror
+            )
             others.append(stack.enter_context(second_desc))
         swds = swd.distances(real_desc, others)
     results = swds[0]
@@ -133,12 +140,19 @@ class PeriodicSWD:
             reals = input_pipeline.stage_images(
                 cfg.data, cfg.model.resolution, cfg.model.num_channels, generator.stage
             )
-            draw, _ = draw_reals(reals, cfg.eval.swd_train_images, cfg.seed)
+            draw, _ = draw_reals(
+                reals, cfg.eval.swd_train_images, seeds.seed_of(cfg.seed, seeds.Stream.REALS)
+            )
             self._reals = describe_reals(
-                reals, draw, cfg.eval.batch_size, 1, mirror=cfg.data.mirror_augment
+                reals,
+                draw,
+                cfg.eval.batch_size,
+                seeds.Coins.SWD_REALS,
+                mirror=cfg.data.mirror_augment,
             )
             self._stage, self._count = generator.stage, len(draw)
-        return generated_swd(generator, self._reals, self._count, cfg.eval.batch_size, cfg.seed + 1)
+        fakes_seed = seeds.seed_of(cfg.seed, seeds.Stream.SWD_FAKES)
+        return generated_swd(generator, self._reals, self._count, cfg.eval.batch_size, fakes_seed)
 
     def close(self) -> None:
         if self._reals is not None:
