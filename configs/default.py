@@ -12,7 +12,7 @@ An override gives at least one value per stage of the run, e.g. at 128x128
 `--config.schedule.batch_sizes='(64,64,32,16,16,8)'`. They are tuples rather than dicts keyed
 by resolution because ml_collections cannot override integer-keyed dicts from the command
 line, and rather than computed in `get_config()` because overrides such as the resolution are
-applied after it. Read them through `schedule.batch_size` / `schedule.learning_rate`.
+applied after it. Read them through `schedule.Schedule`.
 """
 
 import ml_collections

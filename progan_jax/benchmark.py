@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from progan_jax import accelerators, parallel, schedule, stages, train_step
+from progan_jax import accelerators, config_checks, parallel, schedule, stages, train_step
 from progan_jax import gan as gan_lib
 from progan_jax import plan as plan_lib
 from progan_jax.data import input_pipeline
@@ -92,13 +92,13 @@ def mid_fade(plan: schedule.StageSchedule, alpha: float) -> int:
 
 
 def benchmark_train_step(config: ml_collections.ConfigDict) -> Iterator[dict]:
+    config_checks.validate(config, jax.device_count(), jax.process_count())
     mesh = parallel.make_mesh()
     gan, state = gan_lib.initialize(config, mesh)
     peak = gemm_peak()
     for stage in benchmark_stages(config):
         plan = benchmark_schedule(config, stage)
         batch = plan.batch_size
-        parallel.check_batch_divides(batch, mesh.devices.size)
         res = stages.stage_resolution(stage)
         reals = random_batch(config, stage, batch, mesh)
         shown = jax.device_put(
@@ -153,6 +153,7 @@ def _of_device_peak(flops_per_s: float, compute_dtype: str) -> dict:
 def benchmark_input(config: ml_collections.ConfigDict) -> Iterator[dict]:
     """Images/s of this process's input stream per stage (uint8 batches with their mirror
     flags, as they leave the host), after the one-off decode and box-filter (prepare_s)."""
+    config_checks.validate(config, jax.device_count(), jax.process_count())
     model, bench = config.model, config.benchmark
     run_schedule = schedule.Schedule.from_config(config)
     for stage in benchmark_stages(config):

@@ -140,6 +140,12 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
             )
     else:
         _check_batch_sizes(config, count, devices, processes)
+    bench_batch = config.benchmark.batch_size
+    if bench_batch is not None and (bench_batch < 1 or bench_batch % devices):
+        _fail(
+            "benchmark.batch_size",
+            f"{bench_batch} does not divide by the {devices} devices; use a multiple of {devices}",
+        )
     _per_stage(config, "optimizer.learning_rates", count, lambda lr: lr > 0, "positive")
 
     for field in ("stabilize_images", "fade_images"):

@@ -31,19 +31,10 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
-def check_batch_divides(batch_size: int, devices: int, what: str = "batch size") -> None:
-    if batch_size % devices:
-        raise ValueError(
-            f"{what} {batch_size} does not divide by the {devices} devices; "
-            f"use a multiple of {devices}."
-        )
-
-
 def global_batch(local_batch, mesh: Mesh):
     """Assembles this process's rows (an array, or a pytree of arrays with the same leading
-    axis) into the global batch, split along `data`."""
-    for leaf in jax.tree.leaves(local_batch):
-        check_batch_divides(len(leaf), len(mesh.local_devices), "this process's batch")
+    axis) into the global batch, split along `data` (the config's batches divide by the
+    devices and processes: `config_checks`)."""
     return jax.tree.map(
         lambda rows: jax.make_array_from_process_local_data(data_sharded(mesh), rows), local_batch
     )

@@ -18,7 +18,7 @@ from etils import epath
 from jax.sharding import Mesh
 from PIL import Image
 
-from progan_jax import interrupt, parallel, paths, reporting, seeds, stages
+from progan_jax import interrupt, parallel, paths, seeds, stages, tracking
 from progan_jax.data import sources
 from progan_jax.gan import GAN, Params
 
@@ -163,7 +163,7 @@ class GeneratorSnapshot:
         minibatch = self.minibatch(batch)
         what = f"generating {count} images at {self.resolution}x{self.resolution} (minibatches)"
         batches = self._fake_minibatches(count, batch, minibatch, seed)
-        return reporting.track(batches, -(-count // minibatch), what)
+        return tracking.track(batches, -(-count // minibatch), what)
 
     def _fake_minibatches(
         self, count: int, block: int, minibatch: int, seed: int

@@ -191,11 +191,8 @@ def image_indices(key: tuple[int, ...], positions: np.ndarray, size: int) -> np.
 
 
 def local_rows(batch_size: int, process_index: int, process_count: int) -> tuple[int, int]:
-    """This process's rows `[first, last)` of every global batch."""
-    if batch_size % process_count:
-        raise ValueError(
-            f"batch size {batch_size} does not divide by the {process_count} processes"
-        )
+    """This process's rows `[first, last)` of every global batch (which divides by the
+    processes: `config_checks`)."""
     share = batch_size // process_count
     return process_index * share, (process_index + 1) * share
 

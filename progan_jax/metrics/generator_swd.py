@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import ml_collections
 import numpy as np
 
-from progan_jax import reporting, seeds
+from progan_jax import seeds, tracking
 from progan_jax.data import input_pipeline
 from progan_jax.metrics import swd
 from progan_jax.sampling import GeneratorSnapshot
@@ -48,7 +48,7 @@ def real_minibatches(
     shown = 0
     what = f"reading {len(indices)} reals (batches)"
     batches = input_pipeline.indexed_minibatches(reals, indices, batch)
-    for images in reporting.track(batches, -(-len(indices) // batch), what):
+    for images in tracking.track(batches, -(-len(indices) // batch), what):
         if mirror:
             flip = input_pipeline.mirror_flags(seed, np.arange(shown, shown + len(images)))
             images = input_pipeline.mirrored(images, flip)
