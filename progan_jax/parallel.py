@@ -81,7 +81,10 @@ def shard_rows(rows: np.ndarray, mesh: Mesh, size: int | None = None) -> Rows:
     size = round_up(len(rows), mesh.size) if size is None else size
     padded = np.zeros((size, *rows.shape[1:]), rows.dtype)
     padded[: len(rows)] = rows
-    array = jax.make_array_from_callback(padded.shape, data_sharded(mesh), padded.__getitem__)
+    # An intended copy to the devices (the training loop runs under a transfer guard that
+    # refuses implicit ones, and JAX counts this one as implicit).
+    with jax.transfer_guard_host_to_device("allow"):
+        array = jax.make_array_from_callback(padded.shape, data_sharded(mesh), padded.__getitem__)
     return Rows(array, len(rows))
 
 

@@ -14,7 +14,7 @@ import time
 import ml_collections
 import tqdm
 
-from progan_jax import models, schedule, tracking
+from progan_jax import schedule, stages, tracking
 
 _BAR_FORMAT = "{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}{postfix}]"
 
@@ -25,8 +25,8 @@ class Estimate:
     The first interval of each stage is left out: it holds the stage's compilation.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict):
-        self.phases = schedule.phases(config)
+    def __init__(self, run_schedule: schedule.Schedule):
+        self.phases = run_schedule.phases
         self.images: dict[int, int] = {}
         self.seconds: dict[int, float] = {}
         self._last: tuple[int, float, int] | None = None  # images shown, time, stage
@@ -65,14 +65,14 @@ class Estimate:
 class RunProgress:
     """The training loop's report: stage, phase, alpha, images shown of total, images/s, ETA.
 
-    On a terminal a tqdm bar redraws in place, log records printed above it; elsewhere (a log file, a job scheduler) a plain
-    line goes to the log every `every_s` seconds.
+    On a terminal a tqdm bar redraws in place, the log printing above it; elsewhere (a log file,
+    a job scheduler) a plain line goes to the log every `every_s` seconds.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, every_s: float = 60):
-        self.total = schedule.total_images(config)
+    def __init__(self, run_schedule: schedule.Schedule, every_s: float = 60):
+        self.total = run_schedule.total_images
         self.enabled = tracking.reports()
-        self.estimate = Estimate(config)
+        self.estimate = Estimate(run_schedule)
         self.every_s = every_s
         self._logged = time.monotonic()
         self._bar: tqdm.tqdm | None = None

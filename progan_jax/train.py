@@ -112,6 +112,19 @@ class _Interval:
         return means
 
 
+def _transfers_intended(method):
+    """Runs a periodic output (samples, SWD, metrics, checkpoints) with host-device copies
+    allowed: they copy latents, keys and images on purpose. The loop's transfer guard is for
+    the steps, where an implicit copy would cost every step."""
+
+    @functools.wraps(method)
+    def allowing(*args, **kwargs):
+        with jax.transfer_guard("allow"):
+            return method(*args, **kwargs)
+
+    return allowing
+
+
 class Trainer:
     """Owns the per-run objects; `run` is the loop."""
 
@@ -188,6 +201,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------- outputs
 
+    @_transfers_intended
     def write_samples(self, state: TrainState, progress: Progress, stage: int, alpha: float):
         if self._sampled_at == progress.images_shown:
             return
@@ -203,6 +217,7 @@ class Trainer:
             sampling.save_png(path, sampling.image_grid(images, columns, resolution))
             logging.info("Samples: %s", path)
 
+    @_transfers_intended
     def write_swd(self, state: TrainState, progress: Progress, stage: int, alpha: float):
         generator = sampling.GeneratorSnapshot(
             self.gan, state.generator_ema_params, stage, alpha, progress.images_shown
@@ -211,6 +226,7 @@ class Trainer:
         if results is not None:
             self.writer.write_scalars(progress.images_shown, tensorboard_tags(results))
 
+    @_transfers_intended
     def flush_metrics(self, progress: Progress, phase: schedule.Phase, alpha: float) -> None:
         """Writes the mean metrics since the last call; stops the run if any is not finite."""
         if not self.interval.metrics:
@@ -238,6 +254,7 @@ class Trainer:
             scalars["eta_hours"] = seconds_left / 3600
         self.writer.write_scalars(progress.images_shown, tensorboard_tags(scalars))
 
+    @_transfers_intended
     def save(self, state, progress: Progress, phase, alpha, *, stage_end: bool = False) -> None:
         """Checks the metrics not yet logged (never checkpoint a broken state), then saves."""
         self.flush_metrics(progress, phase, alpha)
@@ -246,6 +263,7 @@ class Trainer:
         self.decisions.saved()
         logging.info("Checkpoint at %d images shown.", progress.images_shown)
 
+    @_transfers_intended
     def end_stage(self, state, progress: Progress) -> None:
         phase = self.schedule.phases[progress.phase_index]
         alpha = phase.alpha(progress.images_shown)

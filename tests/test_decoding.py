@@ -149,12 +149,12 @@ def test_a_folder_where_half_the_files_fail_is_used(folder):
 
 @pytest.mark.parametrize("max_images,total", [(None, 5), (3, 3)])
 def test_decoding_reports_n_of_the_folders_files(folder, monkeypatch, caplog, max_images, total):
-    from progan_jax import reporting
+    from progan_jax import tracking
 
-    track = reporting.track
-    monkeypatch.setattr(reporting, "_on_terminal", lambda: False)
+    track = tracking.track
+    monkeypatch.setattr(tracking, "on_terminal", lambda: False)
     monkeypatch.setattr(
-        reporting, "track", lambda *args, **kwargs: track(*args, **kwargs, every_s=0)
+        tracking, "track", lambda *args, **kwargs: track(*args, **kwargs, every_s=0)
     )
     caplog.set_level(logging.INFO)
     _folder_of(pathlib.Path(folder.path), good=5, broken=0)

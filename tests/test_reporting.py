@@ -1,10 +1,13 @@
-"""What a person watching sees: the ETA from images per stage, log lines, preparations."""
+"""What a person watching a run sees: the ETA from images per stage, a bar or log lines."""
 
 import logging
+import re
 
 import pytest
+from absl import logging as absl_logging
 
 from progan_jax import reporting, schedule
+from tests.test_tracking import BAR_REDRAWN, RECORD, logging_to, on_a_pty, screen
 
 
 def test_estimate_adds_each_stages_rate_over_its_images_left(tiny_config):
@@ -34,27 +37,34 @@ def test_progress_lines_in_a_log(tiny_config, caplog):
     assert "ETA" in caplog.text
 
 
-def test_format_duration():
-    assert [reporting.format_duration(s) for s in (4.4, 245, 3720, -1)] == [
-        "4s",
-        "4m05s",
-        "1h02m",
-        "0s",
-    ]
-
-
-def test_track_reports_a_long_preparation_and_closes_its_source(caplog):
+def test_a_record_logged_under_the_run_bar_prints_whole_and_the_bar_redraws(tiny_config, caplog):
     caplog.set_level(logging.INFO)
-    closed = []
+    run_schedule = schedule.Schedule.from_config(tiny_config)
+    phase = run_schedule.phase_at(80)
+    root = logging.getLogger()
+    with on_a_pty(100) as terminal, logging_to(logging.StreamHandler(terminal.stream)) as handler:
+        handlers = list(root.handlers)
+        report = reporting.RunProgress(run_schedule, every_s=0)
+        report.update(72, phase, 0.125)
+        absl_logging.info(RECORD)
+        report.update(80, phase, 0.25)
+        report.close()
+        assert root.handlers == handlers  # the log writes to its stream again
+        output = terminal.output()
+    line = handler.format(caplog.records[-1])
+    assert line == RECORD and line in screen(output)  # its first character intact
+    assert re.match(BAR_REDRAWN, output.split(line + "\r\n")[1])
 
-    def source():
-        try:
-            yield from range(10)
-        finally:
-            closed.append(True)
 
-    tracked = reporting.track(source(), 12, "box-filtering", done=2, every_s=0)
-    assert [next(tracked) for _ in range(3)] == [0, 1, 2]
-    tracked.close()  # a SIGTERM or an error stops the consumer early
-    assert closed == [True]
-    assert "box-filtering: 3 of 12" in caplog.text and "box-filtering: 4 of 12" in caplog.text
+def test_a_terminal_of_no_columns_gets_the_progress_lines(tiny_config, caplog):
+    """A pty whose size was never set: a bar there would show nothing."""
+    caplog.set_level(logging.INFO)
+    run_schedule = schedule.Schedule.from_config(tiny_config)
+    phase = run_schedule.phase_at(80)
+    with on_a_pty(0) as terminal:
+        report = reporting.RunProgress(run_schedule, every_s=0)
+        report.update(72, phase, 0.125)
+        report.update(80, phase, 0.25)
+        report.close()
+        assert terminal.output() == ""  # no bar
+    assert "Progress: 80/320 images (25.0%), stage 1 (8x8) fade-in alpha 0.25" in caplog.text
