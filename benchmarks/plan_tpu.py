@@ -2,7 +2,7 @@
 device, one JSON line per case (what `--mode=plan` prints for a stage).
 
     pip install -e '.[tpu]'   # libtpu; no TPU needed
-    python benchmarks/plan_tpu.py                            # the README's table, v5e:2x4
+    python benchmarks/plan_tpu.py                            # docs/performance.md's table, v5e:2x4
     python benchmarks/plan_tpu.py --topology v6e:2x2 --cases celeba_hq1024_8dev:8:16:bfloat16
 
 A case is `config:stage:global batch:compute dtype`, with `:remat` for

@@ -13,7 +13,7 @@ all: 11M at 128x128, so with another `--config.model.resolution` set
 
 Data: TFDS `celeb_a` (all 202,599 images), the official 128x128 crop centred at (89, 121), mirror
 augment (config.py's CelebA line). TFDS downloads it when missing; if its Google-Drive download
-fails, see README, "Data sets" for placing the files in TFDS's manual dir.
+fails, see docs/data.md for placing the files in TFDS's manual dir.
 """
 
 import ml_collections

@@ -5,7 +5,7 @@
 The same preset as configs/celeba128.py (batch 16, then 14, 6 and 3 at 256, 512 and 1024;
 minibatch-stddev groups of 16; lr 1e-3; 800k images per phase) on CelebA-HQ (config.py's
 CelebA-HQ line, mirror augment), for the preset's 19M images in all (`total_kimg=19000`).
-Needs CelebA-HQ prepared in TFDS (see README, "Data sets"). Each network has about 23.1M
+Needs CelebA-HQ prepared in TFDS (see docs/data.md). Each network has about 23.1M
 parameters (`--mode=summary` prints the table).
 """
 

@@ -6,7 +6,7 @@ Takes about 8.5 minutes on 2 CPU cores (the last six at 32x32); sample grids lan
 workdir/demo/samples/. Tuned like configs/short_budget.py (a high learning rate with a fast
 EMA, minibatch-stddev groups of 16, batch 16 at 32x32 for twice the steps at the same images/s,
 penalty weight 1), with 32 feature maps at 32x32 for twice its images/s there. The README
-shows the final grid and its SWD.
+shows the final grid; docs/quality.md has its SWD.
 """
 
 import ml_collections

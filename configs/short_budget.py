@@ -19,7 +19,7 @@ batch 32). Trained for 10 minutes on Fashion-MNIST it reaches an SWD (x1e3, 32 a
     python benchmarks/quality.py race --train /tmp/fmnist/train --heldout /tmp/fmnist/heldout \
         --minutes 10 --torch-python /path/to/torch-venv/bin/python
 
-(README, "Image quality per CPU-minute", has the data set, the table and the ablations.)
+(docs/quality.md, "Image quality per CPU-minute", has the data set, the table and the ablations.)
 """
 
 import ml_collections

@@ -1,9 +1,10 @@
 """XLA flags that must be in place before JAX starts its backends (main.py sets them first).
 
 XLA:CPU 0.10 runs the 2x2 convolutions over space-to-depth inputs of the fused resampling
-layers about 3x slower through YNNPACK than through its Eigen path; the whole train step is
-10-20% faster with YNNPACK convolutions off (README, "Performance"). The flag only exists in
-some jaxlib releases, and XLA aborts on unknown flags, so it is set for those releases only.
+layers about 3x slower through YNNPACK than through its Eigen path, so the whole train step
+is faster with YNNPACK convolutions off: compare `python main.py --config configs/demo.py
+--mode=benchmark` as it is and with `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=` (the
+user's setting wins). The flag only exists in some jaxlib releases, and XLA aborts on unknown flags, so it is set for those releases only.
 """
 
 import importlib.metadata
