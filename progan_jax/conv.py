@@ -71,8 +71,8 @@ def _transpose_padding(w: jax.Array, padding: Padding) -> Padding:
 
 
 # XLA's CPU backend differentiates these convolutions slowly: the weight gradients of the fused
-# 2x2 convs, and the second derivatives of all of them (see docs/performance.md, "Convolution gradients"). `conv`
-# therefore has its own VJP: the input gradient is the forward convolution with the transposed
+# 2x2 convs, and the second derivatives of all of them (docs/performance.md, "Convolution
+# gradients"). `conv` therefore has its own VJP: the input gradient is the forward convolution with the transposed
 # kernel, and the weight gradient is `weight_grad`. Both are again built from forward
 # convolutions and `weight_grad`, so second derivatives (the gradient penalty) stay on the fast
 # paths too.
@@ -101,8 +101,8 @@ def weight_grad(
 ) -> jax.Array:
     """The gradient of `<conv(x, w, padding), dy>` with respect to `w`, by whichever form
     XLA:CPU runs fastest for the shape: its own filter-gradient convolution for the 3x3 'SAME'
-    convs (docs/performance.md, "Convolution gradients": 16-17% off the whole step), per-tap matrix products for the rest
-    (the fused resampling convs' 2x2 kernels and the 1x1 RGB layers), where XLA's form is
+    convs (docs/performance.md, "Convolution gradients": 16-17% off the whole step), per-tap
+    matrix products for the rest (the fused resampling convs' 2x2 kernels and the 1x1 RGB layers), where XLA's form is
     several times slower. Either way its own derivatives are forward convolutions."""
     if kernel == (3, 3) and padding == ((1, 1), (1, 1)):
         return _xla_weight_grad(x, dy, kernel, padding)

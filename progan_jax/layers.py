@@ -30,7 +30,8 @@ def lerp(a: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
 
 # Both resamplings are written as XLA's own windowed operations, not as reshapes to
 # [n, h, 2, w, 2, c]: TPUs tile an array's two minor dimensions to (8, 128), so those 6-D
-# forms of an RGB image (minor dimensions 2 and 3) take ~100x its memory (docs/performance.md, "Memory on TPUs").
+# forms of an RGB image (minor dimensions 2 and 3) take ~100x its memory (docs/performance.md,
+# "Memory on TPUs").
 
 
 def upsample2x(x: jax.Array) -> jax.Array:

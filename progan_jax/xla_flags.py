@@ -2,9 +2,9 @@
 
 XLA:CPU 0.10 runs the 2x2 convolutions over space-to-depth inputs of the fused resampling
 layers about 3x slower through YNNPACK than through its Eigen path, so the whole train step
-is faster with YNNPACK convolutions off: compare `python main.py --config configs/demo.py
---mode=benchmark` as it is and with `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=` (the
-user's setting wins). The flag only exists in some jaxlib releases, and XLA aborts on unknown flags, so it is set for those releases only.
+is faster with YNNPACK convolutions off (`--mode=benchmark` with the flag and without it; a
+value the user sets in XLA_FLAGS wins). The flag only exists in some jaxlib releases, and XLA
+aborts on unknown flags, so it is set for those releases only.
 """
 
 import importlib.metadata
