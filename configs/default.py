@@ -42,7 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
             conv_gradients="auto",
             compute_dtype="float32",  # 'bfloat16' for GPU/TPU; parameters stay float32
             # Recompute activations in the backward passes (jax.checkpoint) instead of keeping
-            # them: less device memory at 1024x1024 for more FLOPs (docs/performance.md, "Memory on TPUs").
+            # them: less device memory at 1024x1024 for more FLOPs (docs/performance.md,
+            # "Memory on TPUs").
             rematerialize=False,
         )
     )

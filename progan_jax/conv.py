@@ -70,10 +70,10 @@ def _transpose_padding(w: jax.Array, padding: Padding) -> Padding:
     return tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(w.shape[:2], padding, strict=True))
 
 
-# XLA's CPU backend differentiates these convolutions slowly: the weight gradients of the fused
-# 2x2 convs, and the second derivatives of all of them (docs/performance.md, "Convolution
-# gradients"). `conv` therefore has its own VJP: the input gradient is the forward convolution with the transposed
-# kernel, and the weight gradient is `weight_grad`. Both are again built from forward
+# XLA's CPU backend differentiates these convolutions slowly: the weight gradients of the fused 2x2
+# convs, and the second derivatives of all of them (docs/performance.md, "Convolution gradients").
+# `conv` therefore has its own VJP: the input gradient is the forward convolution with the
+# transposed kernel, and the weight gradient is `weight_grad`. Both are again built from forward
 # convolutions and `weight_grad`, so second derivatives (the gradient penalty) stay on the fast
 # paths too.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -100,10 +100,11 @@ def weight_grad(
     x: jax.Array, dy: jax.Array, kernel: tuple[int, int], padding: Padding
 ) -> jax.Array:
     """The gradient of `<conv(x, w, padding), dy>` with respect to `w`, by whichever form
-    XLA:CPU runs fastest for the shape: its own filter-gradient convolution for the 3x3 'SAME'
-    convs (docs/performance.md, "Convolution gradients": 16-17% off the whole step), per-tap
-    matrix products for the rest (the fused resampling convs' 2x2 kernels and the 1x1 RGB layers), where XLA's form is
-    several times slower. Either way its own derivatives are forward convolutions."""
+    XLA:CPU runs fastest for the shape: its own filter-gradient convolution for the 3x3 'SAME' convs
+    (docs/performance.md, "Convolution gradients": 16-17% off the whole step), per-tap matrix
+    products for the rest (the fused resampling convs' 2x2 kernels and the 1x1 RGB layers),
+    where XLA's form is several times slower. Either way its own derivatives are forward
+    convolutions."""
     if kernel == (3, 3) and padding == ((1, 1), (1, 1)):
         return _xla_weight_grad(x, dy, kernel, padding)
     return _per_tap_weight_grad(x, dy, kernel, padding)
