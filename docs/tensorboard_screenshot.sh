@@ -25,6 +25,7 @@ parent="${1:-workdir}"
 out="${2:-docs/tensorboard.png}"
 fragment="${TB_FRAGMENT:-timeseries}"  # TensorBoard dashboard: timeseries, scalars, images...
 budget_ms="${TB_RENDER_MS:-15000}"     # virtual time Chromium gives the page to load and draw
+window="${TB_WINDOW:-1400,1000}"       # width,height of the picture in pixels
 
 [[ -d "$parent" ]] || { echo "no such folder: $parent" >&2; exit 1; }
 chromium="${CHROMIUM:-$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)}"
@@ -63,6 +64,6 @@ echo "TensorBoard at $url, runs: $runs"
 
 mkdir -p "$(dirname "$out")"
 "$chromium" --headless --no-sandbox --disable-gpu --hide-scrollbars --user-data-dir="$profile" \
-  --window-size=1400,1000 --virtual-time-budget="$budget_ms" \
+  --window-size="$window" --virtual-time-budget="$budget_ms" \
   --screenshot="$(realpath -m "$out")" "$url/#$fragment" 2>/dev/null
 echo "Wrote $out"

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import time
 
-import ml_collections
 import tqdm
 
 from progan_jax import schedule, stages, tracking
@@ -62,7 +61,7 @@ class Estimate:
         return total
 
 
-class RunProgress:
+class RunReport:
     """The training loop's report: stage, phase, alpha, images shown of total, images/s, ETA.
 
     On a terminal a tqdm bar redraws in place, the log printing above it; elsewhere (a log file,

@@ -150,7 +150,7 @@ class Trainer:
         )
         self.periodic_swd = generator_swd.PeriodicSWD(config)
         self.interval = _Interval()
-        self.report = reporting.RunProgress(self.schedule)
+        self.report = reporting.RunReport(self.schedule)
         self.decisions = _Decisions(
             config.checkpoint.every_minutes, config.logging.log_every_steps, self.lease
         )

@@ -14,7 +14,7 @@ def test_estimate_adds_each_stages_rate_over_its_images_left(tiny_config):
     """Stage 0 measured at 100 images/s, stage 1 at 50: the time left of a run in stage 1 is
     its phases' images over their stage's rate, and stage 2 borrows stage 1's rate / 4."""
     config = tiny_config  # phases: s0 [0,64), s1 fade [64,128), s1 [128,192), s2 fade, s2
-    estimate = reporting.Estimate(config)
+    estimate = reporting.Estimate(schedule.Schedule.from_config(config))
     estimate.update(0, stage=0, now=0.0)
     estimate.update(40, stage=0, now=0.4)  # 100 images/s
     assert estimate.rate(0) == pytest.approx(100)
@@ -28,8 +28,9 @@ def test_estimate_adds_each_stages_rate_over_its_images_left(tiny_config):
 
 def test_progress_lines_in_a_log(tiny_config, caplog):
     caplog.set_level(logging.INFO)
-    report = reporting.RunProgress(tiny_config, every_s=0)
-    phase = schedule.phase_at(tiny_config, 80)
+    run_schedule = schedule.Schedule.from_config(tiny_config)
+    report = reporting.RunReport(run_schedule, every_s=0)
+    phase = run_schedule.phase_at(80)
     report.update(72, phase, 0.125)
     report.update(80, phase, 0.25)
     report.close()
@@ -44,14 +45,14 @@ def test_a_record_logged_under_the_run_bar_prints_whole_and_the_bar_redraws(tiny
     root = logging.getLogger()
     with on_a_pty(100) as terminal, logging_to(logging.StreamHandler(terminal.stream)) as handler:
         handlers = list(root.handlers)
-        report = reporting.RunProgress(run_schedule, every_s=0)
+        report = reporting.RunReport(run_schedule, every_s=0)
         report.update(72, phase, 0.125)
         absl_logging.info(RECORD)
+        line = handler.format(caplog.records[-1])
         report.update(80, phase, 0.25)
         report.close()
         assert root.handlers == handlers  # the log writes to its stream again
         output = terminal.output()
-    line = handler.format(caplog.records[-1])
     assert line == RECORD and line in screen(output)  # its first character intact
     assert re.match(BAR_REDRAWN, output.split(line + "\r\n")[1])
 
@@ -62,7 +63,7 @@ def test_a_terminal_of_no_columns_gets_the_progress_lines(tiny_config, caplog):
     run_schedule = schedule.Schedule.from_config(tiny_config)
     phase = run_schedule.phase_at(80)
     with on_a_pty(0) as terminal:
-        report = reporting.RunProgress(run_schedule, every_s=0)
+        report = reporting.RunReport(run_schedule, every_s=0)
         report.update(72, phase, 0.125)
         report.update(80, phase, 0.25)
         report.close()

@@ -119,6 +119,7 @@ def test_a_record_logged_under_a_bar_prints_whole_and_the_bar_redraws(kind, capl
     with on_a_pty(100) as terminal:
         if kind == "absl":
             handler = absl_logging.get_absl_handler()
+            # Where it writes once flags are parsed; before, it writes to sys.stderr: the pty too.
             monkeypatch.setattr(handler.python_handler, "stream", terminal.stream)
         else:
             handler = logging.StreamHandler(terminal.stream)
