@@ -1,6 +1,5 @@
 """One run per workdir: the lease, its renewal and take-over, and what a clash reports."""
 
-import errno
 import json
 import os
 import signal
@@ -15,7 +14,7 @@ import pytest
 from etils import epath
 from jax.experimental import multihost_utils
 
-from progan_jax import checkpointing, config_checks, lease, paths, train
+from progan_jax import config_checks, lease, paths, train
 from progan_jax.data import input_pipeline
 from tests.gcs_emulator import gcs_emulator
 from tests.runs import ROOT, run, start, wait_for
@@ -225,30 +224,3 @@ def test_main_refuses_a_second_run_and_the_first_releases_at_sigterm(tmp_path, c
     assert f"error: Another run holds the workdir {workdir}: host " in second.stderr
     assert f"pid {first.pid}, since" in second.stderr and "Traceback" not in second.stderr
     assert not (workdir / lease.FILE).exists()
-
-
-@pytest.mark.parametrize(
-    "error,says",
-    [
-        (
-            FileNotFoundError(
-                errno.ENOENT, "No such file or directory", "state.orbax-checkpoint-tmp"
-            ),
-            "another process may be writing this workdir",
-        ),
-        (PermissionError(errno.EACCES, "Permission denied", "checkpoints/8"), "Permission denied"),
-    ],
-)
-def test_a_write_error_says_what_failed_not_free_some_space(tmp_path, monkeypatch, error, says):
-    checkpointer = checkpointing.Checkpointer(tmp_path)
-
-    def failing(*args, **kwargs):
-        raise error
-
-    monkeypatch.setattr(checkpointer._periodic, "save", failing)
-    with pytest.raises(checkpointing.CheckpointWriteError) as raised:
-        checkpointer.save({}, checkpointing.Progress(8, 0, 1))
-    message = str(raised.value)
-    assert says in message and "no earlier checkpoint" in message
-    assert "free some space" not in message and "disk is full" not in message
-    checkpointer.close()
