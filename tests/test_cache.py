@@ -163,6 +163,7 @@ def _last_drawn(path: pathlib.Path) -> int:
     return int(text) if text else -1
 
 
+@pytest.mark.slow
 def test_a_killed_build_leaves_nothing_stale_after_the_next_start(
     small_chunks, tmp_path, monkeypatch
 ):

@@ -160,6 +160,7 @@ def test_negative_stale_days_is_a_config_error(data):
         config_checks.validate_cache_management(data)
 
 
+@pytest.mark.slow
 def test_mode_caches_prints_the_listing_and_removes_with_the_flag(tmp_path):
     """The command line: `runs` points the data cache at tmp_path / 'data_cache'."""
     data = tiny.get_config().data

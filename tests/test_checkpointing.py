@@ -12,6 +12,7 @@ from progan_jax import gan as gan_lib
 from tests.runs import final_state
 
 
+@pytest.mark.slow
 def test_full_disk_is_reported_and_the_previous_checkpoint_kept(tmp_path, monkeypatch):
     import errno
 
@@ -59,6 +60,7 @@ def test_a_write_error_says_what_failed_not_free_some_space(tmp_path, monkeypatc
     checkpointer.close()
 
 
+@pytest.mark.slow
 def test_checkpoints_with_a_bias_per_dense_unit_fail_to_restore(tiny, tmp_path):
     """Checkpoints written before G's first bias became one per feature map (16x as many) must
     not restore as garbage: Orbax refuses the shape."""

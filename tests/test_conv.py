@@ -19,6 +19,7 @@ def _xla_conv(x, w, padding):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kernel,padding",
     [(3, ((1, 1), (1, 1))), (1, ((0, 0), (0, 0))), (2, ((1, 1), (1, 1))), (2, ((0, 0), (0, 0)))],
@@ -69,6 +70,7 @@ def test_weight_grad_matches_numpy_sum_over_positions(kernel, padding):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rules", conv.GRADIENT_RULES)
 def test_fused_conv_gradients_match_separate_ops(rules):
     rng = _rng(3)

@@ -27,6 +27,7 @@ def _random_tf_named_state():
     return state
 
 
+@pytest.mark.slow
 def test_converters_agree_on_the_two_naming_schemes():
     tf_state = _random_tf_named_state()
     from_tf = convert_fid_weights.from_tf_names(tf_state)

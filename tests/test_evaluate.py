@@ -1,10 +1,13 @@
 """Evaluation (progan_jax.evaluate): the generator that a checkpoint is evaluated with."""
 
+import pytest
+
 from configs import tiny
 from progan_jax import checkpointing, evaluate, parallel
 from progan_jax import gan as gan_lib
 
 
+@pytest.mark.slow
 def test_evaluate_and_generate_use_the_checkpoints_alpha(tmp_path):
     """A checkpoint mid-fade is evaluated at the alpha it was trained with, whatever today's
     schedule says."""

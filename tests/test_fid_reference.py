@@ -86,6 +86,7 @@ def params(reference, tmp_path_factory):
     return fid.load_weights(path)
 
 
+@pytest.mark.slow
 def test_flax_features_match_the_reference_network(params, reference):
     images, expected = reference["images"], reference["features"].astype(np.float64)
     assert images.shape == (6, 64, 64, 3) and expected.shape == (6, 2048)

@@ -15,6 +15,8 @@ import pytest
 from tests.gcs_emulator import gcs_emulator
 from tests.runs import TOTAL_IMAGES, run, start, wait_for
 
+pytestmark = pytest.mark.slow  # the GCS emulator and runs of main.py
+
 BUCKET = "progan-test"
 
 

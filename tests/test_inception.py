@@ -17,6 +17,7 @@ import pytest
 from progan_jax.metrics import convert_fid_weights, fid, inception
 
 
+@pytest.mark.slow
 def test_inception_shapes_and_parameter_names():
     x = jax.ShapeDtypeStruct((2, 299, 299, 3), jnp.float32)
     variables = jax.eval_shape(
@@ -41,6 +42,7 @@ def _torchscript_path():
         return None
 
 
+@pytest.mark.slow
 def test_flax_features_match_the_pytorch_network(tmp_path):
     torch = pytest.importorskip("torch")
     path = _torchscript_path()

@@ -50,6 +50,7 @@ def test_a_second_run_on_a_held_workdir_fails_naming_the_holder(tmp_path, config
     assert not (tmp_path / lease.FILE).exists()
 
 
+@pytest.mark.slow
 def test_the_trainer_releases_its_lease_when_the_run_fails(tmp_path, config, monkeypatch):
     trainer = train.Trainer(config, str(tmp_path))
     assert _record(tmp_path)["pid"] == os.getpid()
@@ -63,6 +64,7 @@ def test_the_trainer_releases_its_lease_when_the_run_fails(tmp_path, config, mon
     assert not (tmp_path / lease.FILE).exists()
 
 
+@pytest.mark.slow
 def test_a_lease_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
     holder = (
         "import sys, time; from etils import epath; from progan_jax import lease; "
@@ -139,6 +141,7 @@ held.release()
 """
 
 
+@pytest.mark.slow
 def test_a_lease_in_a_bucket_is_held_renewed_refused_and_released():
     """gs:// through the emulator, in a subprocess: TensorFlow's GCS client reads the
     emulator's environment when it starts."""
@@ -205,6 +208,7 @@ def test_timings_that_would_make_a_live_lease_look_stale_are_refused(config):
         config_checks.validate(config, devices=8)
 
 
+@pytest.mark.slow
 def test_main_refuses_a_second_run_and_the_first_releases_at_sigterm(tmp_path, compile_cache):
     """main.py twice on one workdir: the second stops at once, naming the first. The first
     is caught decoding a large data set (after it took the lease, before any step), where

@@ -23,6 +23,8 @@ from tests.runs import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # every test runs main.py in subprocesses
+
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, compile_cache):

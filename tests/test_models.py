@@ -19,6 +19,7 @@ def _images(n, res, channels=3, seed=0):
     return jax.random.uniform(jax.random.key(seed), (n, res, res, channels), minval=-1, maxval=1)
 
 
+@pytest.mark.slow
 def test_shapes_at_every_stage(tiny):
     config, gan, state = tiny
     z = _latents(4, config.model.latent_size)
@@ -121,6 +122,7 @@ def test_normalize_latents_acts_whatever_use_pixelnorm(tiny, use_pixelnorm):
     assert np.abs(with_norm - generators[False](z)).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_grayscale_and_bfloat16(tiny_config):
     config = tiny_config  # a fresh config per test: the module-scoped `tiny` is shared
     config.model.num_channels = 1

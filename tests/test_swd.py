@@ -111,6 +111,7 @@ def _faces(count, seed, resolution=32):
     return np.stack([synthetic.draw_face(i, resolution, seed) for i in range(count)])
 
 
+@pytest.mark.slow
 def test_swd_is_at_the_noise_floor_for_the_same_distribution_and_grows_with_a_shift():
     """Two draws of the faces are as far apart as the noise floor; noisier draws (a shift of the
     local statistics, which is what SWD measures: the descriptors are normalised, so a global
@@ -196,6 +197,7 @@ def _batches(images, size):
     return [images[i : i + size] for i in range(0, len(images), size)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("resolution", "count", "batch"), [(32, 24, 10), (64, 12, 5)])
 def test_streamed_swd_equals_the_previous_implementation(resolution, count, batch):
     """Level files compared one level at a time, with the reference's sorted projections

@@ -35,6 +35,7 @@ def guard_transfers(monkeypatch) -> list:
     return calls
 
 
+@pytest.mark.slow
 def test_tiny_run_in_process(tmp_path, tiny_config, caplog, monkeypatch):
     """Trains all three stages with every copy to the devices explicit, then evaluates it."""
     config = tiny_config
@@ -82,6 +83,7 @@ def test_config_errors_name_the_field(tmp_path, tiny_config, field, value):
     assert not (tmp_path / "bad" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_the_guard_catches_an_implicit_copy(tiny_config, monkeypatch):
     from progan_jax import gan as gan_lib
     from progan_jax import parallel
@@ -122,6 +124,7 @@ def spy_on_resets(monkeypatch) -> list[int]:
     return steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reset", [True, False])
 def test_adam_is_reset_at_each_phase_boundary(tmp_path, tiny_config, monkeypatch, reset):
     config = tiny_config
