@@ -29,7 +29,55 @@ def tiny_config():
     return tiny.get_config()
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny config, its GAN and a train state, built once per test module (shared: a test
+    must not change them)."""
+    from configs import tiny
+    from progan_jax.gan import GAN, create_train_state
+
+    config = tiny.get_config()
+    gan = GAN.from_config(config)
+    state = create_train_state(gan, jax.random.key(0))
+    return config, gan, state
+
+
 @pytest.fixture(scope="session")
 def compile_cache(tmp_path_factory):
     """A persistent XLA cache shared by the subprocess runs: each program compiles once."""
     return tmp_path_factory.mktemp("xla_cache")
+
+
+@pytest.fixture
+def data_config(tmp_path):
+    """The tiny config on 40 synthetic images, its data cache and TFDS folder under tmp_path."""
+    from configs import tiny
+
+    config = tiny.get_config()
+    config.data.source = "synthetic"
+    config.data.synthetic_size = 40
+    config.data.cache_dir = str(tmp_path / "cache")
+    config.data.data_dir = str(tmp_path / "tfds")
+    return config
+
+
+@pytest.fixture
+def data(tmp_path):
+    """The tiny config's data section on 8 synthetic images, cached under tmp_path."""
+    from configs import tiny
+
+    data = tiny.get_config().data
+    data.synthetic_size = 8
+    data.cache_dir = str(tmp_path / "cache")
+    return data
+
+
+@pytest.fixture
+def sigterm_handler():
+    """SIGTERM requests a stop (`interrupt.Interrupted` at the next check) during the test."""
+    from progan_jax import interrupt
+
+    interrupt.reset()
+    with interrupt.sigterm_requests_stop():
+        yield
+    interrupt.reset()

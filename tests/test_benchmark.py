@@ -12,6 +12,7 @@ def test_gemm_peak_is_the_fastest_shapes_rate(monkeypatch):
     assert peak == pytest.approx(max(2 * 4 * 8 * 16 / 2.0, 2 * 2 * 2 * 2 / 0.5))
 
 
+@pytest.mark.slow
 def test_benchmark_lines_relate_step_flops_to_the_gemm_peak(tiny_config, monkeypatch):
     # A slow machine's peak (0.01 GFLOP/s), so that the rounded figures of a tiny step keep
     # their digits.

@@ -2,6 +2,7 @@
 
 import pytest
 
+from configs import tiny
 from progan_jax import config_checks, models
 
 
@@ -63,3 +64,28 @@ def test_one_image_per_device_with_minibatch_stddev_is_an_error(tiny_config):
         config_checks.validate(tiny_config, devices=8)
     tiny_config.model.mbstd_group_size = 1  # off: one image per device is fine
     config_checks.validate(tiny_config, devices=8)
+
+
+def test_config_checks_cover_devices_groups_and_sources():
+    config = tiny.get_config()
+    config_checks.validate(config, devices=8)
+    cases = [
+        ("schedule.batch_sizes", (12, 8, 8), 8, "does not divide by the 8 devices"),
+        ("model.mbstd_group_size", 3, 1, "does not divide the per-device batch 16"),
+        ("optimizer.learning_rates", (1e-3, 0.0, 1e-3), 1, "must be positive"),
+        ("model.num_channels", 2, 1, "must be 1 (grayscale) or 3"),
+        ("data.source", "nope", 1, "must be one of"),
+        ("ema_decay", 1.0, 1, "must be in [0, 1)"),
+        ("checkpoint.keep", 0, 1, "must be >= 1"),
+    ]
+    for field, value, devices, message in cases:
+        config = tiny.get_config()
+        section, _, name = field.rpartition(".")
+        (config[section] if section else config)[name] = value
+        with pytest.raises(config_checks.ConfigError, match=f"config.{field}: .*") as error:
+            config_checks.validate(config, devices=devices)
+        assert message in str(error.value)
+    config = tiny.get_config()
+    config.data.source = "image_folder"
+    with pytest.raises(config_checks.ConfigError, match=r"config\.data\.path"):
+        config_checks.validate(config, devices=1)

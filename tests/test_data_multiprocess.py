@@ -14,6 +14,8 @@ from progan_jax import train_step
 from progan_jax.data import input_pipeline, synthetic
 from tests.runs import free_port
 
+pytestmark = pytest.mark.slow  # two processes on the distributed runtime
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STAGE_FILES = ["images_16.npy", "images_4.npy", "images_8.npy"]  # every stage of 16x16
 

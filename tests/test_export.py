@@ -20,6 +20,8 @@ from progan_jax import checkpointing, export, parallel, sampling
 from progan_jax import gan as gan_lib
 from tests.runs import run
 
+pytestmark = pytest.mark.slow  # SavedModels written, run by TensorFlow in a subprocess
+
 STAGE, ALPHA, IMAGES_SHOWN = 2, 0.375, 224
 BATCHES = (1, 7)  # polymorphic batch: any size works
 

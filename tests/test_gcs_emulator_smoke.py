@@ -13,7 +13,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.gcs_emulator import gcs_emulator
+
+pytestmark = pytest.mark.slow  # the GCS emulator and a subprocess
 
 BUCKET = "smoke-bucket"
 

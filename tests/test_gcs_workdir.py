@@ -15,6 +15,8 @@ import pytest
 from tests.gcs_emulator import gcs_emulator
 from tests.runs import TOTAL_IMAGES, run, start, wait_for
 
+pytestmark = pytest.mark.slow  # the GCS emulator and runs of main.py
+
 BUCKET = "progan-test"
 
 
@@ -37,8 +39,8 @@ def test_train_kill_resume_evaluate_generate_in_a_bucket(gcs, tmp_path, compile_
     log_path = tmp_path / "first.log"
     with open(log_path, "w") as log:
         process = start(workdir, compile_cache, log, extra_env=env, cwd=cwd)
-        wait_for(log_path, "Stage 1", process)
-        time.sleep(1.0)
+        # Mid-stage 1: a save starts once the ones before it (32, 64 images) are committed.
+        wait_for(log_path, "Checkpoint at 96 images shown", process)
         assert process.poll() is None, "the run ended before it could be killed"
         process.send_signal(signal.SIGKILL)
         process.wait()

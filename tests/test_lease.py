@@ -1,6 +1,5 @@
 """One run per workdir: the lease, its renewal and take-over, and what a clash reports."""
 
-import errno
 import json
 import os
 import signal
@@ -15,7 +14,7 @@ import pytest
 from etils import epath
 from jax.experimental import multihost_utils
 
-from progan_jax import checkpointing, config_checks, lease, paths, train
+from progan_jax import config_checks, lease, paths, train
 from progan_jax.data import input_pipeline
 from tests.gcs_emulator import gcs_emulator
 from tests.runs import ROOT, run, start, wait_for
@@ -51,6 +50,7 @@ def test_a_second_run_on_a_held_workdir_fails_naming_the_holder(tmp_path, config
     assert not (tmp_path / lease.FILE).exists()
 
 
+@pytest.mark.slow
 def test_the_trainer_releases_its_lease_when_the_run_fails(tmp_path, config, monkeypatch):
     trainer = train.Trainer(config, str(tmp_path))
     assert _record(tmp_path)["pid"] == os.getpid()
@@ -64,6 +64,7 @@ def test_the_trainer_releases_its_lease_when_the_run_fails(tmp_path, config, mon
     assert not (tmp_path / lease.FILE).exists()
 
 
+@pytest.mark.slow
 def test_a_lease_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
     holder = (
         "import sys, time; from etils import epath; from progan_jax import lease; "
@@ -140,6 +141,7 @@ held.release()
 """
 
 
+@pytest.mark.slow
 def test_a_lease_in_a_bucket_is_held_renewed_refused_and_released():
     """gs:// through the emulator, in a subprocess: TensorFlow's GCS client reads the
     emulator's environment when it starts."""
@@ -206,6 +208,7 @@ def test_timings_that_would_make_a_live_lease_look_stale_are_refused(config):
         config_checks.validate(config, devices=8)
 
 
+@pytest.mark.slow
 def test_main_refuses_a_second_run_and_the_first_releases_at_sigterm(tmp_path, compile_cache):
     """main.py twice on one workdir: the second stops at once, naming the first. The first
     is caught decoding a large data set (after it took the lease, before any step), where
@@ -225,30 +228,3 @@ def test_main_refuses_a_second_run_and_the_first_releases_at_sigterm(tmp_path, c
     assert f"error: Another run holds the workdir {workdir}: host " in second.stderr
     assert f"pid {first.pid}, since" in second.stderr and "Traceback" not in second.stderr
     assert not (workdir / lease.FILE).exists()
-
-
-@pytest.mark.parametrize(
-    "error,says",
-    [
-        (
-            FileNotFoundError(
-                errno.ENOENT, "No such file or directory", "state.orbax-checkpoint-tmp"
-            ),
-            "another process may be writing this workdir",
-        ),
-        (PermissionError(errno.EACCES, "Permission denied", "checkpoints/8"), "Permission denied"),
-    ],
-)
-def test_a_write_error_says_what_failed_not_free_some_space(tmp_path, monkeypatch, error, says):
-    checkpointer = checkpointing.Checkpointer(tmp_path)
-
-    def failing(*args, **kwargs):
-        raise error
-
-    monkeypatch.setattr(checkpointer._periodic, "save", failing)
-    with pytest.raises(checkpointing.CheckpointWriteError) as raised:
-        checkpointer.save({}, checkpointing.Progress(8, 0, 1))
-    message = str(raised.value)
-    assert says in message and "no earlier checkpoint" in message
-    assert "free some space" not in message and "disk is full" not in message
-    checkpointer.close()

@@ -55,6 +55,7 @@ def test_penalty_target_normalisation():
     np.testing.assert_allclose(penalty, (1.0 - 2.0) ** 2 / 4.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_penalty_of_the_real_critic_matches_finite_differences(tiny_config):
     """The gradient inside the penalty, for the ProGAN critic with minibatch stddev, against
     central differences of the summed scores in float64."""
@@ -114,6 +115,7 @@ def _avgpool(x: jax.Array, f: int) -> jax.Array:
     return x.reshape(n, h // f, f, w // f, f, c).mean(axis=(2, 4))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage,f", [(0, 4), (1, 2)])
 def test_official_penalty_scale_equals_upscaling_and_pooling(tiny_config, stage, f):
     """The official critic sees images nearest-upscaled by f and pools them back: the gradient

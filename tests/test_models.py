@@ -6,19 +6,9 @@ import numpy as np
 import pytest
 
 from configs import celeba_hq1024
-from progan_jax import checkpointing, models
+from progan_jax import models
 from progan_jax.gan import GAN, create_train_state
 from progan_jax.layers import count_params, downsample2x, pixel_norm, upsample2x
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from configs import tiny
-
-    config = tiny.get_config()
-    gan = GAN.from_config(config)
-    state = create_train_state(gan, jax.random.key(0))
-    return config, gan, state
 
 
 def _latents(n, size, seed=0):
@@ -29,6 +19,7 @@ def _images(n, res, channels=3, seed=0):
     return jax.random.uniform(jax.random.key(seed), (n, res, res, channels), minval=-1, maxval=1)
 
 
+@pytest.mark.slow
 def test_shapes_at_every_stage(tiny):
     config, gan, state = tiny
     z = _latents(4, config.model.latent_size)
@@ -110,20 +101,6 @@ def test_official_parameter_counts():
     assert count_params(shapes.d_params) == 23_087_249
 
 
-def test_checkpoints_with_a_bias_per_dense_unit_fail_to_restore(tiny, tmp_path):
-    """Checkpoints written before G's first bias became one per feature map (16x as many) must
-    not restore as garbage: Orbax refuses the shape."""
-    _, _, state = tiny
-    dense = state.g_params["dense_4x4"]
-    old_layout = {**dense, "bias": jnp.zeros(16 * dense["bias"].shape[0])}
-    old = state.replace(g_params={**state.g_params, "dense_4x4": old_layout})
-    checkpointer = checkpointing.Checkpointer(tmp_path)
-    checkpointer.save(old, checkpointing.Progress(images_shown=8, phase_index=0, steps=1))
-    with pytest.raises(ValueError, match="not compatible with the stored shape"):
-        checkpointer.restore(state)
-    checkpointer.close()
-
-
 @pytest.mark.parametrize("use_pixelnorm", [True, False])
 def test_normalize_latents_acts_whatever_use_pixelnorm(tiny, use_pixelnorm):
     """The latent is pixel-normalised iff normalize_latents, independently of use_pixelnorm (as
@@ -145,6 +122,7 @@ def test_normalize_latents_acts_whatever_use_pixelnorm(tiny, use_pixelnorm):
     assert np.abs(with_norm - generators[False](z)).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_grayscale_and_bfloat16(tiny_config):
     config = tiny_config  # a fresh config per test: the module-scoped `tiny` is shared
     config.model.num_channels = 1

@@ -44,6 +44,7 @@ def _finish(processes, logs, timeout=600) -> list[str]:
     return [path.read_text() for _, path in logs]
 
 
+@pytest.mark.slow
 def test_timed_checkpoints_agree_when_clocks_disagree(tmp_path, compile_cache):
     """Process 1's clock runs 7x fast: deciding saves by each process's clock deadlocks."""
     skewed = (sys.executable, str(ROOT / "tests" / "skewed_clock.py"), "7")
@@ -59,6 +60,7 @@ def test_timed_checkpoints_agree_when_clocks_disagree(tmp_path, compile_cache):
     assert timed, saved
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, compile_cache):
     _workdir, processes, logs = _two_processes(
         tmp_path, compile_cache, "--config.checkpoint.every_images=0"
@@ -72,6 +74,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, compile_ca
     assert int(stopped[0][0]) % (2 * 8) == 0  # at a log interval (2 steps of 8 images)
 
 
+@pytest.mark.slow
 def test_processes_with_different_configs_refuse_to_start(tmp_path, compile_cache):
     _workdir, processes, logs = _two_processes(
         tmp_path, compile_cache, per_process=((), ("--config.loss.gp_weight=5.0",))
@@ -112,6 +115,7 @@ def test_process_0_clock_alone_times_the_saves(monkeypatch, index):
     assert not stop and save == (index == 0)
 
 
+@pytest.mark.slow
 def test_a_data_failure_on_one_process_stops_both(tmp_path, compile_cache):
     """Process 1's half of the folder is unreadable: both exit with an error, none waits."""
     from PIL import Image

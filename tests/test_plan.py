@@ -36,6 +36,7 @@ def tpu_config(tiny_config):
     return tiny_config
 
 
+@pytest.mark.slow
 def test_plan_compiles_each_stage_for_a_tpu_slice(tpu_config):
     tpu_config.plan.stages = (0, 2)
     lines = list(plan.plan(tpu_config))
@@ -62,6 +63,7 @@ def test_auto_gradient_rules_follow_the_target_not_this_machine(tpu_config):
     assert (tpu_gan.critic.conv_gradients, here.critic.conv_gradients) == ("xla", "matmul")
 
 
+@pytest.mark.slow
 def test_a_stage_that_does_not_fit_is_an_error_naming_it_and_the_batch_that_fits(
     tpu_config, compile_once
 ):
@@ -116,6 +118,7 @@ def test_out_of_memory_compile_errors_are_read_as_sizes():
     assert plan._exhausted_bytes(RuntimeError("INTERNAL: something else")) is None
 
 
+@pytest.mark.slow
 def test_cuda_is_lowered_for_and_counted_but_its_memory_is_not_claimed(tiny_config):
     tiny_config.plan.topology = "cuda"
     tiny_config.plan.stages = (1,)
@@ -130,6 +133,7 @@ def test_an_unknown_topology_is_a_config_error(tiny_config):
         list(plan.plan(tiny_config))
 
 
+@pytest.mark.slow
 def test_auto_batch_sizes_take_the_largest_that_fit_this_machine(
     tiny_config, monkeypatch, compile_once
 ):

@@ -129,6 +129,7 @@ def _flat_update(state, initial, field: str) -> np.ndarray:
 _SCORE_METRICS = ("real_score", "fake_score", "wasserstein", "generator_loss")
 
 
+@pytest.mark.slow
 def test_bfloat16_steps_track_float32(tiny_config):
     """Three steps of the 16x16 fade (alpha 1/8 to 3/8) from one state, float32 and bfloat16.
 

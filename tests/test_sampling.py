@@ -48,12 +48,14 @@ def reference_blocks(generator) -> list[np.ndarray]:
     return blocks
 
 
+@pytest.mark.slow
 def test_eight_devices_generate_what_one_device_does(generator):
     z = generator.gan.sample_latents(jax.random.key(0), COUNT)
     got = sampling.generate_images(generator.gan, generator.params, z, STAGE, ALPHA)
     np.testing.assert_allclose(got, one_device_images(generator, z), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_each_device_generates_only_its_own_latents(generator):
     """13 latents on 8 devices: padded to 16, two per device, in order; the compiled program
     of each device takes its two latents and makes two images (no device makes all 16)."""
@@ -75,12 +77,14 @@ def test_each_device_generates_only_its_own_latents(generator):
     assert "all-gather" not in hlo
 
 
+@pytest.mark.slow
 def test_generated_minibatches_span_blocks_and_keep_their_latents(generator, reference_blocks):
     batches = list(generator.batches(COUNT, BLOCK, SEED))
     assert len(batches) == 1  # 13 images fit one minibatch at 16x16 on 8 devices
     np.testing.assert_array_equal(batches[0].host(), np.concatenate(reference_blocks))
 
 
+@pytest.mark.slow
 def test_generated_swd_descriptors_do_not_depend_on_the_devices(generator, reference_blocks):
     """Neighbourhood centres are drawn per block of latents, as when each block was a minibatch
     on one device; so are the descriptors of the blocks on one device."""
@@ -94,11 +98,13 @@ def test_generated_swd_descriptors_do_not_depend_on_the_devices(generator, refer
         )
 
 
+@pytest.mark.slow
 def test_generated_ms_ssim_does_not_depend_on_the_devices(generator, reference_blocks):
     sharded = ms_ssim.consecutive_pairs_ms_ssim(generator.batches(COUNT, BLOCK, SEED))
     assert sharded == pytest.approx(ms_ssim.consecutive_pairs_ms_ssim(reference_blocks), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_ms_ssim_pairs_of_an_odd_minibatch_continue_into_the_next(generator, reference_blocks):
     """Minibatches of 7 and 6: the 7th image pairs with the 8th, across minibatches."""
     images = np.concatenate(reference_blocks)
@@ -115,6 +121,7 @@ def test_each_device_generates_fewer_images_at_once_as_they_grow(resolution, per
     assert sampling.generation_group(resolution) == per_device
 
 
+@pytest.mark.slow
 def test_samples_in_tensorboard_are_at_most_256_pixels_a_side_and_the_png_full_size(tmp_path):
     """A 2x2 grid of 512x512 samples: 256-pixel tiles (2x2 box filtered) in TensorBoard, the
     full 512-pixel tiles in the PNG, each encoded once."""
@@ -151,6 +158,7 @@ def test_small_samples_are_enlarged_to_the_tile():
     np.testing.assert_array_equal(grid[:, :8], images[0].repeat(2, 0).repeat(2, 1))
 
 
+@pytest.mark.slow
 def test_only_process_0_writes_generated_files(tmp_path, tiny_config, monkeypatch):
     """Every process generates (the generator spans all devices); one writes the files."""
     from progan_jax import generate

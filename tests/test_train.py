@@ -1,4 +1,5 @@
-"""The training loop in this process: a whole tiny run and its outputs.
+"""The training loop in this process: a whole tiny run and its outputs, config errors before
+anything is written, and the Adam resets at phase boundaries.
 
 Kill, resume and multi-process runs need processes of their own (tests/test_main.py,
 tests/test_multihost.py); everything else about a run is checked here, where it is fast.
@@ -10,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from progan_jax import checkpointing, evaluate, schedule, train, train_step
+from progan_jax import checkpointing, config_checks, evaluate, schedule, train, train_step
+from progan_jax import gan as gan_lib
 
 
 def guard_transfers(monkeypatch) -> list:
@@ -33,6 +35,7 @@ def guard_transfers(monkeypatch) -> list:
     return calls
 
 
+@pytest.mark.slow
 def test_tiny_run_in_process(tmp_path, tiny_config, caplog, monkeypatch):
     """Trains all three stages with every copy to the devices explicit, then evaluates it."""
     config = tiny_config
@@ -64,6 +67,23 @@ def test_tiny_run_in_process(tmp_path, tiny_config, caplog, monkeypatch):
     assert all(np.isfinite(v) for k, v in results.items() if k.startswith(("swd", "ms_ssim")))
 
 
+@pytest.mark.parametrize(
+    "field,value",
+    [("model.resolution", 100), ("schedule.batch_sizes", (8, 8)), ("schedule.fade_images", -5)],
+    ids=["resolution", "batch_sizes", "fade_images"],
+)
+def test_config_errors_name_the_field(tmp_path, tiny_config, field, value):
+    """A bad value stops the run, naming its field, before anything is written to the workdir
+    (main.py's exit with the message: test_main.py)."""
+    section, name = field.split(".")
+    tiny_config[section][name] = value
+    with pytest.raises(config_checks.ConfigError) as error:
+        train.train_and_evaluate(tiny_config, str(tmp_path / "bad"))
+    assert f"config.{field}" in str(error.value)
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+@pytest.mark.slow
 def test_the_guard_catches_an_implicit_copy(tiny_config, monkeypatch):
     from progan_jax import gan as gan_lib
     from progan_jax import parallel
@@ -88,3 +108,39 @@ def test_the_host_runs_at_most_two_steps_ahead_of_the_device(monkeypatch):
         interval.add(metrics, 16)
     assert [id(m) for m in awaited] == [id(m) for m in steps[:3]]
     assert interval.metrics == steps and interval.images == 80
+
+
+def spy_on_resets(monkeypatch) -> list[int]:
+    """Records the train steps taken before each executed reset (the reset is jitted, so the
+    record is made by a callback in the compiled program, not when it is traced)."""
+    steps = []
+    reset = gan_lib.reset_optimizer_states
+
+    def spied(gan, state):
+        jax.debug.callback(lambda step: steps.append(int(step)), state.step)
+        return reset(gan, state)
+
+    monkeypatch.setattr(gan_lib, "reset_optimizer_states", spied)
+    return steps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reset", [True, False])
+def test_adam_is_reset_at_each_phase_boundary(tmp_path, tiny_config, monkeypatch, reset):
+    config = tiny_config
+    config.optimizer.reset_at_phase_boundary = reset
+    config.eval.swd_every_images = 0
+    config.checkpoint.every_images = 0
+    steps = spy_on_resets(monkeypatch)
+    state = train.Trainer(config, str(tmp_path)).run()
+
+    phases = schedule.phases(config)
+    batch = config.schedule.batch_sizes[0]
+    assert set(config.schedule.batch_sizes) == {batch}  # images shown = steps * batch
+    boundaries = [phase.start for phase in phases[1:]]
+    assert len(boundaries) == 4  # 4x4; 8x8 fade, stabilize; 16x16 fade, stabilize
+    assert [s * batch for s in steps] == (boundaries if reset else [])
+    # The moments that trained the last phase: only its steps, or the whole run's.
+    since = phases[-1].start if reset else 0
+    for opt_state in (state.g_opt_state, state.d_opt_state):
+        assert int(opt_state.count) == (phases[-1].end - since) // batch

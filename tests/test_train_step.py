@@ -66,6 +66,7 @@ def test_alpha_on_the_device_follows_the_host_schedule(offset, tiny_config):
     assert float(schedule.stage_schedule(tiny_config, 0).alpha(jnp.int32(offset))) == 1.0
 
 
+@pytest.mark.slow
 def test_eight_devices_equal_per_shard_gradients_averaged(gan_and_state):
     gan, state = gan_and_state
     assert jax.device_count() == 8
@@ -110,6 +111,7 @@ def test_eight_devices_equal_per_shard_gradients_averaged(gan_and_state):
     assert len(copies) == 8 and all(np.array_equal(copies[0], c) for c in copies)
 
 
+@pytest.mark.slow
 def test_generator_ema_follows_the_new_parameters(gan_and_state):
     gan, state = gan_and_state
     mesh = parallel.make_mesh(jax.devices()[:1])
@@ -139,6 +141,7 @@ def test_generator_ema_follows_the_new_parameters(gan_and_state):
         np.testing.assert_array_equal(new.g_params[name]["kernel"], state.g_params[name]["kernel"])
 
 
+@pytest.mark.slow
 def test_one_compile_per_stage_as_alpha_moves_on_the_device(gan_and_state):
     gan, state = gan_and_state
     mesh = parallel.make_mesh(jax.devices()[:2])
@@ -164,6 +167,7 @@ def test_one_compile_per_stage_as_alpha_moves_on_the_device(gan_and_state):
     np.testing.assert_allclose(alphas, [0.0, 0.008, 0.016, 0.024], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_reset_optimizer_states(gan_and_state):
     gan, state = gan_and_state
     mesh = parallel.make_mesh(jax.devices()[:1])
@@ -178,12 +182,7 @@ def test_reset_optimizer_states(gan_and_state):
     assert reset.g_params is new.g_params
 
 
-def test_global_batch_must_divide_by_devices():
-    mesh = parallel.make_mesh()
-    with pytest.raises(ValueError, match="does not divide by the 8 devices"):
-        parallel.global_batch(np.zeros((6, 4, 4, 3), np.float32), mesh)
-
-
+@pytest.mark.slow
 def test_a_few_steps_on_a_toy_target_drive_the_losses_the_right_way(gan_and_state):
     """Reals of one colour: the critic first learns to separate them from the fakes (the
     Wasserstein estimate rises), then G matches the colour and the estimate falls again."""
@@ -210,6 +209,7 @@ def test_a_few_steps_on_a_toy_target_drive_the_losses_the_right_way(gan_and_stat
     assert np.mean(wasserstein[-20:]) < 0.5 * peak
 
 
+@pytest.mark.slow
 def test_adam_matches_optax_on_the_active_modules(gan_and_state):
     gan, state = gan_and_state
     active, _ = train_step.split_active(state.d_params, 0)
@@ -243,6 +243,7 @@ def test_fade_reals_matches_the_official_process_reals(stage, alpha):
     np.testing.assert_allclose(got, _official_fade_lod(reals, alpha), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage,ratio", [(2, 1.0), (1, 0.5)])
 def test_penalty_scales_agree_only_at_the_last_stage(gan_and_state, stage, ratio):
     """`critic_grads` passes the stage's norm scale: 'official' and 'native' give the same step
@@ -264,6 +265,7 @@ def test_penalty_scales_agree_only_at_the_last_stage(gan_and_state, stage, ratio
     assert same == (ratio == 1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2])
 def test_both_conv_gradient_rules_give_the_same_step(stage, tiny_config):
     """The CPU-fast rules ('matmul') and XLA's ('xla', what GPUs and TPUs run) differentiate the
@@ -311,6 +313,7 @@ def test_unknown_conv_gradients_is_a_config_error(tiny_config):
         config_checks.validate(tiny_config, devices=1)
 
 
+@pytest.mark.slow
 def test_rematerialization_recomputes_and_gives_the_same_gradients(gan_and_state):
     """`model.rematerialize` recomputes activations in the backward passes (the penalty's
     double backward included) and gives the same gradients. What it saves is measured where

@@ -1,30 +1,16 @@
-"""Image files decoded as a photo library shows them (progan_jax.data.decode), and the image
-folder's rules for files it cannot use."""
+"""Image files decoded as a photo library shows them (progan_jax.data.decode)."""
 
-import logging
 import pathlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from configs import tiny
-from progan_jax.data import decode, errors, sources
+from progan_jax.data import decode
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 WHITE = decode.BACKGROUND
 EXIF_ORIENTATION = 0x0112
-
-
-@pytest.fixture
-def folder(tmp_path):
-    """An image folder source, its folder still empty."""
-    data = tiny.get_config().data
-    data.source = "image_folder"
-    data.path = str(tmp_path / "images")
-    data.cache_dir = str(tmp_path / "cache")
-    pathlib.Path(data.path).mkdir()
-    return data
 
 
 def _decoded(path: pathlib.Path, resolution: int = 16, channels: int = 3) -> np.ndarray:
@@ -111,53 +97,3 @@ def test_huge_images_are_skipped_unless_a_smaller_jpeg_decode_fits(tmp_path, mon
         assert isinstance(reason, str) and name in reason and why in reason, reason
     jpeg = _decoded(tmp_path / "huge.jpg").astype(int)  # drafted to 64 x 64: within the limit
     assert (jpeg[..., 0] > 240).all() and (jpeg[..., 1:] < 15).all()
-
-
-def test_files_with_other_extensions_are_named_in_a_warning(folder, caplog):
-    root = pathlib.Path(folder.path)
-    Image.new("RGB", (16, 16), RED).save(root / "a.png")
-    for name in ("notes.txt", "photo.heic", "clip.heic"):
-        (root / name).write_bytes(b"not read")
-    with caplog.at_level(logging.WARNING):
-        assert len(sources.load_images(folder, 16, 3).images) == 1
-    (warning,) = [r.getMessage() for r in caplog.records if "Ignoring" in r.getMessage()]
-    assert "3 file(s)" in warning and ".heic: 2" in warning and ".txt: 1" in warning
-
-
-def _folder_of(root: pathlib.Path, good: int, broken: int) -> None:
-    for i in range(good):
-        Image.new("RGB", (16, 16), RED).save(root / f"good{i}.png")
-    for i in range(broken):
-        (root / f"broken{i}.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-
-
-def test_a_folder_where_most_files_fail_is_an_error(folder):
-    _folder_of(pathlib.Path(folder.path), good=2, broken=3)
-    with pytest.raises(errors.DataSetMissingError, match="3 of 5 files") as error:
-        sources.load_images(folder, 16, 3)
-    assert "broken0.jpg" in str(error.value)
-    assert not list(pathlib.Path(folder.cache_dir).rglob("*.npy*"))  # nothing cached
-
-
-def test_a_folder_where_half_the_files_fail_is_used(folder):
-    _folder_of(pathlib.Path(folder.path), good=2, broken=2)
-    loaded = sources.load_images(folder, 16, 3)
-    assert len(loaded.images) == 2 and len(loaded.skipped) == 2
-    again = sources.load_images(folder, 16, 3)  # from the cache, the skipped files still known
-    assert again.skipped == loaded.skipped
-
-
-@pytest.mark.parametrize("max_images,total", [(None, 5), (3, 3)])
-def test_decoding_reports_n_of_the_folders_files(folder, monkeypatch, caplog, max_images, total):
-    from progan_jax import tracking
-
-    track = tracking.track
-    monkeypatch.setattr(tracking, "on_terminal", lambda: False)
-    monkeypatch.setattr(
-        tracking, "track", lambda *args, **kwargs: track(*args, **kwargs, every_s=0)
-    )
-    caplog.set_level(logging.INFO)
-    _folder_of(pathlib.Path(folder.path), good=5, broken=0)
-    folder.max_images = max_images
-    sources.load_images(folder, 16, 3)
-    assert f"decoding image_folder: 2 of {total}" in caplog.text
