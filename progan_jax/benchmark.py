@@ -30,8 +30,7 @@ from progan_jax.data import input_pipeline
 
 
 def benchmark_stages(config: ml_collections.ConfigDict) -> list[int]:
-    stages = config.benchmark.stages
-    return list(range(stages.num_stages(config.model.resolution))) if stages is None else stages
+    return stages.chosen_or_all(config.benchmark.stages, config.model.resolution)
 
 
 def _block(tree) -> None:

@@ -129,10 +129,11 @@ class Checkpointer:
         return (self._periodic if step in periodic else self._stages), step
 
     def _restore_fields(
-        self, images_shown: int | None, fields: dict
+        self, images_shown: int | None, fields: dict, *, partial: bool
     ) -> tuple[dict, Progress] | None:
         """The named TrainState `fields` (abstract arrays with their shardings) of a checkpoint,
-        and its progress; only those fields are read from storage."""
+        and its progress. With `partial`, only those fields are read from storage; without,
+        they must be all the checkpoint holds."""
         found = self._find(images_shown)
         if found is None:
             return None
@@ -148,7 +149,7 @@ class Checkpointer:
                 state=ocp.args.PyTreeRestore(
                     item=abstract,
                     restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-                    partial_restore=True,
+                    partial_restore=partial,
                 ),
                 progress=ocp.args.JsonRestore(),
             ),
@@ -160,7 +161,7 @@ class Checkpointer:
         """(state, progress) of the latest (or given) checkpoint, placed like `target`; or None."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         fields = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(TrainState)}
-        restored = self._restore_fields(images_shown, fields)
+        restored = self._restore_fields(images_shown, fields, partial=False)
         if restored is None:
             return None
         values, progress = restored
@@ -169,7 +170,9 @@ class Checkpointer:
     def restore_generator_ema(self, target: dict, images_shown: int | None = None):
         """(G_ema's parameters, progress) of the latest (or given) checkpoint, placed like
         `target` (abstract arrays); or None. The rest of the state is not read."""
-        restored = self._restore_fields(images_shown, {"generator_ema_params": target})
+        restored = self._restore_fields(
+            images_shown, {"generator_ema_params": target}, partial=True
+        )
         if restored is None:
             return None
         values, progress = restored

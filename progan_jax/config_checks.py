@@ -19,7 +19,7 @@ def _stage(stage: int) -> str:
     return f"stage {stage} ({res}x{res})"
 
 
-def _per_stage(config, field: str, stages: int, check, what: str) -> None:
+def _per_stage(config, field: str, count: int, check, what: str) -> None:
     """A per-stage tuple holds one value per resolution from 4x4 on, at least up to the run's;
     values past it are unused, which is how the nine-value defaults fit any resolution."""
     section, name = field.split(".")
@@ -27,16 +27,16 @@ def _per_stage(config, field: str, stages: int, check, what: str) -> None:
     res = config.model.resolution
     if not isinstance(values, tuple | list):
         _fail(field, f"must be a tuple with one value per stage (4x4, 8x8, ...), got {values!r}")
-    if len(values) < stages:
+    if len(values) < count:
         last = stages.stage_resolution(len(values) - 1)
         given = f"4x4 up to {last}x{last}" if values else "none"
         _fail(
             field,
-            f"has {len(values)} value(s) ({given}) but resolution {res} trains {stages} stages, "
-            f"4x4 up to {res}x{res}; give at least {stages} (values past the run's resolution "
+            f"has {len(values)} value(s) ({given}) but resolution {res} trains {count} stages, "
+            f"4x4 up to {res}x{res}; give at least {count} (values past the run's resolution "
             "are unused)",
         )
-    for stage, value in enumerate(values[:stages]):
+    for stage, value in enumerate(values[:count]):
         if not check(value):
             _fail(field, f"value {value!r} for {_stage(stage)} must be {what}")
 
@@ -53,7 +53,7 @@ def minibatch_stddev_accepts(per_device: int, group_size: int) -> bool:
     return group_size <= 1 or (per_device >= 2 and per_device % min(group_size, per_device) == 0)
 
 
-def _check_batch_sizes(config, stages: int, devices: int, processes: int) -> None:
+def _check_batch_sizes(config, count: int, devices: int, processes: int) -> None:
     """Each stage's global batch splits evenly over devices and processes, and gives every
     device's minibatch-stddev groups at least two images (a group of one has no deviation:
     the layer would silently feed the critic a constant)."""
@@ -61,11 +61,11 @@ def _check_batch_sizes(config, stages: int, devices: int, processes: int) -> Non
     _per_stage(
         config,
         "schedule.batch_sizes",
-        stages,
+        count,
         lambda b: isinstance(b, int) and b > 0,
         "a positive int",
     )
-    for stage in range(stages):
+    for stage in range(count):
         batch = config.schedule.batch_sizes[stage]
         if batch % devices:
             _fail(

@@ -304,8 +304,7 @@ def _finite(value: float) -> float | None:
 
 
 def planned_stages(config: ml_collections.ConfigDict) -> list[int]:
-    stages = config.plan.stages
-    return list(range(stages.num_stages(config.model.resolution))) if stages is None else stages
+    return stages.chosen_or_all(config.plan.stages, config.model.resolution)
 
 
 def plan(config: ml_collections.ConfigDict) -> Iterator[dict]:

@@ -15,3 +15,8 @@ def num_stages(resolution: int) -> int:
 def stage_resolution(stage: int) -> int:
     """The side of stage `stage`'s images: 4, 8, 16, ..."""
     return 4 * 2**stage
+
+
+def chosen_or_all(chosen: list[int] | tuple[int, ...] | None, resolution: int) -> list[int]:
+    """The `chosen` stages (a plan's or a benchmark's), or every stage up to `resolution`."""
+    return list(range(num_stages(resolution))) if chosen is None else list(chosen)

@@ -69,8 +69,8 @@ def main(port: str, index: str, mode: str, cache_dir: str, out: str) -> None:
     filtered = _record_calls(sources, "box_downsample", lambda images, factor: len(images))
     input_pipeline.prepare_all_stages(config)
     data = config.data
-    stream = input_pipeline.stage_batches(config, 1, 0, BATCH)
-    resumed = input_pipeline.stage_batches(config, 1, RESUME_AT * BATCH, BATCH)
+    stream = input_pipeline.stage_train_batches(config, 1, 0, BATCH)
+    resumed = input_pipeline.stage_train_batches(config, 1, RESUME_AT * BATCH, BATCH)
     np.savez(
         out,
         images=input_pipeline.stage_images(data, 16, 3, 2),

@@ -71,6 +71,7 @@ def test_config_checks_cover_devices_groups_and_sources():
     config_checks.validate(config, devices=8)
     cases = [
         ("schedule.batch_sizes", (12, 8, 8), 8, "does not divide by the 8 devices"),
+        ("benchmark.batch_size", 6, 8, "does not divide by the 8 devices"),
         ("model.mbstd_group_size", 3, 1, "does not divide the per-device batch 16"),
         ("optimizer.learning_rates", (1e-3, 0.0, 1e-3), 1, "must be positive"),
         ("model.num_channels", 2, 1, "must be 1 (grayscale) or 3"),
@@ -89,3 +90,13 @@ def test_config_checks_cover_devices_groups_and_sources():
     config.data.source = "image_folder"
     with pytest.raises(config_checks.ConfigError, match=r"config\.data\.path"):
         config_checks.validate(config, devices=1)
+
+
+def test_batches_must_divide_by_the_processes():
+    """Checked once, here: the stream's per-process rows and the mesh's global batches rely on
+    it (a batch of 8 over 3 processes would leave rows to no one)."""
+    config = tiny.get_config()
+    config.schedule.batch_sizes = (24, 24, 24)
+    config_checks.validate(config, devices=12, processes=3)
+    with pytest.raises(config_checks.ConfigError, match="does not divide by 5 processes"):
+        config_checks.validate(config, devices=8, processes=5)

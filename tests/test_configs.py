@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 from configs import celeba128, celeba_hq1024, default, image_folder
-from progan_jax import config_checks, models, schedule
+from progan_jax import config_checks, schedule, stages
 
 # Official config.py:99, `preset-v1-1gpu` (the paper's configuration), with train.py:93-99 for
 # what it leaves at the defaults (learning rates 0.001, no per-resolution lrate_dict).
@@ -44,15 +44,15 @@ RESOLUTIONS = [2**n for n in range(3, 11)]  # 8 .. 1024
 
 
 def _stages(config) -> range:
-    return range(models.num_stages(config.model.resolution))
+    return range(stages.num_stages(config.model.resolution))
 
 
 def _assert_per_stage_values(config, preset: dict) -> None:
     for stage in _stages(config):
-        res = models.stage_resolution(stage)
+        res = stages.stage_resolution(stage)
         want = preset["minibatch_dict"].get(res, preset["minibatch_base"])
-        assert schedule.batch_size(config, stage) == want, res
-        assert schedule.learning_rate(config, stage) == preset["lrate"], res
+        assert schedule.Schedule.from_config(config).batch_size(stage) == want, res
+        assert schedule.Schedule.from_config(config).learning_rate(stage) == preset["lrate"], res
 
 
 @pytest.mark.parametrize("module", [celeba128, celeba_hq1024])
@@ -63,7 +63,7 @@ def test_paper_configs_hold_the_official_preset(module):
     assert config.model.mbstd_group_size == preset["mbstd_group_size"]
     assert config.schedule.stabilize_images == preset["lod_training_kimg"] * 1000
     assert config.schedule.fade_images == preset["lod_transition_kimg"] * 1000
-    assert schedule.total_images(config) == preset["total_kimg"] * 1000
+    assert schedule.Schedule.from_config(config).total_images == preset["total_kimg"] * 1000
     assert config.data.mirror_augment  # config.py's CelebA and CelebA-HQ lines
     config_checks.validate(config, devices=1)
 
@@ -74,17 +74,17 @@ def test_eight_device_config_holds_preset_v2_8gpus():
     config = celeba_hq1024_8dev.get_config()
     preset = PRESET_V2_8GPUS
     for stage in _stages(config):
-        res = models.stage_resolution(stage)
-        assert schedule.batch_size(config, stage) == preset["minibatch_dict"].get(
-            res, preset["minibatch_base"]
-        )
-        assert schedule.learning_rate(config, stage) == preset["lrate_dict"].get(
-            res, preset["lrate"]
-        )
+        res = stages.stage_resolution(stage)
+        assert schedule.Schedule.from_config(config).batch_size(stage) == preset[
+            "minibatch_dict"
+        ].get(res, preset["minibatch_base"])
+        assert schedule.Schedule.from_config(config).learning_rate(stage) == preset[
+            "lrate_dict"
+        ].get(res, preset["lrate"])
     assert config.model.mbstd_group_size == preset["mbstd_group_size"]
     assert config.schedule.stabilize_images == preset["lod_training_kimg"] * 1000
     assert config.schedule.fade_images == preset["lod_transition_kimg"] * 1000
-    assert schedule.total_images(config) == preset["total_kimg"] * 1000
+    assert schedule.Schedule.from_config(config).total_images == preset["total_kimg"] * 1000
     for devices in (8, 16):
         config_checks.validate(config, devices=devices)
     with pytest.raises(config_checks.ConfigError, match="needs at least 2 images per device"):

@@ -82,7 +82,7 @@ def test_each_process_caches_and_streams_only_its_half(tmp_path, whole_set):
     for index, run in enumerate(runs):
         assert f"Input: {worker.SIZE} images, {half} in this process's shard" in run["log"]
         # The stream is a function of (seed, position, process index) over the own shard only.
-        want = input_pipeline.batches(
+        want = input_pipeline.train_batches(
             run["stage1"],
             seed=0,
             start=0,

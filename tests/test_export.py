@@ -65,14 +65,12 @@ def _checkpoint(workdir: pathlib.Path):
     """A stage-2 checkpoint mid-fade; returns the GAN and its (perturbed) EMA parameters."""
     config = tiny.get_config()
     gan, state = gan_lib.initialize(config, parallel.make_mesh())
-    state = state.replace(g_ema_params=_perturbed(state.g_ema_params))
+    state = state.replace(generator_ema_params=_perturbed(state.generator_ema_params))
     checkpointer = checkpointing.Checkpointer(workdir)
-    progress = checkpointing.Progress(
-        IMAGES_SHOWN, phase_index=3, steps=28, stage=STAGE, alpha=ALPHA
-    )
+    progress = checkpointing.Progress(IMAGES_SHOWN, phase_index=3, stage=STAGE, alpha=ALPHA)
     checkpointer.save(state, progress)
     checkpointer.close()
-    return gan, jax.tree.map(np.asarray, state.g_ema_params)
+    return gan, jax.tree.map(np.asarray, state.generator_ema_params)
 
 
 def _run_in_tensorflow(model_dir, latents: dict, tmp: pathlib.Path) -> dict:
@@ -152,7 +150,7 @@ def test_main_exports_a_chosen_checkpoint_to_a_chosen_folder(tmp_path, compile_c
         tmp_path / "run",
         compile_cache,
         "--mode=export",
-        f"--config.export.checkpoint={IMAGES_SHOWN}",
+        f"--config.export.checkpoint_images_shown={IMAGES_SHOWN}",
         f"--config.export.output={output}",
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -58,7 +58,7 @@ def test_the_trainer_releases_its_lease_when_the_run_fails(tmp_path, config, mon
     def broken(*args, **kwargs):
         raise RuntimeError("the data went away")
 
-    monkeypatch.setattr(input_pipeline, "stage_batches", broken)
+    monkeypatch.setattr(input_pipeline, "stage_train_batches", broken)
     with pytest.raises(RuntimeError, match="the data went away"):
         trainer.run()
     assert not (tmp_path / lease.FILE).exists()
@@ -193,7 +193,7 @@ def test_every_process_stops_when_process_0_cannot_take_the_lease(
     held = _acquire(tmp_path)
     monkeypatch.setattr(lease.jax, "process_count", lambda: 2)
     monkeypatch.setattr(lease.jax, "process_index", lambda: index)
-    failed_on_0 = np.array([2, 0])  # the statuses `agreement.together` gathers
+    failed_on_0 = np.array([2, 0])  # the statuses `collectives.together` gathers
     monkeypatch.setattr(multihost_utils, "process_allgather", lambda status: failed_on_0)
     with pytest.raises(lease.LeaseError) as error:
         lease.hold(epath.Path(tmp_path), config.lease)

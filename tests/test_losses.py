@@ -63,7 +63,7 @@ def test_penalty_of_the_real_critic_matches_finite_differences(tiny_config):
     with jax.enable_x64(True):
         tiny_config.model.compute_dtype = "float64"
         gan = GAN.from_config(tiny_config)
-        params = jax.tree.map(lambda p: p.astype(jnp.float64), state.d_params)
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), state.critic_params)
         critic = jax.jit(gan.critic_fn(params, 1, 0.3))
         x = jax.random.uniform(jax.random.key(1), (4, 8, 8, 3), jnp.float64, -1, 1)
         penalty, norms = losses.gradient_penalty(critic, x)
@@ -123,7 +123,7 @@ def test_official_penalty_scale_equals_upscaling_and_pooling(tiny_config, stage,
     that critic on the upscaled batch (the real ProGAN critic of a 16x16 run)."""
     gan = GAN.from_config(tiny_config)
     assert gan.gp_scale == "official" and gan.gp_norm_scale(stage) == 1.0 / f
-    params = create_train_state(gan, jax.random.key(0)).d_params
+    params = create_train_state(gan, jax.random.key(0)).critic_params
     critic = gan.critic_fn(params, stage, 0.3)
     full_res = lambda x: critic(_avgpool(x, f))
     res = 4 * 2**stage

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import celeba_hq1024
-from progan_jax import models
+from progan_jax import models, stages
 from progan_jax.gan import GAN, create_train_state
 from progan_jax.layers import count_params, downsample2x, pixel_norm, upsample2x
 
@@ -23,22 +23,22 @@ def _images(n, res, channels=3, seed=0):
 def test_shapes_at_every_stage(tiny):
     config, gan, state = tiny
     z = _latents(4, config.model.latent_size)
-    for stage in range(models.num_stages(config.model.resolution)):
-        res = models.stage_resolution(stage)
-        images = gan.generate(state.g_params, z, stage, 0.5)
+    for stage in range(stages.num_stages(config.model.resolution)):
+        res = stages.stage_resolution(stage)
+        images = gan.generate(state.generator_params, z, stage, 0.5)
         assert images.shape == (4, res, res, 3) and images.dtype == jnp.float32
-        scores = gan.critic_fn(state.d_params, stage, 0.5)(images)
+        scores = gan.critic_fn(state.critic_params, stage, 0.5)(images)
         assert scores.shape == (4,) and scores.dtype == jnp.float32
 
 
 def test_every_stage_has_parameters_from_init(tiny):
     _, _gan, state = tiny
-    names = set(state.g_params)
+    names = set(state.generator_params)
     for res in (4, 8, 16):
         assert f"to_rgb_{res}x{res}" in names
-        assert f"from_rgb_{res}x{res}" in state.d_params
+        assert f"from_rgb_{res}x{res}" in state.critic_params
     assert {"conv0_up_16x16", "conv1_16x16"} <= names
-    assert "conv1_down_16x16" in state.d_params
+    assert "conv1_down_16x16" in state.critic_params
 
 
 def test_generator_fade_limits(tiny):
@@ -46,29 +46,29 @@ def test_generator_fade_limits(tiny):
     z = _latents(4, config.model.latent_size, seed=1)
     for stage in (1, 2):
         # alpha = 0: exactly the previous stage's image, upsampled.
-        previous = gan.generate(state.g_params, z, stage - 1, 1.0)
-        faded_out = gan.generate(state.g_params, z, stage, 0.0)
+        previous = gan.generate(state.generator_params, z, stage - 1, 1.0)
+        faded_out = gan.generate(state.generator_params, z, stage, 0.0)
         np.testing.assert_allclose(faded_out, upsample2x(previous), rtol=1e-5, atol=1e-5)
         # alpha = 1: the new path alone; the previous toRGB no longer matters.
-        new = gan.generate(state.g_params, z, stage, 1.0)
-        res = models.stage_resolution(stage - 1)
-        perturbed = dict(state.g_params)
+        new = gan.generate(state.generator_params, z, stage, 1.0)
+        res = stages.stage_resolution(stage - 1)
+        perturbed = dict(state.generator_params)
         perturbed[f"to_rgb_{res}x{res}"] = jax.tree.map(
             lambda p: p + 1.0, perturbed[f"to_rgb_{res}x{res}"]
         )
         np.testing.assert_allclose(gan.generate(perturbed, z, stage, 1.0), new, atol=1e-5)
         assert not np.allclose(gan.generate(perturbed, z, stage, 0.5), new)
         # In between: linear in alpha.
-        half = gan.generate(state.g_params, z, stage, 0.5)
+        half = gan.generate(state.generator_params, z, stage, 0.5)
         np.testing.assert_allclose(half, 0.5 * (new + faded_out), rtol=1e-4, atol=1e-5)
 
 
 def test_critic_fade_limits_and_uses_alpha(tiny):
     _, gan, state = tiny
     for stage in (1, 2):
-        res = models.stage_resolution(stage)
+        res = stages.stage_resolution(stage)
         images = _images(8, res, seed=stage)
-        critic = lambda a, s=stage: gan.critic_fn(state.d_params, s, a)
+        critic = lambda a, s=stage: gan.critic_fn(state.critic_params, s, a)
         # alpha = 0: the previous stage's critic on the 2x2-averaged image.
         np.testing.assert_allclose(
             critic(0.0)(images),
@@ -86,9 +86,9 @@ def test_critic_fade_limits_and_uses_alpha(tiny):
 def test_critic_rejects_wrong_resolution(tiny):
     _, gan, state = tiny
     with pytest.raises(ValueError, match="expects 8x8"):
-        gan.critic_fn(state.d_params, 1, 1.0)(_images(4, 16))
+        gan.critic_fn(state.critic_params, 1, 1.0)(_images(4, 16))
     with pytest.raises(ValueError, match="stage must be in"):
-        gan.generate(state.g_params, _latents(4, 16), 3, 1.0)
+        gan.generate(state.generator_params, _latents(4, 16), 3, 1.0)
 
 
 def test_official_parameter_counts():
@@ -96,9 +96,9 @@ def test_official_parameter_counts():
     first dense has one bias per feature map, added after the reshape, not one per unit."""
     gan = GAN.from_config(celeba_hq1024.get_config())
     shapes = jax.eval_shape(lambda: create_train_state(gan, jax.random.key(0)))
-    assert shapes.g_params["dense_4x4"]["bias"].shape == (512,)
-    assert count_params(shapes.g_params) == 23_079_115
-    assert count_params(shapes.d_params) == 23_087_249
+    assert shapes.generator_params["dense_4x4"]["bias"].shape == (512,)
+    assert count_params(shapes.generator_params) == 23_079_115
+    assert count_params(shapes.critic_params) == 23_087_249
 
 
 @pytest.mark.parametrize("use_pixelnorm", [True, False])
@@ -108,7 +108,7 @@ def test_normalize_latents_acts_whatever_use_pixelnorm(tiny, use_pixelnorm):
     config, _, state = tiny
     z = 3.0 * _latents(4, config.model.latent_size, seed=2)  # far from unit RMS
     # Non-zero biases: with the zero biases of init, PixelNorm would hide the latent's scale.
-    params = jax.tree.map(lambda p: p + 0.1, state.g_params)
+    params = jax.tree.map(lambda p: p + 0.1, state.generator_params)
     generators = {}
     for normalize in (True, False):
         model = config.model.copy_and_resolve_references()
@@ -128,12 +128,12 @@ def test_grayscale_and_bfloat16(tiny_config):
     config.model.num_channels = 1
     gan = GAN.from_config(config)
     state = create_train_state(gan, jax.random.key(0))
-    images = gan.generate(state.g_params, _latents(4, 16), 2, 0.3)
+    images = gan.generate(state.generator_params, _latents(4, 16), 2, 0.3)
     assert images.shape == (4, 16, 16, 1)
     config.model.compute_dtype = "bfloat16"
     gan16 = GAN.from_config(config)
-    images16 = gan16.generate(state.g_params, _latents(4, 16), 2, 0.3)
+    images16 = gan16.generate(state.generator_params, _latents(4, 16), 2, 0.3)
     assert images16.dtype == jnp.float32  # outputs and parameters stay float32
     np.testing.assert_allclose(images16, images, atol=0.1)
-    scores = gan16.critic_fn(state.d_params, 2, 0.3)(images)
-    np.testing.assert_allclose(scores, gan.critic_fn(state.d_params, 2, 0.3)(images), atol=0.1)
+    scores = gan16.critic_fn(state.critic_params, 2, 0.3)(images)
+    np.testing.assert_allclose(scores, gan.critic_fn(state.critic_params, 2, 0.3)(images), atol=0.1)

@@ -66,7 +66,7 @@ def test_generator_fade_is_float32_under_bfloat16(bf16_gan_and_state, alpha):
     """The two RGB paths do not depend on alpha: the output at alpha is their float32 blend."""
     gan, state = bf16_gan_and_state
     z = gan.sample_latents(jax.random.key(1), 4)
-    generate = jax.jit(lambda a: gan.generate(state.g_params, z, 2, a))
+    generate = jax.jit(lambda a: gan.generate(state.generator_params, z, 2, a))
     at0, at1 = generate(jnp.float32(0.0)), generate(jnp.float32(1.0))
     _assert_float32_lerp(generate(jnp.float32(alpha)), at0, at1, alpha)
 
@@ -76,7 +76,7 @@ def test_critic_fade_is_float32_under_bfloat16(bf16_gan_and_state, alpha):
     """What the 8x8 block receives at stage 2 is the float32 blend of the fromRGB paths."""
     gan, state = bf16_gan_and_state
     images = _images(4, 16)
-    critic = _with_input_of("conv0_8x8", lambda a: gan.critic_fn(state.d_params, 2, a)(images))
+    critic = _with_input_of("conv0_8x8", lambda a: gan.critic_fn(state.critic_params, 2, a)(images))
     (_, at0), (_, at1) = critic(jnp.float32(0.0)), critic(jnp.float32(1.0))
     _assert_float32_lerp(critic(jnp.float32(alpha))[1], at0, at1, alpha)
 
@@ -93,9 +93,9 @@ def test_faded_reals_are_float32_whatever_the_images_dtype(alpha):
 def test_critic_score_is_float32_under_bfloat16(bf16_gan_and_state):
     """The last dense layer computes in float32 from the bfloat16 features it is given."""
     gan, state = bf16_gan_and_state
-    critic = _with_input_of("dense1_4x4", gan.critic_fn(state.d_params, 2, 0.5))
+    critic = _with_input_of("dense1_4x4", gan.critic_fn(state.critic_params, 2, 0.5))
     scores, features = critic(_images(4, 16))
-    layer = state.d_params["dense1_4x4"]
+    layer = state.critic_params["dense1_4x4"]
     weights = np.asarray(layer["kernel"], np.float64) * he_scale(features.shape[-1], 1.0, True)
     terms = np.asarray(features, np.float64)[:, :, None] * weights
     want = terms.sum(axis=1)[:, 0] + float(layer["bias"][0])
@@ -151,7 +151,9 @@ def test_bfloat16_steps_track_float32(tiny_config):
     for dtype in ("float32", "bfloat16"):
         tiny_config.model.compute_dtype = dtype
         gan = GAN.from_config(tiny_config)
-        step = train_step.make_train_step(gan, mesh, schedule.stage_schedule(tiny_config, stage))
+        step = train_step.make_train_step(
+            gan, mesh, schedule.Schedule.from_config(tiny_config).stage_schedule(stage)
+        )
         state = jax.tree.map(jnp.copy, initial)  # steps donate their input state
         shown, history = jnp.int32(200), []  # 8 images into the 64-image fade
         for i in range(steps):
@@ -162,7 +164,9 @@ def test_bfloat16_steps_track_float32(tiny_config):
         runs[dtype] = (state, history)
     (want, want_history), (got, got_history) = runs["float32"], runs["bfloat16"]
 
-    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves((got.g_params, got.d_params)))
+    assert all(
+        p.dtype == jnp.float32 for p in jax.tree.leaves((got.generator_params, got.critic_params))
+    )
     for i, (got_metrics, want_metrics) in enumerate(zip(got_history, want_history, strict=True)):
         score_size = max(abs(float(want_metrics[k])) for k in ("real_score", "fake_score"))
         for name in (*_SCORE_METRICS, "gradient_norm", "gradient_penalty", "critic_loss"):
@@ -170,7 +174,7 @@ def test_bfloat16_steps_track_float32(tiny_config):
             size = score_size if name in _SCORE_METRICS else abs(float(want_metrics[name]))
             difference = abs(float(got_metrics[name]) - float(want_metrics[name]))
             assert difference <= 0.05 * size, (i, name, difference / size)
-    for field in ("g_params", "d_params"):
+    for field in ("generator_params", "critic_params"):
         want_update = _flat_update(want, initial, field)
         got_update = _flat_update(got, initial, field)
         ratio = np.linalg.norm(got_update - want_update) / np.linalg.norm(want_update)

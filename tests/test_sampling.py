@@ -25,7 +25,7 @@ COUNT, BLOCK, SEED = 13, 5, 7
 @pytest.fixture(scope="module")
 def generator() -> sampling.GeneratorSnapshot:
     gan, state = gan_lib.initialize(tiny.get_config(), parallel.make_mesh())
-    return sampling.GeneratorSnapshot(gan, state.g_ema_params, STAGE, ALPHA, 0)
+    return sampling.GeneratorSnapshot(gan, state.generator_ema_params, STAGE, ALPHA, 0)
 
 
 def one_device_images(generator: sampling.GeneratorSnapshot, z: jax.Array) -> np.ndarray:
@@ -38,8 +38,8 @@ def one_device_images(generator: sampling.GeneratorSnapshot, z: jax.Array) -> np
 
 @pytest.fixture(scope="module")
 def reference_blocks(generator) -> list[np.ndarray]:
-    """The uint8 images of `generator.batches(COUNT, BLOCK, SEED)`, one block at a time on one
-    device: the latents of each block are drawn from the seed and the block's first index."""
+    """The uint8 images of `generator.fake_minibatches(COUNT, BLOCK, SEED)`, one block at a time
+    on one device: the latents of each block are drawn from the seed and the block's first index."""
     key = jax.random.key(SEED)
     blocks = []
     for start in range(0, COUNT, BLOCK):
@@ -79,7 +79,7 @@ def test_each_device_generates_only_its_own_latents(generator):
 
 @pytest.mark.slow
 def test_generated_minibatches_span_blocks_and_keep_their_latents(generator, reference_blocks):
-    batches = list(generator.batches(COUNT, BLOCK, SEED))
+    batches = list(generator.fake_minibatches(COUNT, BLOCK, SEED))
     assert len(batches) == 1  # 13 images fit one minibatch at 16x16 on 8 devices
     np.testing.assert_array_equal(batches[0].host(), np.concatenate(reference_blocks))
 
@@ -89,7 +89,9 @@ def test_generated_swd_descriptors_do_not_depend_on_the_devices(generator, refer
     """Neighbourhood centres are drawn per block of latents, as when each block was a minibatch
     on one device; so are the descriptors of the blocks on one device."""
     with (
-        swd.describe(generator.batches(COUNT, BLOCK, SEED), 16, seed=1, block=BLOCK) as sharded,
+        swd.describe(
+            generator.fake_minibatches(COUNT, BLOCK, SEED), 16, seed=1, block=BLOCK
+        ) as sharded,
         swd.describe(reference_blocks, 16, seed=1) as one_device,
     ):
         assert sharded.count == one_device.count == COUNT * swd.NHOODS_PER_IMAGE
@@ -100,7 +102,7 @@ def test_generated_swd_descriptors_do_not_depend_on_the_devices(generator, refer
 
 @pytest.mark.slow
 def test_generated_ms_ssim_does_not_depend_on_the_devices(generator, reference_blocks):
-    sharded = ms_ssim.consecutive_pairs_ms_ssim(generator.batches(COUNT, BLOCK, SEED))
+    sharded = ms_ssim.consecutive_pairs_ms_ssim(generator.fake_minibatches(COUNT, BLOCK, SEED))
     assert sharded == pytest.approx(ms_ssim.consecutive_pairs_ms_ssim(reference_blocks), rel=1e-6)
 
 
@@ -139,8 +141,8 @@ def test_samples_in_tensorboard_are_at_most_256_pixels_a_side_and_the_png_full_s
         workdir=tmp_path,
         writer=types.SimpleNamespace(write_images=lambda step, images: written.append(images)),
     )
-    progress = checkpointing.Progress(images_shown=100, phase_index=14, steps=1)
-    state = types.SimpleNamespace(g_ema_params=params)
+    progress = checkpointing.Progress(images_shown=100, phase_index=14)
+    state = types.SimpleNamespace(generator_ema_params=params)
     train.Trainer.write_samples(trainer, state, progress, 7, 1.0)
 
     [tensorboard] = [images["samples"] for images in written]

@@ -13,8 +13,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import tiny
-from progan_jax import interrupt
-from progan_jax.data import decode, errors, sources
+from progan_jax import errors, interrupt
+from progan_jax.data import decode, sources
 from tests.builds import counting, leftovers, sigterm_at
 
 RED = (255, 0, 0)

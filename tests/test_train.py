@@ -43,10 +43,14 @@ def test_tiny_run_in_process(tmp_path, tiny_config, caplog, monkeypatch):
     config.logging.profile_stage = 1
     caplog.set_level(logging.INFO)
     calls = guard_transfers(monkeypatch)
-    state = train.train_and_evaluate(config, str(tmp_path))
+    state = train.train(config, str(tmp_path))
 
-    total = schedule.total_images(config)
-    assert int(state.step) == schedule.steps_between(config, 0, total) == len(calls)
+    total = schedule.Schedule.from_config(config).total_images
+    assert (
+        int(state.step)
+        == schedule.Schedule.from_config(config).steps_between(0, total)
+        == len(calls)
+    )
     checkpointer = checkpointing.Checkpointer(tmp_path)
     try:
         assert checkpointer.latest_images_shown() == total
@@ -78,7 +82,7 @@ def test_config_errors_name_the_field(tmp_path, tiny_config, field, value):
     section, name = field.split(".")
     tiny_config[section][name] = value
     with pytest.raises(config_checks.ConfigError) as error:
-        train.train_and_evaluate(tiny_config, str(tmp_path / "bad"))
+        train.train(tiny_config, str(tmp_path / "bad"))
     assert f"config.{field}" in str(error.value)
     assert not (tmp_path / "bad" / "checkpoints").exists()
 
@@ -92,7 +96,9 @@ def test_the_guard_catches_an_implicit_copy(tiny_config, monkeypatch):
     mesh = parallel.make_mesh()
     gan, state = gan_lib.initialize(tiny_config, mesh)
     batch = {"images": np.zeros((8, 4, 4, 3), np.uint8), "mirror": np.zeros(8, bool)}
-    step = train_step.make_train_step(gan, mesh, schedule.stage_schedule(tiny_config, 0))
+    step = train_step.make_train_step(
+        gan, mesh, schedule.Schedule.from_config(tiny_config).stage_schedule(0)
+    )
     with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
         step(state, parallel.global_batch(batch, mesh), 0)  # a Python int for images shown
 
@@ -134,7 +140,7 @@ def test_adam_is_reset_at_each_phase_boundary(tmp_path, tiny_config, monkeypatch
     steps = spy_on_resets(monkeypatch)
     state = train.Trainer(config, str(tmp_path)).run()
 
-    phases = schedule.phases(config)
+    phases = schedule.Schedule.from_config(config).phases
     batch = config.schedule.batch_sizes[0]
     assert set(config.schedule.batch_sizes) == {batch}  # images shown = steps * batch
     boundaries = [phase.start for phase in phases[1:]]
@@ -142,5 +148,17 @@ def test_adam_is_reset_at_each_phase_boundary(tmp_path, tiny_config, monkeypatch
     assert [s * batch for s in steps] == (boundaries if reset else [])
     # The moments that trained the last phase: only its steps, or the whole run's.
     since = phases[-1].start if reset else 0
-    for opt_state in (state.g_opt_state, state.d_opt_state):
+    for opt_state in (state.generator_opt_state, state.critic_opt_state):
         assert int(opt_state.count) == (phases[-1].end - since) // batch
+
+
+@pytest.mark.slow
+def test_the_loop_refuses_implicit_transfers(tmp_path, tiny_config, monkeypatch):
+    """The loop runs under a transfer guard: a step fed a host value (here the count of images
+    shown as a NumPy scalar instead of the device copy) stops the run instead of paying a
+    silent copy every step."""
+    monkeypatch.setattr(
+        train.Trainer, "images_shown_on_mesh", lambda self, images_shown: np.int32(images_shown)
+    )
+    with pytest.raises(jax.errors.JaxRuntimeError, match="Disallowed host-to-device transfer"):
+        train.train(tiny_config, str(tmp_path))

@@ -56,14 +56,17 @@ def test_decode_reals_converts_and_mirrors_like_numpy():
 @pytest.mark.parametrize("offset", [0, 1, 21, 63, 64, 127])
 def test_alpha_on_the_device_follows_the_host_schedule(offset, tiny_config):
     """At every point of stage 1 (a 64-image fade, then 64 stabilizing) and of stage 0."""
-    stage_plan = schedule.stage_schedule(tiny_config, 1)
+    stage_plan = schedule.Schedule.from_config(tiny_config).stage_schedule(1)
     images = stage_plan.fade_start + offset
-    phase = schedule.phase_at(tiny_config, images)
+    phase = schedule.Schedule.from_config(tiny_config).phase_at(images)
     assert phase.stage == 1
     assert float(stage_plan.alpha(jnp.int32(images))) == pytest.approx(
-        schedule.alpha(phase, images), abs=1e-7
+        phase.alpha(images), abs=1e-7
     )
-    assert float(schedule.stage_schedule(tiny_config, 0).alpha(jnp.int32(offset))) == 1.0
+    assert (
+        float(schedule.Schedule.from_config(tiny_config).stage_schedule(0).alpha(jnp.int32(offset)))
+        == 1.0
+    )
 
 
 @pytest.mark.slow
@@ -84,20 +87,31 @@ def test_eight_devices_equal_per_shard_gradients_averaged(gan_and_state):
     assert int(next_shown) == 400 + 16 and float(metrics["alpha"]) == pytest.approx(alpha)
 
     # The same step by hand on one device: each shard with its own keys, gradients averaged.
-    critic_grads = jax.jit(lambda r, k: train_step.critic_grads(gan, state, r, k, stage, alpha))
-    generator_grads = jax.jit(
-        lambda d, k: train_step.generator_grads(gan, state.g_params, d, k, 2, stage, alpha)
+    critic_gradients = jax.jit(
+        lambda r, k: train_step.critic_gradients(gan, state, r, k, stage, alpha)
+    )
+    generator_gradients = jax.jit(
+        lambda d, k: train_step.generator_gradients(
+            gan, state.generator_params, d, k, 2, stage, alpha
+        )
     )
     shards = [train_step.fade_reals(r, stage, alpha) for r in jnp.split(reals, 8)]
     keys = [train_step.step_keys(state.rng, i) for i in range(8)]
-    d_parts = [critic_grads(r, k[1]) for r, k in zip(shards, keys, strict=True)]
-    d_grads = jax.tree.map(lambda *g: sum(g) / 8, *[g for g, _ in d_parts])
-    d_params, _ = train_step.adam_update(gan, state.d_params, d_grads, state.d_opt_state, lr)
-    g_parts = [generator_grads(d_params, k[2]) for k in keys]
-    g_grads = jax.tree.map(lambda *g: sum(g) / 8, *[g for g, _ in g_parts])
-    g_params, _ = train_step.adam_update(gan, state.g_params, g_grads, state.g_opt_state, lr)
+    d_parts = [critic_gradients(r, k[1]) for r, k in zip(shards, keys, strict=True)]
+    critic_grads = jax.tree.map(lambda *g: sum(g) / 8, *[g for g, _ in d_parts])
+    critic_params, _ = train_step.adam_update(
+        gan, state.critic_params, critic_grads, state.critic_opt_state, lr
+    )
+    g_parts = [generator_gradients(critic_params, k[2]) for k in keys]
+    generator_grads = jax.tree.map(lambda *g: sum(g) / 8, *[g for g, _ in g_parts])
+    generator_params, _ = train_step.adam_update(
+        gan, state.generator_params, generator_grads, state.generator_opt_state, lr
+    )
 
-    for got, want in [(sharded.d_params, d_params), (sharded.g_params, g_params)]:
+    for got, want in [
+        (sharded.critic_params, critic_params),
+        (sharded.generator_params, generator_params),
+    ]:
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
     np.testing.assert_allclose(
@@ -106,7 +120,7 @@ def test_eight_devices_equal_per_shard_gradients_averaged(gan_and_state):
     np.testing.assert_array_equal(jax.random.key_data(sharded.rng), jax.random.key_data(keys[0][0]))
     assert int(sharded.step) == 1
     # Every device holds the same state.
-    leaf = jax.tree.leaves(sharded.g_params)[0]
+    leaf = jax.tree.leaves(sharded.generator_params)[0]
     copies = [np.asarray(s.data) for s in leaf.addressable_shards]
     assert len(copies) == 8 and all(np.array_equal(copies[0], c) for c in copies)
 
@@ -116,29 +130,33 @@ def test_generator_ema_follows_the_new_parameters(gan_and_state):
     gan, state = gan_and_state
     mesh = parallel.make_mesh(jax.devices()[:1])
     stage = 1
-    ema_before = state.g_ema_params
+    ema_before = state.generator_ema_params
     new, _, _ = train_step.make_train_step(gan, mesh, _plan(stage)[0])(
         _copy(state), _batch(8, 8), _plan(stage, 0.5)[1]
     )
-    active, inactive = train_step.split_active(new.g_params, stage)
+    active, inactive = train_step.split_active(new.generator_params, stage)
     assert "conv1_8x8" in active and "conv1_16x16" in inactive and "to_rgb_4x4" in active
     for name in active:
         expected = jax.tree.map(
-            lambda e, g: 0.999 * e + 0.001 * g, ema_before[name], new.g_params[name]
+            lambda e, g: 0.999 * e + 0.001 * g, ema_before[name], new.generator_params[name]
         )
         for a, b in zip(
-            jax.tree.leaves(new.g_ema_params[name]), jax.tree.leaves(expected), strict=True
+            jax.tree.leaves(new.generator_ema_params[name]), jax.tree.leaves(expected), strict=True
         ):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     moved = [
-        n for n in active if not np.allclose(new.g_params[n]["kernel"], state.g_params[n]["kernel"])
+        n
+        for n in active
+        if not np.allclose(new.generator_params[n]["kernel"], state.generator_params[n]["kernel"])
     ]
     assert set(moved) == set(active)
     for name in inactive:  # untouched, and still identical to G
         np.testing.assert_array_equal(
-            new.g_ema_params[name]["kernel"], state.g_params[name]["kernel"]
+            new.generator_ema_params[name]["kernel"], state.generator_params[name]["kernel"]
         )
-        np.testing.assert_array_equal(new.g_params[name]["kernel"], state.g_params[name]["kernel"])
+        np.testing.assert_array_equal(
+            new.generator_params[name]["kernel"], state.generator_params[name]["kernel"]
+        )
 
 
 @pytest.mark.slow
@@ -173,13 +191,13 @@ def test_reset_optimizer_states(gan_and_state):
     mesh = parallel.make_mesh(jax.devices()[:1])
     plan, shown = _plan(0)
     new, _, _ = train_step.make_train_step(gan, mesh, plan)(_copy(state), _batch(8, 4), shown)
-    assert int(new.d_opt_state.count) == 1
-    assert np.abs(new.d_opt_state.nu["conv_4x4"]["kernel"]).max() > 0
+    assert int(new.critic_opt_state.count) == 1
+    assert np.abs(new.critic_opt_state.nu["conv_4x4"]["kernel"]).max() > 0
     reset = gan_lib.reset_optimizer_states(gan, new)
-    for opt in (reset.g_opt_state, reset.d_opt_state):
+    for opt in (reset.generator_opt_state, reset.critic_opt_state):
         assert int(opt.count) == 0
         assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves((opt.mu, opt.nu)))
-    assert reset.g_params is new.g_params
+    assert reset.generator_params is new.generator_params
 
 
 @pytest.mark.slow
@@ -203,7 +221,7 @@ def test_a_few_steps_on_a_toy_target_drive_the_losses_the_right_way(gan_and_stat
         current, shown, metrics = step(current, batch, shown)
         wasserstein.append(float(metrics["wasserstein"]))
         assert np.isfinite(float(metrics["critic_loss"]))
-    assert colour_error(current.g_params) < 0.25 * colour_error(state.g_params)
+    assert colour_error(current.generator_params) < 0.25 * colour_error(state.generator_params)
     peak = max(wasserstein)
     assert peak > 1.0 and peak > 3 * abs(wasserstein[0])
     assert np.mean(wasserstein[-20:]) < 0.5 * peak
@@ -212,15 +230,15 @@ def test_a_few_steps_on_a_toy_target_drive_the_losses_the_right_way(gan_and_stat
 @pytest.mark.slow
 def test_adam_matches_optax_on_the_active_modules(gan_and_state):
     gan, state = gan_and_state
-    active, _ = train_step.split_active(state.d_params, 0)
+    active, _ = train_step.split_active(state.critic_params, 0)
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), active)
-    new, opt = train_step.adam_update(gan, state.d_params, grads, state.d_opt_state, 1e-2)
+    new, opt = train_step.adam_update(gan, state.critic_params, grads, state.critic_opt_state, 1e-2)
     reference = optax.adam(1e-2, b1=0.0, b2=0.99, eps=1e-8)
     updates, _ = reference.update(grads, reference.init(active))
     for name in active:
-        expected = optax.apply_updates(state.d_params[name], updates[name])
+        expected = optax.apply_updates(state.critic_params[name], updates[name])
         np.testing.assert_allclose(new[name]["kernel"], expected["kernel"], rtol=1e-6)
-    assert new["conv1_down_16x16"] is state.d_params["conv1_down_16x16"]
+    assert new["conv1_down_16x16"] is state.critic_params["conv1_down_16x16"]
     assert int(opt.count) == 1
 
 
@@ -246,12 +264,12 @@ def test_fade_reals_matches_the_official_process_reals(stage, alpha):
 @pytest.mark.slow
 @pytest.mark.parametrize("stage,ratio", [(2, 1.0), (1, 0.5)])
 def test_penalty_scales_agree_only_at_the_last_stage(gan_and_state, stage, ratio):
-    """`critic_grads` passes the stage's norm scale: 'official' and 'native' give the same step
+    """`critic_gradients` passes the stage's norm scale: 'official' and 'native' give the same step
     at the last stage, and a penalised norm half the native one a stage earlier."""
     gan, state = gan_and_state
     reals = train_step.fade_reals(_reals(8, 4 * 2**stage), stage, 0.5)
     results = [
-        train_step.critic_grads(g, state, reals, jax.random.key(5), stage, 0.5)
+        train_step.critic_gradients(g, state, reals, jax.random.key(5), stage, 0.5)
         for g in (gan, dataclasses.replace(gan, gp_scale="native"))
     ]
     (official_grads, official), (native_grads, native) = results
@@ -281,15 +299,15 @@ def test_both_conv_gradient_rules_give_the_same_step(stage, tiny_config):
     key = jax.random.key(4)
     grads = {}
     for rules, gan in gans.items():
-        d_grads, parts = jax.jit(
-            lambda r, k, gan=gan: train_step.critic_grads(gan, state, r, k, stage, 0.6)
+        critic_grads, parts = jax.jit(
+            lambda r, k, gan=gan: train_step.critic_gradients(gan, state, r, k, stage, 0.6)
         )(reals, key)
-        g_grads, _ = jax.jit(
-            lambda d, k, gan=gan: train_step.generator_grads(
-                gan, state.g_params, d, k, 8, stage, 0.6
+        generator_grads, _ = jax.jit(
+            lambda d, k, gan=gan: train_step.generator_gradients(
+                gan, state.generator_params, d, k, 8, stage, 0.6
             )
-        )(state.d_params, key)
-        grads[rules] = (d_grads, g_grads, parts["gradient_penalty"])
+        )(state.critic_params, key)
+        grads[rules] = (critic_grads, generator_grads, parts["gradient_penalty"])
     assert float(grads["xla"][2]) > 0  # the penalty takes part
     for a, b in zip(jax.tree.leaves(grads["matmul"]), jax.tree.leaves(grads["xla"]), strict=True):
         scale = float(np.max(np.abs(np.asarray(b)))) or 1.0
@@ -325,11 +343,13 @@ def test_rematerialization_recomputes_and_gives_the_same_gradients(gan_and_state
         g = dataclasses.replace(gan, rematerialize=remat)
 
         def grads(state, reals, g=g):
-            d_grads, parts = train_step.critic_grads(g, state, reals, jax.random.key(1), 2, 0.6)
-            g_grads, _ = train_step.generator_grads(
-                g, state.g_params, state.d_params, jax.random.key(2), 8, 2, 0.6
+            critic_grads, parts = train_step.critic_gradients(
+                g, state, reals, jax.random.key(1), 2, 0.6
             )
-            return d_grads, g_grads, parts["gradient_penalty"]
+            generator_grads, _ = train_step.generator_gradients(
+                g, state.generator_params, state.critic_params, jax.random.key(2), 8, 2, 0.6
+            )
+            return critic_grads, generator_grads, parts["gradient_penalty"]
 
         lowered = jax.jit(grads).lower(state, reals)
         assert ("optimization_barrier" in lowered.as_text()) == remat  # recomputation
