@@ -138,6 +138,7 @@ class Checkpointer:
         if found is None:
             return None
         manager, step = found
+        manager.wait_until_finished()  # a save of this step may still be writing
         tree = ocp.StandardCheckpointHandler().metadata(manager.directory / str(step) / "state")
         saved_as = {
             name: name if name in tree.tree else _EARLIER_NAMES.get(name, name) for name in fields

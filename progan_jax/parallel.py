@@ -35,9 +35,11 @@ def global_batch(local_batch, mesh: Mesh):
     """Assembles this process's rows (an array, or a pytree of arrays with the same leading
     axis) into the global batch, split along `data` (the config's batches divide by the
     devices and processes: `config_checks`)."""
-    return jax.tree.map(
-        lambda rows: jax.make_array_from_process_local_data(data_sharded(mesh), rows), local_batch
-    )
+    with jax.transfer_guard_host_to_device("allow"):  # intended (see shard_rows)
+        return jax.tree.map(
+            lambda rows: jax.make_array_from_process_local_data(data_sharded(mesh), rows),
+            local_batch,
+        )
 
 
 def round_up(count: int, multiple: int) -> int:
