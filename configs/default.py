@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
             pixelnorm_epsilon=1e-8,
             use_wscale=True,  # equalized learning rate
             mbstd_group_size=4,  # 0 or 1 disables minibatch stddev
+            # Classes of a conditional run (0: unconditional): G takes one-hot labels beside
+            # the latent, the critic adds one logit per class (the official AC-GAN terms).
+            label_size=0,
             fused_scale=True,  # resampling fused into the convolutions (same maths, fewer FLOPs)
             # How convolutions are differentiated: 'matmul' (forward convs and matrix products,
             # fast on XLA:CPU), 'xla' (XLA's own: cuDNN, TPU), 'auto' (matmul on CPU, else xla).
@@ -57,6 +60,8 @@ def get_config() -> ml_collections.ConfigDict:
             # resolution (native norm / 2**(last stage - stage)), as the official code;
             # 'native': the norm at the stage's own resolution (stronger before the last stage).
             gp_scale="official",
+            # Weight of the classes' softmax cross-entropy in both losses (label_size > 0).
+            cond_weight=1.0,
         )
     )
     config.optimizer = ml_collections.ConfigDict(
@@ -118,6 +123,11 @@ def get_config() -> ml_collections.ConfigDict:
             synthetic_size=4096,  # source 'synthetic': number of images
             synthetic_seed=0,
             max_images=config_dict.placeholder(int),  # use only the first N images
+            # Class labels of a conditional run (model.label_size classes): None, or where they
+            # come from: 'subfolders' (image_folder: a class per first-level subfolder, names
+            # sorted), 'feature' (TFDS: the feature `label_key`), 'skin_tone' (synthetic).
+            labels=config_dict.placeholder(str),
+            label_key="label",
             prefetch=2,  # batches prepared ahead
             # For tests and benchmarks only: N random examples in the TFDS data set's real
             # format instead of the data set (tfds.testing.mock_data).

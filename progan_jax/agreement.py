@@ -53,9 +53,11 @@ def differing_fields(a: dict, b: dict) -> list[str]:
 
 
 def _shape_signature(fields: dict) -> dict:
-    """What decides parameter shapes; the minibatch-stddev layer adds a channel when on."""
+    """What decides parameter shapes; the minibatch-stddev layer adds a channel when on, and
+    labels widen G's first layer and the critic's last."""
     signature = {k: fields.get(k) for k in SHAPE_FIELDS}
     signature["model.mbstd_group_size"] = (fields.get("model.mbstd_group_size") or 0) > 1
+    signature["model.label_size"] = fields.get("model.label_size") or 0  # absent: before labels
     return signature
 
 

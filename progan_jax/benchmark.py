@@ -69,14 +69,20 @@ def random_batch(
 ) -> dict[str, jax.Array]:
     """A global batch of random uint8 images (half of them to be mirrored) on `mesh`, built
     from this process's rows."""
+    classes = config.model.label_size
     shapes = train_step.batch_shapes(
-        batch // jax.process_count(), stages.stage_resolution(stage), config.model.num_channels
+        batch // jax.process_count(),
+        stages.stage_resolution(stage),
+        config.model.num_channels,
+        classes > 0,
     )
     rng = np.random.default_rng(stage)
     local = {
         "images": rng.integers(0, 256, shapes["images"].shape, np.uint8),
         "mirror": rng.integers(0, 2, shapes["mirror"].shape).astype(bool),
     }
+    if classes:
+        local["labels"] = rng.integers(0, classes, shapes["labels"].shape).astype(np.int32)
     return parallel.global_batch(local, mesh)
 
 
@@ -105,7 +111,9 @@ def benchmark_train_step(config: ml_collections.ConfigDict) -> Iterator[dict]:
         )
 
         start = time.perf_counter()
-        step = train_step.make_train_step(gan, mesh, plan).lower(state, reals, shown).compile()
+        frequencies = train_step.even_frequencies(gan)
+        step = train_step.make_train_step(gan, mesh, plan, frequencies)
+        step = step.lower(state, reals, shown).compile()
         compile_s = time.perf_counter() - start
 
         times = []

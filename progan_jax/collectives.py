@@ -23,6 +23,13 @@ def process_values(value: int) -> list[int]:
     return [int(v) for v in multihost_utils.process_allgather(np.int64(value))]
 
 
+def summed(values: np.ndarray) -> np.ndarray:
+    """`values` added up over the processes (e.g. each shard's images per class)."""
+    if jax.process_count() == 1:
+        return values
+    return np.sum(multihost_utils.process_allgather(values), axis=0)
+
+
 def allgather_bytes(data: bytes) -> list[bytes]:
     """Every process's `data` (of any length), in process order."""
     if jax.process_count() == 1:

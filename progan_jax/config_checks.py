@@ -93,6 +93,30 @@ def _check_batch_sizes(config, count: int, devices: int, processes: int) -> None
         )
 
 
+def _check_labels(model: ml_collections.ConfigDict, data: ml_collections.ConfigDict) -> None:
+    """A conditional run has classes and labelled data from where its source keeps them."""
+    if data.labels is None:
+        if model.label_size:
+            _fail(
+                "data.labels",
+                f"model.label_size={model.label_size} needs labelled data: set data.labels to "
+                f"one of {', '.join(sources.LABEL_SOURCES)}, or model.label_size=0",
+            )
+        return
+    if data.labels not in sources.LABEL_SOURCES:
+        _fail(
+            "data.labels", f"must be one of {', '.join(sources.LABEL_SOURCES)}, got {data.labels!r}"
+        )
+    if data.source not in sources.LABEL_SOURCES[data.labels]:
+        _fail(
+            "data.labels",
+            f"{data.labels!r} labels {' or '.join(sources.LABEL_SOURCES[data.labels])} data, "
+            f"not data.source={data.source!r}",
+        )
+    if model.label_size < 1:
+        _fail("model.label_size", "data.labels is set: give the number of classes (>= 1)")
+
+
 def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1) -> None:
     """Raises ConfigError for the first invalid value."""
     model, sched, data = config.model, config.schedule, config.data
@@ -100,6 +124,9 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
     if not isinstance(res, int) or res < 4 or res & (res - 1):
         _fail("model.resolution", f"must be a power of two >= 4, got {res!r}")
     count = stages.num_stages(res)
+    if model.label_size < 0:
+        _fail("model.label_size", f"must be >= 0 (0: unconditional), got {model.label_size}")
+    _check_labels(model, data)
     if model.num_channels not in (1, 3):
         _fail("model.num_channels", f"must be 1 (grayscale) or 3 (RGB), got {model.num_channels}")
     for field in ("latent_size", "fmap_base", "fmap_max"):

@@ -40,6 +40,7 @@ class GAN:
     drift_weight: float = 1e-3
     gp_scale: str = "official"  # one of losses.GP_SCALES
     ema_decay: float = 0.999
+    cond_weight: float = 1.0  # the class terms' weight (conditional networks only)
     # Recompute each network's activations in its backward passes instead of keeping them
     # (jax.checkpoint): less device memory for about a third more critic FLOPs.
     rematerialize: bool = False
@@ -56,6 +57,7 @@ class GAN:
             drift_weight=config.loss.drift_weight,
             gp_scale=config.loss.gp_scale,
             ema_decay=config.ema_decay,
+            cond_weight=config.loss.cond_weight,
             rematerialize=config.model.rematerialize,
         )
 
@@ -66,14 +68,34 @@ class GAN:
     def latent_size(self) -> int:
         return self.generator.latent_size
 
+    @property
+    def label_size(self) -> int:
+        """Classes of a conditional GAN; 0 when unconditional."""
+        return self.generator.label_size
+
     def sample_latents(self, key: jax.Array, n: int) -> jax.Array:
         return jax.random.normal(key, (n, self.latent_size), jnp.float32)
 
-    def generate(self, generator_params: Params, z: jax.Array, stage: int, alpha) -> jax.Array:
-        def apply(params, z, alpha):
-            return self.generator.apply({"params": params}, z, stage=stage, alpha=alpha)
+    def one_hot(self, labels: jax.Array | None) -> jax.Array | None:
+        """Class ids [N] as the networks take them (float32 one-hot), or None."""
+        return None if labels is None else jax.nn.one_hot(labels, self.label_size)
 
-        return self._maybe_remat(apply)(generator_params, z, alpha)
+    def generate(
+        self,
+        generator_params: Params,
+        z: jax.Array,
+        stage: int,
+        alpha,
+        labels: jax.Array | None = None,
+    ) -> jax.Array:
+        """G's images of latents `z` (and, conditional, of class ids `labels` [N])."""
+
+        def apply(params, z, alpha, one_hot):
+            return self.generator.apply(
+                {"params": params}, z, stage=stage, alpha=alpha, labels=one_hot
+            )
+
+        return self._maybe_remat(apply)(generator_params, z, alpha, self.one_hot(labels))
 
     def gp_norm_scale(self, stage: int) -> float:
         """Factor on the critic's input-gradient norm inside the penalty at `stage`.
@@ -119,7 +141,10 @@ def create_train_state(
         )
         z = jnp.zeros((1, gan.latent_size), jnp.float32)
         image = jnp.zeros((1, res, res, gan.critic.num_channels), jnp.float32)
-        generator_params = gan.generator.init(generator_key, z, stage=last, alpha=1.0)["params"]
+        labels = gan.one_hot(jnp.zeros((1,), jnp.int32)) if gan.label_size else None
+        generator_params = gan.generator.init(
+            generator_key, z, stage=last, alpha=1.0, labels=labels
+        )["params"]
         critic_params = gan.critic.init(critic_key, image, stage=last, alpha=1.0)["params"]
         return TrainState(
             step=jnp.zeros((), jnp.int32),

@@ -1,4 +1,5 @@
-"""WGAN-GP losses with ProGAN's drift term (official `loss.py`, `D_wgangp_acgan`, `G_wgan`)."""
+"""WGAN-GP losses with ProGAN's drift term (official `loss.py`, `D_wgangp_acgan`,
+`G_wgan_acgan`), and for a conditional run their AC-GAN class terms."""
 
 from collections.abc import Callable
 
@@ -8,12 +9,24 @@ import optax
 
 from progan_jax.layers import at_least_float32, lerp
 
-CriticFn = Callable[[jax.Array], jax.Array]  # images [N, H, W, C] -> scores [N]
+# images [N, H, W, C] -> scores [N], or (scores [N], label logits [N, classes]) if conditional
+CriticFn = Callable[[jax.Array], jax.Array | tuple[jax.Array, jax.Array]]
 
 # How the penalised gradient norm relates to the critic's native-resolution one (see
 # `GAN.gp_norm_scale`): 'official' as if the images were upscaled to full resolution, as the
 # official code feeds them; 'native' unscaled.
 GP_SCALES = ("official", "native")
+
+
+def scores_and_logits(outputs) -> tuple[jax.Array, jax.Array | None]:
+    """A critic's outputs as (scores, label logits or None)."""
+    return outputs if isinstance(outputs, tuple) else (outputs, None)
+
+
+def label_penalty(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-sample softmax cross-entropy of the critic's label logits against one-hot `labels`,
+    in float32 (the official `softmax_cross_entropy_with_logits_v2`)."""
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), labels)
 
 
 def gradient_penalty(
@@ -28,7 +41,11 @@ def gradient_penalty(
     The gradient is taken with respect to (at least) float32 images, so that it and its norm
     are float32 whatever the images' and the critic's compute dtype.
     """
-    grads = jax.grad(lambda x: jnp.sum(critic_fn(x)))(at_least_float32(mixed))
+
+    def summed_scores(x):  # the penalty acts on the scores alone, not the label logits
+        return jnp.sum(scores_and_logits(critic_fn(x))[0])
+
+    grads = jax.grad(summed_scores)(at_least_float32(mixed))
     flat = grads.reshape(grads.shape[0], -1)
     norms = optax.safe_norm(flat, 0.0, axis=1) * norm_scale
     return jnp.square(norms - target) / target**2, norms
@@ -43,21 +60,37 @@ def critic_loss(
     gp_target: float = 1.0,
     drift_weight: float = 1e-3,
     gp_norm_scale: float = 1.0,
+    labels: jax.Array | None = None,
+    cond_weight: float = 1.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """`mean(D(fake) - D(real) + gp_weight * penalty + drift_weight * D(real)^2)` and its parts.
 
     The penalty is evaluated at `lerp(real, fake, u)` with `u ~ U[0, 1]` per sample, on the
     gradient norm times `gp_norm_scale` (see `gradient_penalty`); the reported
     `gradient_norm` is that scaled norm, the one the penalty pulls towards `gp_target`.
+    A conditional critic (one-hot `labels` of the reals, which the fakes were generated with)
+    also adds `cond_weight` times the label penalty of the reals and of the fakes, as the
+    official code (pytorch_GAN_zoo applies it to the reals only).
     """
     fakes = jax.lax.stop_gradient(fakes)
     # One batched evaluation of both sets; vmap keeps them apart for minibatch stddev.
-    real_scores, fake_scores = jax.vmap(critic_fn)(jnp.stack([reals, fakes]))
+    outputs = jax.vmap(critic_fn)(jnp.stack([reals, fakes]))
+    both_scores, both_logits = scores_and_logits(outputs)
+    real_scores, fake_scores = both_scores
     u = jax.random.uniform(key, (reals.shape[0], 1, 1, 1), dtype=reals.dtype)
     mixed = lerp(reals, fakes, u)
     penalty, norms = gradient_penalty(critic_fn, mixed, gp_target, gp_norm_scale)
     drift = jnp.square(real_scores)
-    loss = jnp.mean(fake_scores - real_scores + gp_weight * penalty + drift_weight * drift)
+    per_sample = fake_scores - real_scores + gp_weight * penalty + drift_weight * drift
+    label_parts = {}
+    if labels is not None:
+        real_labels, fake_labels = (label_penalty(logits, labels) for logits in both_logits)
+        per_sample = per_sample + cond_weight * (real_labels + fake_labels)
+        label_parts = {
+            "label_penalty_reals": jnp.mean(real_labels),
+            "label_penalty_fakes": jnp.mean(fake_labels),
+        }
+    loss = jnp.mean(per_sample)
     parts = {
         "critic_loss": loss,
         "wasserstein": jnp.mean(real_scores - fake_scores),
@@ -66,10 +99,21 @@ def critic_loss(
         "drift": jnp.mean(drift),
         "real_score": jnp.mean(real_scores),
         "fake_score": jnp.mean(fake_scores),
+        **label_parts,
     }
     return loss, parts
 
 
-def generator_loss(critic_fn: CriticFn, fakes: jax.Array) -> jax.Array:
-    """`-mean(D(G(z)))`."""
-    return -jnp.mean(critic_fn(fakes))
+def generator_loss(
+    critic_fn: CriticFn,
+    fakes: jax.Array,
+    labels: jax.Array | None = None,
+    cond_weight: float = 1.0,
+) -> jax.Array:
+    """`-mean(D(G(z)))`; conditional (one-hot `labels` the fakes were asked for), plus
+    `cond_weight` times the critic's label penalty of the fakes."""
+    scores, logits = scores_and_logits(critic_fn(fakes))
+    per_sample = -scores
+    if labels is not None:
+        per_sample = per_sample + cond_weight * label_penalty(logits, labels)
+    return jnp.mean(per_sample)

@@ -97,10 +97,13 @@ class _Growing(nn.Module):
 class Generator(_Growing):
     """Latent [N, latent_size] -> image [N, r, r, num_channels] with r = 4 * 2**stage.
 
-    The output is linear (no tanh), as in the official code; images live in [-1, 1].
+    The output is linear (no tanh), as in the official code; images live in [-1, 1]. With
+    `label_size` classes it also takes one-hot labels [N, label_size], joined to the latent
+    before the first PixelNorm, which so normalizes both (the official `combo_in`).
     """
 
     latent_size: int = 512
+    label_size: int = 0
     normalize_latents: bool = True
     use_pixelnorm: bool = True
     pixelnorm_epsilon: float = 1e-8
@@ -121,15 +124,27 @@ class Generator(_Growing):
         return self._norm(leaky_relu(self.conv(nf, name=f"conv1_{res}x{res}")(x)))
 
     @nn.compact
-    def __call__(self, z: jax.Array, *, stage: int, alpha: jax.Array | float) -> jax.Array:
+    def __call__(
+        self,
+        z: jax.Array,
+        *,
+        stage: int,
+        alpha: jax.Array | float,
+        labels: jax.Array | None = None,
+    ) -> jax.Array:
         self.check_stage(stage)
+        if (labels is None) != (self.label_size == 0):
+            raise ValueError(
+                f"a generator of {self.label_size} classes takes "
+                f"{'one-hot labels' if self.label_size else 'no labels'}"
+            )
         to_rgb = [
             self.conv(self.num_channels, kernel_size=1, gain=1.0, name=f"to_rgb_{r}x{r}")
             for r in map(stages.stage_resolution, range(self.num_stages))
         ]
         last = self.num_stages - 1 if self.is_initializing() else stage
         features = []
-        x = z
+        x = z if labels is None else jnp.concatenate([z, labels.astype(z.dtype)], axis=-1)
         for s in range(last + 1):
             x = self._block(x, s)
             features.append(x)
@@ -144,9 +159,14 @@ class Generator(_Growing):
 
 
 class Critic(_Growing):
-    """Image [N, r, r, num_channels] with r = 4 * 2**stage -> scores [N] (float32)."""
+    """Image [N, r, r, num_channels] with r = 4 * 2**stage -> scores [N] (float32).
+
+    With `label_size` classes its last dense layer has `1 + label_size` outputs, as the
+    official critic's: it returns (scores [N], label logits [N, label_size]).
+    """
 
     mbstd_group_size: int = 4
+    label_size: int = 0
 
     def _block(self, x: jax.Array, stage: int) -> jax.Array:
         res = stages.stage_resolution(stage)
@@ -159,14 +179,16 @@ class Critic(_Growing):
             # The score in float32: bfloat16 would round it (and so the Wasserstein estimate
             # and the drift term) to 2**-9 of the terms it sums.
             wide = at_least_float32_dtype(self.dtype)
-            return self.dense(1, gain=1.0, dtype=wide, name="dense1_4x4")(x)[:, 0]
+            return self.dense(1 + self.label_size, gain=1.0, dtype=wide, name="dense1_4x4")(x)
         x = leaky_relu(self.conv(self.nf(stage + 1), name=f"conv0_{res}x{res}")(x))
         return leaky_relu(
             self.conv(self.nf(stage), resample="down", name=f"conv1_down_{res}x{res}")(x)
         )
 
     @nn.compact
-    def __call__(self, image: jax.Array, *, stage: int, alpha: jax.Array | float) -> jax.Array:
+    def __call__(
+        self, image: jax.Array, *, stage: int, alpha: jax.Array | float
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
         self.check_stage(stage)
         expected = stages.stage_resolution(stage)
         if image.shape[1:3] != (expected, expected):
@@ -188,7 +210,7 @@ class Critic(_Growing):
             x = fade(previous, x, alpha)
             for s in reversed(range(stage)):
                 x = self._block(x, s)
-        return x
+        return x[:, 0] if self.label_size == 0 else (x[:, 0], x[:, 1:])
 
 
 def _common_kwargs(model: ml_collections.ConfigDict) -> dict:
@@ -214,6 +236,7 @@ def conv_gradients(setting: str) -> str:
 def make_generator(model: ml_collections.ConfigDict) -> Generator:
     return Generator(
         latent_size=model.latent_size,
+        label_size=model.label_size,
         normalize_latents=model.normalize_latents,
         use_pixelnorm=model.use_pixelnorm,
         pixelnorm_epsilon=model.pixelnorm_epsilon,
@@ -222,4 +245,8 @@ def make_generator(model: ml_collections.ConfigDict) -> Generator:
 
 
 def make_critic(model: ml_collections.ConfigDict) -> Critic:
-    return Critic(mbstd_group_size=model.mbstd_group_size, **_common_kwargs(model))
+    return Critic(
+        mbstd_group_size=model.mbstd_group_size,
+        label_size=model.label_size,
+        **_common_kwargs(model),
+    )

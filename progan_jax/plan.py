@@ -170,12 +170,14 @@ def compile_step(
     args = (
         _abstract(_state_shapes(gan), parallel.replicated(mesh)),
         _abstract(
-            train_step.batch_shapes(plan.batch_size, res, config.model.num_channels),
+            train_step.batch_shapes(
+                plan.batch_size, res, config.model.num_channels, gan.label_size > 0
+            ),
             parallel.data_sharded(mesh),
         ),
         jax.ShapeDtypeStruct((), jnp.int32, sharding=parallel.replicated(mesh)),
     )
-    step = train_step.make_train_step(gan, mesh, plan)
+    step = train_step.make_train_step(gan, mesh, plan, train_step.even_frequencies(gan))
     start = time.perf_counter()
     if target.cross_lowering_platform:
         lowered = step.trace(*args).lower(lowering_platforms=(target.cross_lowering_platform,))

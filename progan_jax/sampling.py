@@ -53,14 +53,15 @@ def _device_layout(count: int, devices: int, group: int) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=16)
 def generator_fn(gan: GAN, stage: int, mesh: Mesh, group: int, dtype: np.dtype):
-    """Jitted `((params, alpha), z) -> images` over `mesh`: each device generates the images of
-    its own slice of `z`, `group` at a time (a loop on the device), as uint8 (`to_uint8`, on
-    the device: a quarter of the bytes to gather) or float32 in [-1, 1]."""
+    """Jitted `((params, alpha), (z, labels)) -> images` over `mesh`: each device generates the
+    images of its own slice of `z` (and of the class ids `labels`, conditional; else None),
+    `group` at a time (a loop on the device), as uint8 (`to_uint8`, on the device: a quarter
+    of the bytes to gather) or float32 in [-1, 1]."""
 
-    def per_device(shared, z):
-        params, alpha = shared
-        groups = z.reshape(-1, group, z.shape[-1])
-        images = jax.lax.map(lambda latents: gan.generate(params, latents, stage, alpha), groups)
+    def per_device(shared, rows):
+        (params, alpha), (z, labels) = shared, rows
+        groups = jax.tree.map(lambda x: x.reshape(-1, group, *x.shape[1:]), (z, labels))
+        images = jax.lax.map(lambda g: gan.generate(params, g[0], stage, alpha, g[1]), groups)
         images = images.reshape(-1, *images.shape[2:])
         return to_uint8(images, jnp) if dtype == np.uint8 else images
 
@@ -68,30 +69,62 @@ def generator_fn(gan: GAN, stage: int, mesh: Mesh, group: int, dtype: np.dtype):
 
 
 def generate(
-    gan: GAN, params: Params, z, stage: int, alpha: float, dtype: type = np.uint8
+    gan: GAN,
+    params: Params,
+    z,
+    stage: int,
+    alpha: float,
+    dtype: type = np.uint8,
+    labels=None,
 ) -> parallel.Rows:
-    """The images of latents `z` (the same on every process), in order, split over all devices:
-    each device generates only those of its own slice (padding makes the slices equal)."""
+    """The images of latents `z` (and class ids `labels`, conditional), the same on every
+    process, in order, split over all devices: each device generates only those of its own
+    slice (padding makes the slices equal)."""
     mesh = parallel.make_mesh()
     resolution = stages.stage_resolution(stage)
     rows, group = _device_layout(len(z), mesh.size, generation_group(resolution))
     latents = parallel.shard_rows(np.asarray(z, np.float32), mesh, rows * mesh.size)
+    classes = None
+    if labels is not None:
+        classes = parallel.shard_rows(np.asarray(labels, np.int32), mesh, rows * mesh.size).array
     shared = jax.device_put((params, np.float32(alpha)), parallel.replicated(mesh))
     fn = generator_fn(gan, stage, mesh, group, np.dtype(dtype))
-    return parallel.Rows(fn(shared, latents.array), latents.count)
+    return parallel.Rows(fn(shared, (latents.array, classes)), latents.count)
 
 
 def generate_images(
-    gan: GAN, params: Params, z, stage: int, alpha: float, dtype: type = np.float32
+    gan: GAN,
+    params: Params,
+    z,
+    stage: int,
+    alpha: float,
+    dtype: type = np.float32,
+    labels=None,
 ) -> np.ndarray:
     """`generate`'s images as a NumPy array on every process: float32 in [-1, 1], or uint8.
     Minibatches of `generation_group` images per device bound the devices' memory."""
     minibatch = generation_group(stages.stage_resolution(stage)) * jax.device_count()
     parts = [
-        generate(gan, params, z[i : i + minibatch], stage, alpha, dtype).host()
+        generate(
+            gan,
+            params,
+            z[i : i + minibatch],
+            stage,
+            alpha,
+            dtype,
+            None if labels is None else labels[i : i + minibatch],
+        ).host()
         for i in range(0, len(z), minibatch)
     ]
     return np.concatenate(parts)
+
+
+def grid_labels(gan: GAN, count: int, columns: int) -> np.ndarray | None:
+    """Class ids of a sample grid of `count` images: one class per row, in order (the official
+    `-grpc`), repeating when there are more rows than classes; None when unconditional."""
+    if not gan.label_size:
+        return None
+    return (np.arange(count) // columns % gan.label_size).astype(np.int32)
 
 
 def to_uint8(images, xp=np):
@@ -144,6 +177,9 @@ class GeneratorSnapshot:
     stage: int
     alpha: float
     images_shown: int
+    # A conditional G's classes, each one's share of the data: metrics ask for classes drawn
+    # from them (None: unconditional).
+    label_frequencies: np.ndarray | None = None
 
     @property
     def resolution(self) -> int:
@@ -172,8 +208,14 @@ class GeneratorSnapshot:
         for start in range(0, count, minibatch):
             interrupt.check("evaluation")
             stop = min(start + minibatch, count)
-            z = np.concatenate([
-                self.gan.sample_latents(jax.random.fold_in(key, first), min(block, stop - first))
-                for first in range(start, stop, block)
-            ])  # fmt: skip
-            yield generate(self.gan, self.params, z, self.stage, self.alpha)
+            blocks = [(jax.random.fold_in(key, first), min(block, stop - first))
+                      for first in range(start, stop, block)]  # fmt: skip
+            z = np.concatenate([self.gan.sample_latents(k, n) for k, n in blocks])
+            labels = None
+            if self.label_frequencies is not None:
+                log_frequencies = np.log(self.label_frequencies)
+                labels = np.concatenate([
+                    jax.random.categorical(jax.random.fold_in(k, 1), log_frequencies, shape=(n,))
+                    for k, n in blocks
+                ])  # fmt: skip
+            yield generate(self.gan, self.params, z, self.stage, self.alpha, labels=labels)

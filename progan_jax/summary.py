@@ -35,6 +35,9 @@ def _sort_key(name: str, descending: bool) -> tuple[int, int]:
 def layer_rows(module, params, inputs: jax.ShapeDtypeStruct, stage: int) -> list[tuple]:
     """(layer, output shape, parameters) for every layer used at `stage`, in running order."""
 
+    conditional = isinstance(module, models.Generator) and module.label_size
+    labels = {"labels": jnp.zeros((inputs.shape[0], module.label_size))} if conditional else {}
+
     def run(p, x):
         return module.apply(
             {"params": p},
@@ -43,6 +46,7 @@ def layer_rows(module, params, inputs: jax.ShapeDtypeStruct, stage: int) -> list
             alpha=1.0,
             capture_intermediates=True,
             mutable=["intermediates"],
+            **labels,
         )
 
     _, state = jax.eval_shape(run, params, inputs)

@@ -142,7 +142,11 @@ class Trainer:
             str(self.workdir), just_logging=jax.process_index() != 0
         )
         self.schedule = schedule.Schedule.from_config(config)
-        self.latents = sampling.fixed_latents(self.gan, config.seed, config.logging.sample_grid**2)
+        grid = config.logging.sample_grid
+        self.latents = sampling.fixed_latents(self.gan, config.seed, grid**2)
+        self.grid_labels = sampling.grid_labels(self.gan, grid**2, grid)
+        self.labels = None  # a conditional run's classes, read with the data (`run`)
+        self.label_frequencies = None
         self.reset_optimizers = jax.jit(
             functools.partial(gan_lib.reset_optimizer_states, self.gan),
             out_shardings=parallel.replicated(self.mesh),
@@ -195,7 +199,7 @@ class Trainer:
     def step_fn(self, stage: int):
         if stage not in self._steps:
             self._steps[stage] = train_step.make_train_step(
-                self.gan, self.mesh, self.schedule.stage_schedule(stage)
+                self.gan, self.mesh, self.schedule.stage_schedule(stage), self.label_frequencies
             )
         return self._steps[stage]
 
@@ -207,7 +211,13 @@ class Trainer:
             return
         self._sampled_at = progress.images_shown
         images = sampling.generate_images(
-            self.gan, state.generator_ema_params, self.latents, stage, alpha, np.uint8
+            self.gan,
+            state.generator_ema_params,
+            self.latents,
+            stage,
+            alpha,
+            np.uint8,
+            self.grid_labels,
         )
         columns, resolution = self.config.logging.sample_grid, self.config.model.resolution
         preview = sampling.image_grid(images, columns, min(resolution, sampling.PREVIEW_TILE))
@@ -220,7 +230,12 @@ class Trainer:
     @_transfers_intended
     def write_swd(self, state: TrainState, progress: Progress, stage: int, alpha: float):
         generator = sampling.GeneratorSnapshot(
-            self.gan, state.generator_ema_params, stage, alpha, progress.images_shown
+            self.gan,
+            state.generator_ema_params,
+            stage,
+            alpha,
+            progress.images_shown,
+            self.label_frequencies,
         )
         results = self.periodic_swd(generator)
         if results is not None:
@@ -286,6 +301,10 @@ class Trainer:
             with metric_writers.ensure_flushes(self.writer), jax.transfer_guard("disallow"):
                 first_stage = sched.phase_at(progress.images_shown).stage
                 input_pipeline.prepare_all_stages(config, first_stage)  # no box filter mid-run
+                self.labels = input_pipeline.labels_of(config)
+                if self.labels is not None:
+                    frequencies = input_pipeline.class_frequencies(self.labels, config.data)
+                    self.label_frequencies = frequencies
                 while progress.images_shown < sched.total_images:
                     phase = sched.phase_at(progress.images_shown)
                     if phase.index != progress.phase_index:  # entering a new phase
@@ -299,7 +318,7 @@ class Trainer:
                         res = stages.stage_resolution(stage)
                         logging.info("Stage %d: %dx%d, batch %d.", stage, res, res, batch)
                         local = input_pipeline.stage_train_batches(
-                            config, stage, progress.images_shown, batch
+                            config, stage, progress.images_shown, batch, self.labels
                         )
                         batches = input_pipeline.prefetch_to_mesh(local, self.mesh)
                         shown = self.images_shown_on_mesh(progress.images_shown)
@@ -343,7 +362,7 @@ class Trainer:
 TAG_GROUPS = {
     "loss": (
         "critic_loss", "generator_loss", "wasserstein", "gradient_penalty", "gradient_norm",
-        "drift", "real_score", "fake_score",
+        "drift", "real_score", "fake_score", "label_penalty_reals", "label_penalty_fakes",
     ),
     "schedule": ("alpha", "stage", "resolution", "batch_size", "learning_rate", "kimg"),
     "speed": ("images_per_s", "eta_hours"),

@@ -12,6 +12,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
@@ -31,12 +32,21 @@ def decode_reals(batch: dict[str, jax.Array], xp=jnp) -> jax.Array:
     return input_pipeline.mirrored(images, batch["mirror"], xp)
 
 
-def batch_shapes(batch_size: int, resolution: int, channels: int) -> dict:
-    """Shapes and dtypes of a global batch as `decode_reals` takes it."""
-    return {
+def batch_shapes(batch_size: int, resolution: int, channels: int, labelled: bool = False) -> dict:
+    """Shapes and dtypes of a global batch as the step takes it (`labelled`: with classes)."""
+    shapes = {
         "images": jax.ShapeDtypeStruct((batch_size, resolution, resolution, channels), jnp.uint8),
         "mirror": jax.ShapeDtypeStruct((batch_size,), jnp.bool_),
     }
+    if labelled:
+        shapes["labels"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    return shapes
+
+
+def even_frequencies(gan: GAN) -> np.ndarray | None:
+    """Equal class shares of a conditional GAN (None: unconditional), for steps compiled
+    without the data: plans and benchmarks, whose cost does not depend on them."""
+    return np.full(gan.label_size, 1.0 / gan.label_size, np.float32) if gan.label_size else None
 
 
 def fade_reals(reals: jax.Array, stage: int, alpha) -> jax.Array:
@@ -62,13 +72,19 @@ def split_active(params: Params, stage: int) -> tuple[Params, Params]:
 
 
 def critic_gradients(
-    gan: GAN, state: TrainState, reals: jax.Array, key: jax.Array, stage: int, alpha
+    gan: GAN,
+    state: TrainState,
+    reals: jax.Array,
+    key: jax.Array,
+    stage: int,
+    alpha,
+    labels: jax.Array | None = None,
 ) -> tuple[Params, dict[str, jax.Array]]:
-    """Gradient of the critic loss on one shard of (already faded) reals, for active modules."""
+    """Gradient of the critic loss on one shard of (already faded) reals, for active modules.
+    Conditional: the fakes are generated with the reals' `labels` (class ids), as officially."""
     z_key, mix_key = jax.random.split(key)
-    fakes = gan.generate(
-        state.generator_params, gan.sample_latents(z_key, reals.shape[0]), stage, alpha
-    )
+    z = gan.sample_latents(z_key, reals.shape[0])
+    fakes = gan.generate(state.generator_params, z, stage, alpha, labels)
     active, frozen = split_active(state.critic_params, stage)
 
     def loss_fn(critic_active):
@@ -81,6 +97,8 @@ def critic_gradients(
             gan.gp_target,
             gan.drift_weight,
             gan.gp_norm_scale(stage),
+            gan.one_hot(labels),
+            gan.cond_weight,
         )
 
     return jax.grad(loss_fn, has_aux=True)(active)
@@ -94,14 +112,23 @@ def generator_gradients(
     n: int,
     stage: int,
     alpha,
+    label_frequencies: np.ndarray | None = None,
 ) -> tuple[Params, jax.Array]:
-    """Gradient of `-D(G(z))` for `n` fresh latents, for the active modules of G."""
+    """Gradient of `-D(G(z))` for `n` fresh latents, for the active modules of G; conditional,
+    with class labels drawn from the data set's `label_frequencies` (the official
+    `get_random_labels`) and the class term of the fakes."""
     z = gan.sample_latents(key, n)
+    labels = None
+    if label_frequencies is not None:
+        labels = jax.random.categorical(
+            jax.random.fold_in(key, 1), jnp.log(label_frequencies), shape=(n,)
+        )
     active, frozen = split_active(generator_params, stage)
 
     def loss_fn(generator_active):
-        fakes = gan.generate({**frozen, **generator_active}, z, stage, alpha)
-        return losses.generator_loss(gan.critic_fn(critic_params, stage, alpha), fakes)
+        fakes = gan.generate({**frozen, **generator_active}, z, stage, alpha, labels)
+        critic = gan.critic_fn(critic_params, stage, alpha)
+        return losses.generator_loss(critic, fakes, gan.one_hot(labels), gan.cond_weight)
 
     loss, grads = jax.value_and_grad(loss_fn)(active)
     return grads, loss
@@ -147,6 +174,7 @@ def train_step(
     images_shown: jax.Array,
     *,
     schedule: StageSchedule,
+    label_frequencies: np.ndarray | None = None,
     axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One critic and one generator update on this device's shard of the batch.
@@ -162,13 +190,21 @@ def train_step(
     alpha = schedule.alpha(images_shown)
 
     reals = fade_reals(decode_reals(batch), stage, alpha)
-    critic_grads, metrics = critic_gradients(gan, state, reals, critic_key, stage, alpha)
+    labels = batch.get("labels")
+    critic_grads, metrics = critic_gradients(gan, state, reals, critic_key, stage, alpha, labels)
     critic_params, critic_opt_state = adam_update(
         gan, state.critic_params, mean(critic_grads), state.critic_opt_state, lr
     )
 
     generator_grads, generator_loss = generator_gradients(
-        gan, state.generator_params, critic_params, generator_key, reals.shape[0], stage, alpha
+        gan,
+        state.generator_params,
+        critic_params,
+        generator_key,
+        reals.shape[0],
+        stage,
+        alpha,
+        label_frequencies,
     )
     generator_params, generator_opt_state = adam_update(
         gan, state.generator_params, mean(generator_grads), state.generator_opt_state, lr
@@ -189,16 +225,25 @@ def train_step(
     return new_state, {**mean({**metrics, "generator_loss": generator_loss}), "alpha": alpha}
 
 
-def make_train_step(gan: GAN, mesh: Mesh, schedule: StageSchedule):
+def make_train_step(
+    gan: GAN, mesh: Mesh, schedule: StageSchedule, label_frequencies: np.ndarray | None = None
+):
     """The jitted data-parallel step of one stage:
     `(state, batch, images_shown) -> (state, images_shown + batch size, metrics)`.
 
-    `batch` is the stream's global batch (uint8 images and mirror flags) split along `data`;
+    `batch` is the stream's global batch (uint8 images and mirror flags, and for a conditional
+    GAN class ids, whose `label_frequencies` G's labels are drawn from) split along `data`;
     `images_shown` is a replicated int32 scalar that the loop feeds back, so alpha moves on the
     device and the step compiles once per stage (and batch shape). The input state is donated.
     """
     rep, data = PartitionSpec(), PartitionSpec(parallel.DATA_AXIS)
-    per_device = functools.partial(train_step, gan, schedule=schedule, axis_name=parallel.DATA_AXIS)
+    per_device = functools.partial(
+        train_step,
+        gan,
+        schedule=schedule,
+        label_frequencies=label_frequencies,  # a constant of the program
+        axis_name=parallel.DATA_AXIS,
+    )
     # Replication of the outputs is by construction (every update is pmean'd). The check is off
     # because the convolutions' custom VJPs return per-device weight gradients for replicated
     # weights, which it cannot type.

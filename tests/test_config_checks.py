@@ -100,3 +100,27 @@ def test_batches_must_divide_by_the_processes():
     config_checks.validate(config, devices=12, processes=3)
     with pytest.raises(config_checks.ConfigError, match="does not divide by 5 processes"):
         config_checks.validate(config, devices=8, processes=5)
+
+
+def test_labels_must_suit_the_source_and_the_networks():
+    def fails(field: str, message: str, **values) -> None:
+        config = tiny.get_config()  # synthetic faces
+        for name, value in values.items():
+            section, key = name.split("__")
+            config[section][key] = value
+        with pytest.raises(config_checks.ConfigError, match=f"config.{field}: ") as error:
+            config_checks.validate(config, devices=1)
+        assert message in str(error.value)
+
+    fails("data.labels", "needs labelled data", model__label_size=3)
+    fails("data.labels", "must be one of", data__labels="colour", model__label_size=3)
+    fails(
+        "data.labels",
+        "'subfolders' labels image_folder data, not data.source='synthetic'",
+        data__labels="subfolders",
+        model__label_size=3,
+    )
+    fails("model.label_size", "give the number of classes", data__labels="skin_tone")
+    config = tiny.get_config()
+    config.data.labels, config.model.label_size = "skin_tone", 3
+    config_checks.validate(config, devices=1)

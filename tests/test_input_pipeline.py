@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from progan_jax import parallel, train_step
+from progan_jax import config_checks, parallel, train_step
 from progan_jax.data import input_pipeline, sources, synthetic
 from tests.builds import counting
 
@@ -163,3 +163,35 @@ def test_sharded_streams_read_only_their_shard_and_resume():
         resumed = _decoded(_stream(shard, **{**stream, "start": 3 * 4}), 3)
         for a, b in zip(whole[3:], resumed, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_labels_travel_with_their_images_and_resume_with_them():
+    """Each batch row's label is its image's: image i holds the value i, label i % 7 (also
+    in a process's sharded stream, and from a resumed position)."""
+    images = np.arange(37, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+    labels = (np.arange(37) % 7).astype(np.int32)
+    for kwargs in ({}, {"process_index": 1, "process_count": 2, "sharded": True}):
+        stream = _take(_stream(images, labels=labels, **kwargs), 6)
+        for batch in stream:
+            np.testing.assert_array_equal(batch["labels"], batch["images"][:, 0, 0, 0] % 7)
+            assert batch["labels"].dtype == np.int32
+        resumed = _take(_stream(images, labels=labels, start=3 * 8, **kwargs), 3)
+        for want, got in zip(stream[3:], resumed, strict=True):
+            np.testing.assert_array_equal(got["labels"], want["labels"])
+    assert "labels" not in next(_stream(images))
+
+
+def test_the_data_sets_classes_must_be_the_networks(data_config):
+    data_config.data.labels = "skin_tone"
+    data_config.model.label_size = 3
+    labels = input_pipeline.labels_of(data_config)
+    np.testing.assert_allclose(
+        input_pipeline.class_frequencies(labels, data_config.data),
+        labels.counts() / labels.counts().sum(),
+    )
+    data_config.model.label_size = 4
+    with pytest.raises(
+        config_checks.ConfigError,
+        match=r"model\.label_size: 4, but data\.labels='skin_tone' gives 3",
+    ):
+        input_pipeline.labels_of(data_config)

@@ -159,3 +159,61 @@ def test_config_validation_rejects_an_unknown_penalty_scale(tiny_config):
     tiny_config.loss.gp_scale = "upscaled"
     with pytest.raises(config_checks.ConfigError, match=r"loss\.gp_scale: .*official, native"):
         config_checks.validate(tiny_config, devices=1)
+
+
+def _softmax_cross_entropy(logits: np.ndarray, one_hot: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return -(one_hot * log_probs).sum(axis=1)
+
+
+def _linear_conditional_critic(w, m):
+    """(scores <w, x_i>, label logits x_i M): the penalty must see the scores alone."""
+
+    def critic(x):
+        flat = x.reshape(x.shape[0], -1)
+        return flat @ w, flat @ m
+
+    return critic
+
+
+def test_conditional_critic_loss_adds_the_class_terms_of_reals_and_fakes():
+    rng = np.random.default_rng(1)
+    n, shape, classes = 6, (2, 2, 3), 4
+    dim = int(np.prod(shape))
+    w, m = rng.normal(size=dim) * 0.3, rng.normal(size=(dim, classes))
+    reals = rng.normal(size=(n, *shape)).astype(np.float32)
+    fakes = rng.normal(size=(n, *shape)).astype(np.float32)
+    labels = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, n)]
+    critic = _linear_conditional_critic(jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32))
+    loss, parts = losses.critic_loss(
+        critic, reals, fakes, jax.random.key(0), 10.0, 1.0, 1e-3, labels=labels, cond_weight=0.5
+    )
+
+    flat = lambda x: x.reshape(n, -1).astype(np.float64)
+    real_s, fake_s = flat(reals) @ w, flat(fakes) @ w
+    real_ce = _softmax_cross_entropy(flat(reals) @ m, labels)
+    fake_ce = _softmax_cross_entropy(flat(fakes) @ m, labels)
+    penalty = (np.linalg.norm(w) - 1.0) ** 2  # of the scores only: the logits' M plays no part
+    want = np.mean(fake_s - real_s + 10.0 * penalty + 1e-3 * real_s**2 + 0.5 * (real_ce + fake_ce))
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    np.testing.assert_allclose(float(parts["label_penalty_reals"]), real_ce.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(parts["label_penalty_fakes"]), fake_ce.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(parts["gradient_penalty"]), penalty, rtol=1e-5)
+
+
+def test_conditional_generator_loss_adds_the_class_term_of_the_fakes():
+    rng = np.random.default_rng(2)
+    n, shape, classes = 5, (2, 2, 3), 3
+    dim = int(np.prod(shape))
+    w, m = rng.normal(size=dim), rng.normal(size=(dim, classes))
+    fakes = rng.normal(size=(n, *shape)).astype(np.float32)
+    labels = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, n)]
+    critic = _linear_conditional_critic(jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32))
+    got = losses.generator_loss(critic, fakes, labels, cond_weight=2.0)
+
+    flat = fakes.reshape(n, -1).astype(np.float64)
+    want = np.mean(-(flat @ w) + 2.0 * _softmax_cross_entropy(flat @ m, labels))
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    unconditional = losses.generator_loss(lambda x: critic(x)[0], fakes)
+    np.testing.assert_allclose(float(unconditional), np.mean(-(flat @ w)), rtol=1e-5)

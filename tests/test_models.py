@@ -137,3 +137,64 @@ def test_grayscale_and_bfloat16(tiny_config):
     np.testing.assert_allclose(images16, images, atol=0.1)
     scores = gan16.critic_fn(state.critic_params, 2, 0.3)(images)
     np.testing.assert_allclose(scores, gan.critic_fn(state.critic_params, 2, 0.3)(images), atol=0.1)
+
+
+@pytest.fixture(scope="module")
+def conditional():
+    """tiny's networks with 5 classes, and their initial state."""
+    from configs import tiny
+
+    config = tiny.get_config()
+    config.model.label_size = 5
+    gan = GAN.from_config(config)
+    return config, gan, create_train_state(gan, jax.random.key(0))
+
+
+def test_labels_join_the_latent_under_the_first_pixel_norm(conditional):
+    """G's first layer reads latent and one-hot label together, normalized together (the
+    official `combo_in`): scaling both leaves the images unchanged, scaling one does not."""
+    config, gan, state = conditional
+    latent = config.model.latent_size
+    kernel = state.generator_params["dense_4x4"]["kernel"]
+    assert kernel.shape[0] == latent + 5
+    z = _latents(4, latent)
+    one_hot = jax.nn.one_hot(jnp.array([0, 1, 2, 4]), 5)
+
+    def images(z, labels):
+        params = {"params": state.generator_params}
+        return gan.generator.apply(params, z, stage=1, alpha=0.5, labels=labels)
+
+    np.testing.assert_allclose(images(3 * z, 3 * one_hot), images(z, one_hot), atol=1e-5)
+    assert not np.allclose(images(3 * z, one_hot), images(z, one_hot), atol=1e-3)
+    np.testing.assert_array_equal(
+        gan.generate(state.generator_params, z, 1, 0.5, jnp.array([0, 1, 2, 4])), images(z, one_hot)
+    )
+    with pytest.raises(ValueError, match="5 classes takes one-hot labels"):
+        gan.generate(state.generator_params, z, 1, 0.5)
+
+
+def test_the_critic_adds_a_logit_per_class(conditional):
+    _, gan, state = conditional
+    images = _images(4, 8)
+    scores, logits = gan.critic_fn(state.critic_params, 1, 0.5)(images)
+    assert scores.shape == (4,) and logits.shape == (4, 5)
+    assert scores.dtype == logits.dtype == jnp.float32
+    assert state.critic_params["dense1_4x4"]["kernel"].shape[-1] == 1 + 5
+
+
+def test_label_gradients_reach_the_generators_input_layer(conditional):
+    """The class term of G's loss trains G's label inputs: the first layer's rows of the
+    classes asked for get gradients, those of classes not asked for none."""
+    config, gan, state = conditional
+    from progan_jax import losses
+
+    labels = jnp.array([1, 1, 3, 3])
+
+    def loss(params):
+        fakes = gan.generate(params, _latents(4, config.model.latent_size), 1, 0.5, labels)
+        critic = gan.critic_fn(state.critic_params, 1, 0.5)
+        return losses.generator_loss(critic, fakes, gan.one_hot(labels), cond_weight=1.0)
+
+    grads = jax.grad(loss)(state.generator_params)["dense_4x4"]["kernel"]
+    label_rows = np.abs(np.asarray(grads[config.model.latent_size :])).reshape(5, -1).sum(axis=1)
+    assert (label_rows[[1, 3]] > 0).all() and (label_rows[[0, 2, 4]] == 0).all()

@@ -232,3 +232,79 @@ def test_decoding_reports_n_of_the_folders_files(folder, monkeypatch, caplog, ma
     folder.max_images = max_images
     sources.load_images(folder, 16, 3)
     assert f"decoding image_folder: 2 of {total}" in caplog.text
+
+
+BLUE = (0, 0, 255)
+
+
+def test_subfolders_label_each_image_by_its_class_folder(folder):
+    """Classes are the first-level subfolders, sorted; a file that cannot be decoded drops out
+    of images and labels alike, so each image keeps its own class."""
+    root = pathlib.Path(folder.path)
+    for name, colour, count in (("dogs", BLUE, 3), ("cats", RED, 2)):
+        (root / name / "deeper").mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (16, 16), colour).save(root / name / "deeper" / f"{i}.png")
+    (root / "cats" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    folder.labels = "subfolders"
+    labels = sources.load_labels(folder, 16, 3)
+    images = sources.load_images(folder, 16, 3).images
+    assert labels.names == ("cats", "dogs")
+    assert len(labels.ids) == len(images) == 5
+    red = images[:, 0, 0, 0] > 128
+    np.testing.assert_array_equal(labels.ids, np.where(red, 0, 1))
+    np.testing.assert_array_equal(labels.counts(), [2, 3])
+    cached = list(pathlib.Path(folder.cache_dir).rglob("labels_subfolders.npz"))
+    assert len(cached) == 1  # beside the images; a second call reads it
+    assert sources.load_labels(folder, 16, 3).names == ("cats", "dogs")
+
+
+def test_images_outside_a_class_folder_are_an_error(folder):
+    root = pathlib.Path(folder.path)
+    (root / "cats").mkdir()
+    Image.new("RGB", (16, 16), RED).save(root / "cats" / "a.png")
+    Image.new("RGB", (16, 16), RED).save(root / "stray.png")
+    folder.labels = "subfolders"
+    no_class = r"have no class folder, e\.g\. stray\.png"
+    with pytest.raises(errors.DataSetMissingError, match=no_class):
+        sources.load_labels(folder, 16, 3)
+
+
+def test_tfds_labels_come_from_the_feature_and_follow_the_images(data_config):
+    data = data_config.data
+    data.source, data.tfds_name, data.labels = "tfds", "mnist", "feature"
+    data.max_images = 5
+    with tfds.testing.mock_data(num_examples=8):
+        labels = sources.load_labels(data, 32, 1)
+        images = sources.load_images(data, 32, 1).images
+    assert len(labels.ids) == len(images) == 5
+    assert labels.names == tuple(str(d) for d in range(10))
+    assert ((labels.ids >= 0) & (labels.ids < 10)).all()
+    data.label_key, data.max_images = "digit", None
+    with (
+        tfds.testing.mock_data(num_examples=8),
+        pytest.raises(
+            errors.DataSetMissingError, match="no feature 'digit'; its features are image, label"
+        ),
+    ):
+        sources.load_labels(data, 32, 1)
+
+
+def test_synthetic_faces_have_skin_tone_classes(data):
+    """Darker classes have darker faces: the class is the skin colour the face is drawn with."""
+    data.synthetic_size = 60
+    data.labels = "skin_tone"
+    labels = sources.load_labels(data, 32, 3)
+    images = sources.load_images(data, 32, 3).images
+    assert labels.names == ("light", "medium", "dark")
+    # The face's centre is skin (eyes above, mouth below it).
+    centres = []
+    for i in range(len(images)):
+        rng = np.random.default_rng([data.synthetic_seed, i])
+        rng.uniform(0, 255, (2, 3))
+        cx, cy = rng.uniform(0.38, 0.62, 2)
+        centres.append(images[i, int(cy * 32), int(cx * 32)].astype(float).mean())
+    centres = np.asarray(centres)
+    means = [centres[labels.ids == c].mean() for c in range(3)]
+    assert means[0] > means[1] > means[2], means
+    assert (labels.counts() > 0).all()

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from progan_jax import checkpointing, config_checks, evaluate, schedule, train, train_step
+from progan_jax import checkpointing, config_checks, evaluate, sampling, schedule, train, train_step
 from progan_jax import gan as gan_lib
 
 
@@ -162,3 +162,32 @@ def test_the_loop_refuses_implicit_transfers(tmp_path, tiny_config, monkeypatch)
     )
     with pytest.raises(jax.errors.JaxRuntimeError, match="Disallowed host-to-device transfer"):
         train.train(tiny_config, str(tmp_path))
+
+
+@pytest.mark.slow
+def test_a_conditional_run_trains_on_labelled_data(tmp_path, tiny_config, monkeypatch):
+    """The synthetic faces' skin tones reach the step with their images (the label terms are
+    logged), and the sample grids ask for one class per row."""
+    tiny_config.model.label_size = 3
+    tiny_config.data.labels = "skin_tone"
+    tiny_config.data.cache_dir = str(tmp_path / "cache")
+    asked = []
+    generate_images = sampling.generate_images
+
+    def recording(*args, **kwargs):
+        asked.append(args[6] if len(args) > 6 else kwargs.get("labels"))
+        return generate_images(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "generate_images", recording)
+    (tmp_path / "run").mkdir()
+    state = train.train(tiny_config, str(tmp_path / "run"))
+    assert int(state.step) == 20
+    grid = tiny_config.logging.sample_grid
+    np.testing.assert_array_equal(asked[0], np.arange(grid**2) // grid % 3)
+    events = list((tmp_path / "run").glob("events.out.tfevents.*"))
+    import tensorflow as tf
+
+    tags = {
+        v.tag for e in tf.compat.v1.train.summary_iterator(str(events[0])) for v in e.summary.value
+    }
+    assert {"loss/label_penalty_reals", "loss/label_penalty_fakes"} <= tags

@@ -356,3 +356,52 @@ def test_rematerialization_recomputes_and_gives_the_same_gradients(gan_and_state
         results.append(lowered.compile()(state, reals))
     for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_conditional_step_labels_fakes_like_the_reals_and_draws_gs_from_the_data():
+    """The critic's fakes carry the reals' labels (official `D_wgangp_acgan`); G's labels are
+    drawn from the data set's class shares (`get_random_labels`): with all the data in one
+    class, G is asked for that class alone."""
+    from configs import tiny
+    from progan_jax import losses
+
+    config = tiny.get_config()
+    config.model.label_size = 3
+    gan = gan_lib.GAN.from_config(config)
+    state = gan_lib.create_train_state(gan, jax.random.key(0))
+    stage, alpha = 1, 0.5
+    reals = train_step.fade_reals(train_step.decode_reals(_batch(4, 8)), stage, alpha)
+    labels = jnp.array([2, 0, 1, 2])
+    key = jax.random.key(5)
+
+    _, parts = train_step.critic_gradients(gan, state, reals, key, stage, alpha, labels)
+    z_key, mix_key = jax.random.split(key)
+    fakes = gan.generate(state.generator_params, gan.sample_latents(z_key, 4), stage, alpha, labels)
+    _, want = losses.critic_loss(
+        gan.critic_fn(state.critic_params, stage, alpha),
+        reals,
+        fakes,
+        mix_key,
+        gan.gp_weight,
+        gan.gp_target,
+        gan.drift_weight,
+        gan.gp_norm_scale(stage),
+        gan.one_hot(labels),
+    )
+    for name in ("critic_loss", "label_penalty_reals", "label_penalty_fakes"):
+        np.testing.assert_allclose(parts[name], want[name], rtol=1e-5)
+
+    def generator_loss(frequencies):
+        return train_step.generator_gradients(
+            gan, state.generator_params, state.critic_params, key, 4, stage, alpha, frequencies
+        )[1]
+
+    only = lambda c: np.eye(3, dtype=np.float32)[c]  # all the data in class c
+    z = gan.sample_latents(key, 4)
+    for c in range(3):
+        asked = jnp.full(4, c)
+        fakes = gan.generate(state.generator_params, z, stage, alpha, asked)
+        critic = gan.critic_fn(state.critic_params, stage, alpha)
+        want = losses.generator_loss(critic, fakes, gan.one_hot(asked), gan.cond_weight)
+        np.testing.assert_allclose(generator_loss(only(c)), want, rtol=1e-5)

@@ -35,7 +35,7 @@ from jax.sharding import Mesh
 
 from progan_jax import collectives, interrupt, parallel, stages
 from progan_jax.data import cache, sources
-from progan_jax.errors import UserError
+from progan_jax.errors import ConfigError, UserError
 
 # Bytes of base images box-filtered at a time: small groups keep the float32 sums in the CPU's
 # caches (and out of freshly mapped memory), ~3x faster than a commit's chunk (~256 MB) at once.
@@ -79,6 +79,38 @@ def prepare_all_stages(config: ml_collections.ConfigDict, first_stage: int = 0) 
     model = config.model
     for stage in range(first_stage, stages.num_stages(model.resolution)):
         stage_images(config.data, model.resolution, model.num_channels, stage)
+
+
+def labels_of(config: ml_collections.ConfigDict) -> sources.Labels | None:
+    """This process's labels of its images (`data.labels`), or None for an unconditional run.
+
+    The classes must be the networks' (`model.label_size`): a count that differs is a config
+    error naming both.
+    """
+    data, model = config.data, config.model
+    if data.labels is None:
+        return None
+    shard = process_shard(data)
+    labels = collectives.together(
+        "reading labels",
+        DataPreparationError,
+        lambda: sources.load_labels(data, model.resolution, model.num_channels, shard),
+    )
+    if len(labels.names) != model.label_size:
+        raise ConfigError(
+            f"config.model.label_size: {model.label_size}, but data.labels={data.labels!r} "
+            f"gives {len(labels.names)} classes ({', '.join(labels.names)})"
+        )
+    return labels
+
+
+def class_frequencies(labels: sources.Labels, data: ml_collections.ConfigDict) -> np.ndarray:
+    """Each class's share of the whole data set (all processes' shards), float32: what G's
+    step draws its labels from, as the official `get_random_labels`."""
+    counts = labels.counts().astype(np.int64)
+    if process_shard(data) != sources.WHOLE:
+        counts = collectives.summed(counts)
+    return (counts / counts.sum()).astype(np.float32)
 
 
 def _cached_stage(
@@ -216,6 +248,7 @@ def train_batches(
     start: int,
     batch_size: int,
     mirror: bool = True,
+    labels: np.ndarray | None = None,
     process_index: int = 0,
     process_count: int = 1,
     sharded: bool = False,
@@ -225,10 +258,11 @@ def train_batches(
 
     Each batch is `{"images": uint8 [B / P, r, r, C], "mirror": bool [B / P]}`: the images as
     cached (not mirrored) and whether each is to be shown mirrored (all False without
-    `mirror`); `train_step.decode_reals` gives the float32 reals. Rows of the whole set's
-    stream, or with `sharded` (`images` is this process's shard) of the process's own stream
-    (see the module doc). uint8 is a quarter of float32's bytes on the way to the devices,
-    which convert and flip.
+    `mirror`); `train_step.decode_reals` gives the float32 reals. With `labels` (int32 [N],
+    one per image) it also holds each image's class, `"labels"`: int32 [B / P]. Rows of the
+    whole set's stream, or with `sharded` (`images` is this process's shard) of the process's
+    own stream (see the module doc). uint8 is a quarter of float32's bytes on the way to the
+    devices, which convert and flip.
     `prefetch` batches are read ahead on worker threads (NumPy releases the GIL while it
     copies). The stream needs random access by position, which the decoded cache gives and a
     tf.data pipeline over records would not.
@@ -241,7 +275,11 @@ def train_batches(
         positions = batch_start + np.arange(first, last)
         own = batch_start // process_count + np.arange(last - first) if sharded else positions
         flip = mirror_flags(seed, positions) if mirror else np.zeros(len(positions), bool)
-        return {"images": load_batch(images, image_indices(key, own, len(images))), "mirror": flip}
+        indices = image_indices(key, own, len(images))
+        batch = {"images": load_batch(images, indices), "mirror": flip}
+        if labels is not None:
+            batch["labels"] = labels[indices]
+        return batch
 
     with concurrent.futures.ThreadPoolExecutor(max(prefetch, 1)) as pool:
         pending = collections.deque(pool.submit(load, n) for n in range(max(prefetch, 1)))
@@ -252,9 +290,14 @@ def train_batches(
 
 
 def stage_train_batches(
-    config: ml_collections.ConfigDict, stage: int, start: int, batch_size: int
+    config: ml_collections.ConfigDict,
+    stage: int,
+    start: int,
+    batch_size: int,
+    labels: sources.Labels | None = None,
 ) -> Iterator[Batch]:
-    """`batches` of the configured data set at `stage`, for this process.
+    """`train_batches` of the configured data set at `stage`, for this process (with each
+    image's class when `labels`, of `labels_of`, are given).
 
     Logs the number of images over all processes after checking that they agree.
     """
@@ -280,6 +323,7 @@ def stage_train_batches(
         start=start,
         batch_size=batch_size,
         mirror=data.mirror_augment,
+        labels=None if labels is None else labels.ids,
         process_index=index,
         process_count=count,
         sharded=shard != sources.WHOLE,

@@ -39,6 +39,7 @@ CELEBA_FILES = (
     "identity_CelebA.txt",
 )
 SOURCES = ("synthetic", "celeb_a", "celeb_a_hq", "tfds", "image_folder")
+TFDS_SOURCES = ("celeb_a", "celeb_a_hq", "tfds")
 # Decoding threads: each may hold an image of up to Image.MAX_IMAGE_PIXELS (several hundred MB
 # as RGBA), so many cores must not mean many huge images in memory at once.
 MAX_DECODE_WORKERS = 8
@@ -391,3 +392,122 @@ def load_images(
             "; ".join(skipped[:3]),
         )
     return CachedImages(images=images, skipped=tuple(skipped))
+
+
+# ---------------------------------------------------------------------------------- labels
+
+LABEL_SOURCES = {
+    "subfolders": ("image_folder",),
+    "feature": TFDS_SOURCES,
+    "skin_tone": ("synthetic",),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Labels:
+    ids: np.ndarray  # [N] int32 class of each cached image, in the cache's order
+    names: tuple[str, ...]  # class names, by id
+
+    def counts(self) -> np.ndarray:
+        return np.bincount(self.ids, minlength=len(self.names))
+
+
+def _folder_labels(
+    data: ml_collections.ConfigDict, shard: Shard, cached: CachedImages
+) -> tuple[list[str], list[str]]:
+    """The first-level subfolder of each cached image, and the sorted subfolder names."""
+    root = pathlib.Path(data.path).expanduser()
+    paths = _find_images(root)
+    outside = [p for p in paths if p.parent == root]
+    if outside:
+        raise DataSetMissingError(
+            f"data.labels='subfolders': {len(outside)} image(s) directly under {root} have no "
+            f"class folder, e.g. {outside[0].name}; put each class's images into a subfolder "
+            "of its own (root/<class>/...), or train without labels."
+        )
+    classes = sorted({p.relative_to(root).parts[0] for p in paths})
+    skipped = {s.split(": ", 1)[0] for s in cached.skipped}
+    first, last = shard.bounds(len(paths))
+    used = [p for p in paths[first:last] if str(p) not in skipped][: len(cached.images)]
+    return [p.relative_to(root).parts[0] for p in used], classes
+
+
+def _feature_labels(
+    data: ml_collections.ConfigDict, resolution: int, shard: Shard, count: int
+) -> tuple[list[int], list[str]]:
+    """The TFDS feature `data.label_key` of the first `count` examples of the shard's split
+    (read without decoding the images) and the feature's class names."""
+    import tensorflow_datasets as tfds
+
+    mock = data.tfds_mock_examples
+    with tfds.testing.mock_data(num_examples=mock) if mock else contextlib.nullcontext():
+        name = _tfds_name(data, resolution)
+        builder = tfds.builder(name, data_dir=data.data_dir)
+        features = builder.info.features
+        if data.label_key not in features:
+            raise DataSetMissingError(
+                f"data.label_key: {name} has no feature {data.label_key!r}; its features are "
+                f"{', '.join(sorted(features))}."
+            )
+        feature = features[data.label_key]
+        if not hasattr(feature, "names"):
+            raise DataSetMissingError(
+                f"data.label_key: feature {data.label_key!r} of {name} is not a class label."
+            )
+        split = (
+            tfds.even_splits(data.split, shard.count)[shard.index]
+            if shard.count > 1
+            else data.split
+        )
+        dataset = builder.as_dataset(
+            split=split,
+            shuffle_files=False,
+            decoders={data.image_key: tfds.decode.SkipDecoding()},
+        )
+        ids = [int(ex[data.label_key]) for ex in dataset.take(count).as_numpy_iterator()]
+        return ids, list(feature.names)
+
+
+def _labels_path(data: ml_collections.ConfigDict, images_path: pathlib.Path) -> pathlib.Path:
+    spec = data.label_key if data.labels == "feature" else data.labels
+    return images_path.parent / f"labels_{spec}.npz"
+
+
+def load_labels(
+    data: ml_collections.ConfigDict,
+    resolution: int,
+    channels: int,
+    shard: Shard = WHOLE,
+) -> Labels:
+    """The class of each of the shard's cached images (`data.labels`), cached beside them.
+
+    Labels follow the images' order (files skipped as undecodable, `data.max_images`), so
+    the stream draws an image and its label by the same index.
+    """
+    cached = load_images(data, resolution, channels, shard)
+    path = _labels_path(data, cache_path(data, resolution, channels, shard))
+    if path.exists():
+        with np.load(path) as stored:
+            return Labels(stored["ids"], tuple(str(n) for n in stored["names"]))
+    count = len(cached.images)
+    if data.labels == "subfolders":
+        folders, names = _folder_labels(data, shard, cached)
+        ids = [names.index(f) for f in folders]
+    elif data.labels == "skin_tone":
+        first, _ = shard.bounds(data.synthetic_size)
+        ids = [synthetic.skin_tone(first + i, data.synthetic_seed) for i in range(count)]
+        names = list(synthetic.SKIN_TONES)
+    else:
+        ids, names = _feature_labels(data, resolution, shard, count)
+    if len(ids) != count:
+        raise DataSetMissingError(
+            f"data.labels: {len(ids)} labels for {count} cached images under {path.parent}; "
+            "remove that folder (--mode=caches) and run again."
+        )
+    labels = Labels(np.asarray(ids, np.int32), tuple(names))
+    temp = path.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(temp, ids=labels.ids, names=np.asarray(labels.names))
+    os.replace(temp, path)
+    balance = ", ".join(f"{n}: {c}" for n, c in zip(labels.names, labels.counts(), strict=True))
+    logging.info("Labels (%s): %d classes; images per class: %s.", data.labels, len(names), balance)
+    return labels

@@ -6,6 +6,7 @@ for a small GAN to learn in minutes and varied enough that mode collapse or blur
 and that the sliced Wasserstein distance falls measurably as training proceeds.
 
 Image `i` depends only on `(seed, i)`, so the set is identical on every machine and process.
+Each face has a class, its skin tone (`SKIN_TONES`), for conditional training.
 """
 
 import numpy as np
@@ -14,6 +15,9 @@ _SKIN = np.array(
     [[255, 224, 189], [234, 192, 134], [198, 134, 66], [141, 85, 36], [255, 205, 148]],
     dtype=np.float32,
 )
+# The class of each row of _SKIN: light (rows 0 and 4), medium, dark (rows 2 and 3).
+SKIN_TONES = ("light", "medium", "dark")
+_SKIN_TONE_OF_ROW = (0, 1, 2, 2, 0)
 _SUPERSAMPLE = 2  # drawn at 2x and box-filtered down: anti-aliased edges
 
 
@@ -25,25 +29,37 @@ def _ellipse(x, y, cx, cy, rx, ry, angle):
     return (u * u + v * v) <= 1.0
 
 
+def _layout(rng: np.random.Generator) -> tuple:
+    """The background and head of a face, drawn from `rng` in the set's fixed order: its
+    colours, centre, radii, tilt and the row of its skin colour."""
+    top, bottom = rng.uniform(0, 255, (2, 3)).astype(np.float32)
+    cx, cy = rng.uniform(0.38, 0.62, 2)
+    rx = rng.uniform(0.2, 0.3)
+    ry = rx * rng.uniform(1.1, 1.35)
+    tilt = rng.uniform(-0.35, 0.35)
+    skin_row = rng.integers(len(_SKIN))
+    return top, bottom, cx, cy, rx, ry, tilt, skin_row
+
+
+def skin_tone(index: int, seed: int = 0) -> int:
+    """The class of image `index` (an index into `SKIN_TONES`), without drawing it."""
+    return _SKIN_TONE_OF_ROW[_layout(np.random.default_rng([seed, index]))[-1]]
+
+
 def draw_face(index: int, resolution: int, seed: int = 0) -> np.ndarray:
     """Image `index` of the set as uint8 [resolution, resolution, 3]."""
     rng = np.random.default_rng([seed, index])
     size = resolution * _SUPERSAMPLE
     y, x = (np.mgrid[0:size, 0:size].astype(np.float32) + 0.5) / size
 
-    top, bottom = rng.uniform(0, 255, (2, 3)).astype(np.float32)
+    top, bottom, cx, cy, rx, ry, tilt, skin_row = _layout(rng)
     image = top + (bottom - top) * y[..., None]
-
-    cx, cy = rng.uniform(0.38, 0.62, 2)
-    rx = rng.uniform(0.2, 0.3)
-    ry = rx * rng.uniform(1.1, 1.35)
-    tilt = rng.uniform(-0.35, 0.35)
     c, s = np.cos(tilt), np.sin(tilt)
 
     def place(dx, dy):  # a point in the face's own (tilted) frame
         return cx + dx * c - dy * s, cy + dx * s + dy * c
 
-    skin = _SKIN[rng.integers(len(_SKIN))] * rng.uniform(0.85, 1.05)
+    skin = _SKIN[skin_row] * rng.uniform(0.85, 1.05)
     hair = rng.uniform(0, 120, 3).astype(np.float32) * rng.uniform(0.3, 1.6)
     hx, hy = place(0, -0.25 * ry)
     image[_ellipse(x, y, hx, hy, rx * 1.08, ry * 0.85, tilt)] = hair
