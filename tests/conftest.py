@@ -81,3 +81,24 @@ def sigterm_handler():
     with interrupt.sigterm_requests_stop():
         yield
     interrupt.reset()
+
+
+@pytest.fixture
+def isolated_logging(caplog):
+    """The root logger with only pytest's capture handler, and absl at INFO, for the test.
+
+    Tests of what reaches a terminal must not depend on what earlier tests left behind: a
+    handler on a stream pytest has since closed, or a verbosity an absl run raised."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    root = logging.getLogger()
+    handlers, verbosity = root.handlers[:], absl_logging.get_verbosity()
+    root.handlers = [caplog.handler]
+    absl_logging.set_verbosity(absl_logging.INFO)
+    try:
+        yield
+    finally:
+        root.handlers = handlers
+        absl_logging.set_verbosity(verbosity)

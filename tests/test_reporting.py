@@ -9,6 +9,8 @@ from absl import logging as absl_logging
 from progan_jax import reporting, schedule
 from tests.test_tracking import BAR_REDRAWN, RECORD, logging_to, on_a_pty, screen
 
+pytestmark = pytest.mark.usefixtures("isolated_logging")
+
 
 def test_estimate_adds_each_stages_rate_over_its_images_left(tiny_config):
     """Stage 0 measured at 100 images/s, stage 1 at 50: the time left of a run in stage 1 is

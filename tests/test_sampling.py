@@ -70,7 +70,7 @@ def test_each_device_generates_only_its_own_latents(generator):
 
     fn = sampling.generator_fn(generator.gan, STAGE, rows.mesh, 2, np.dtype(np.uint8))
     padded = parallel.shard_rows(np.asarray(z), rows.mesh).array
-    hlo = fn.lower((generator.params, np.float32(ALPHA)), padded).compile().as_text()
+    hlo = fn.lower((generator.params, np.float32(ALPHA)), (padded, None)).compile().as_text()
     entry = hlo[hlo.index("ENTRY") :]
     assert "f32[2,16]" in entry and "u8[2,16,16,3]" in entry
     assert "[16,16]" not in entry and "[16,16,16,3]" not in entry
@@ -138,6 +138,7 @@ def test_samples_in_tensorboard_are_at_most_256_pixels_a_side_and_the_png_full_s
         gan=gan,
         config=config,
         latents=z,
+        grid_labels=None,
         workdir=tmp_path,
         writer=types.SimpleNamespace(write_images=lambda step, images: written.append(images)),
     )

@@ -17,6 +17,8 @@ from absl import logging as absl_logging
 
 from progan_jax import tracking
 
+pytestmark = pytest.mark.usefixtures("isolated_logging")
+
 RECORD = "critic_loss=1.5, generator_loss=-0.25"  # what clu's LoggingWriter logs every 50 steps
 BAR_REDRAWN = r"\r[^\r\n]*\d+%\|"  # a line started over with a bar
 
