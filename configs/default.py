@@ -189,6 +189,9 @@ def get_config() -> ml_collections.ConfigDict:
             frames_per_keyframe=12,
             interpolation_grid=3,
             fps=12,
+            # A conditional G's classes: an id (e.g. 3) or a tuple of ids, repeated over the
+            # images, the grid's rows and the walks; (): one class per grid row, in order.
+            labels=(),
             output=config_dict.placeholder(str),  # None: <workdir>/generated/<images shown>
         )
     )

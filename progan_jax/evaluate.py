@@ -8,17 +8,39 @@ SWD (with the real-vs-real noise floor), MS-SSIM between consecutive generated p
 Inception weights configured, FID. Results go to stdout (one JSON line) and to TensorBoard.
 """
 
+import dataclasses
 import logging
 
 import jax
 import ml_collections
+import numpy as np
 
-from progan_jax import checkpointing, seeds
-from progan_jax.data import input_pipeline
+from progan_jax import checkpointing, sampling, seeds
+from progan_jax.data import input_pipeline, sources
 from progan_jax.metrics import generator_swd, ms_ssim, swd
 
 
+def per_class_swd(
+    config: ml_collections.ConfigDict,
+    generator: sampling.GeneratorSnapshot,
+    reals: np.ndarray,
+    labels: sources.Labels,
+) -> dict[str, float]:
+    """SWD of each class: G asked for that class alone against that class's reals, keyed
+    `<class>/swd_...` (with its own noise floor)."""
+    results = {}
+    for label, name in enumerate(labels.names):
+        only = np.eye(len(labels.names), dtype=np.float32)[label]
+        one_class = dataclasses.replace(generator, label_frequencies=only)
+        of_class = reals[np.flatnonzero(labels.ids == label)]
+        swds = generator_swd.swd_with_noise_floor(config, one_class, of_class)
+        results.update({f"{name}/{key}": value for key, value in swds.items()})
+    return results
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The metrics of a checkpoint's G_ema. A conditional G is asked for classes in the data's
+    proportions, and SWD is also reported per class (`per_class_swd`)."""
     ev = config.eval
     generator = checkpointing.load_generator(config, workdir, ev.checkpoint_images_shown)
     res = generator.resolution
@@ -26,6 +48,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     reals = input_pipeline.stage_images(
         data, config.model.resolution, config.model.num_channels, generator.stage
     )
+    labels = input_pipeline.labels_of(config)
+    if labels is not None:
+        frequencies = input_pipeline.class_frequencies(labels, data)
+        generator = dataclasses.replace(generator, label_frequencies=frequencies)
     results: dict = {
         "images_shown": generator.images_shown,
         "stage": generator.stage,
@@ -46,6 +72,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     if "swd" in metrics:
         results.update(generator_swd.swd_with_noise_floor(config, generator, reals))
+        if labels is not None:
+            results.update(per_class_swd(config, generator, reals, labels))
 
     if "ms_ssim" in metrics:
         fakes = generator.fake_minibatches(

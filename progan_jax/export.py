@@ -6,7 +6,9 @@
 
 The generator is lowered with `jax2tf` (StableHLO inside an XlaCallModule op, for each platform
 in `config.export.platforms`) at the checkpoint's own stage and alpha, with its weights as
-variables. Both signatures take `latents`, float32 [batch, latent_size] with any batch size:
+variables. Both signatures take `latents`, float32 [batch, latent_size] with any batch size,
+and for a conditional generator `labels`, int32 class ids [batch] (the run's classes.json
+names them):
 
 * `images_uint8`: uint8 [batch, r, r, channels], as the PNGs of --mode=generate;
 * `images_float`: float32 [batch, r, r, channels] in [-1, 1] (the raw output, unclipped).
@@ -34,17 +36,18 @@ METADATA_FILE = "export.json"
 
 
 def _lowered(generator: sampling.GeneratorSnapshot, platforms: tuple[str, ...]):
-    """TF-callable `(params, latents) -> (uint8 images, float images)`, at the snapshot's stage
-    and alpha, for any batch size."""
+    """TF-callable `(params, latents[, labels]) -> (uint8 images, float images)`, at the
+    snapshot's stage and alpha, for any batch size."""
     gan, stage, alpha = generator.gan, generator.stage, generator.alpha
 
-    def images(params, z):
-        float_images = gan.generate(params, z, stage, jnp.float32(alpha))
+    def images(params, z, *labels):
+        float_images = gan.generate(params, z, stage, jnp.float32(alpha), *labels)
         return sampling.to_uint8(float_images, jnp), float_images
 
+    inputs = [None, f"(batch, {gan.latent_size})"] + (["(batch,)"] if gan.label_size else [])
     return jax2tf.convert(
         images,
-        polymorphic_shapes=[None, f"(batch, {gan.latent_size})"],
+        polymorphic_shapes=inputs,
         with_gradient=False,  # a sampler: only the forward pass is exported
         native_serialization_platforms=platforms,
     )
@@ -60,18 +63,20 @@ class _Generator(tf.Module):
         leaves, self._treedef = jax.tree.flatten(generator.params)
         self.weights = [tf.Variable(np.asarray(leaf)) for leaf in leaves]
         self._images = _lowered(generator, platforms)
-        spec = tf.TensorSpec([None, generator.gan.latent_size], tf.float32, name="latents")
-        self.images_uint8 = tf.function(self._uint8, input_signature=[spec], autograph=False)
-        self.images_float = tf.function(self._float, input_signature=[spec], autograph=False)
+        specs = [tf.TensorSpec([None, generator.gan.latent_size], tf.float32, name="latents")]
+        if generator.gan.label_size:
+            specs.append(tf.TensorSpec([None], tf.int32, name="labels"))
+        self.images_uint8 = tf.function(self._uint8, input_signature=specs, autograph=False)
+        self.images_float = tf.function(self._float, input_signature=specs, autograph=False)
 
     def _params(self) -> dict:
         return jax.tree.unflatten(self._treedef, list(self.weights))
 
-    def _uint8(self, latents: tf.Tensor) -> dict:
-        return {"images": self._images(self._params(), latents)[0]}
+    def _uint8(self, *inputs: tf.Tensor) -> dict:
+        return {"images": self._images(self._params(), *inputs)[0]}
 
-    def _float(self, latents: tf.Tensor) -> dict:
-        return {"images": self._images(self._params(), latents)[1]}
+    def _float(self, *inputs: tf.Tensor) -> dict:
+        return {"images": self._images(self._params(), *inputs)[1]}
 
 
 def metadata(generator: sampling.GeneratorSnapshot, platforms: tuple[str, ...]) -> dict:
@@ -84,6 +89,8 @@ def metadata(generator: sampling.GeneratorSnapshot, platforms: tuple[str, ...]) 
         "images_shown": generator.images_shown,
         "signatures": list(SIGNATURES),
         "input": "latents",
+        # A conditional generator's second input: int32 class ids in [0, classes).
+        **({"labels": {"classes": generator.gan.label_size}} if generator.gan.label_size else {}),
         "output": "images",
         "platforms": list(platforms),
     }

@@ -17,6 +17,7 @@ import numpy as np
 from etils import epath
 
 from progan_jax import checkpointing, paths, sampling
+from progan_jax.errors import ConfigError
 
 
 def latents(gan, seed: int, count: int, truncation: float | None) -> jax.Array:
@@ -43,9 +44,31 @@ def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.where(so < 1e-6, linear, blend)
 
 
+def class_ids(gan, asked: tuple[int, ...], count: int, columns: int) -> np.ndarray | None:
+    """The classes of `count` images laid out `columns` to a row: those `asked` for, one per
+    row in turn, or without any asked one class per row in class order; None when G is
+    unconditional."""
+    if not gan.label_size:
+        if asked:
+            raise ConfigError(
+                "config.generate.labels: the checkpoint's generator is unconditional "
+                "(model.label_size=0); leave the labels out"
+            )
+        return None
+    for label in asked:
+        if not 0 <= label < gan.label_size:
+            raise ConfigError(
+                f"config.generate.labels: class {label} is not one of 0..{gan.label_size - 1}"
+            )
+    if not asked:
+        return sampling.grid_labels(gan, count, columns)
+    return np.asarray(asked, np.int32)[np.arange(count) // columns % len(asked)]
+
+
 def interpolation_frames(gan, generator, seed: int, config) -> list[np.ndarray]:
-    """Frames of a grid of walks through `keyframes` latents each, looping back to the start.
-    All frames are generated together, in minibatches over all devices."""
+    """Frames of a grid of walks through `keyframes` latents each, looping back to the start;
+    a conditional G's walk stays within its class (`class_ids` of the walks' grid). All frames
+    are generated together, in minibatches over all devices."""
     gen = config.generate
     walks = gen.interpolation_grid**2
     keys = np.asarray(latents(gan, seed + 1, walks * gen.keyframes, gen.truncation))
@@ -53,8 +76,10 @@ def interpolation_frames(gan, generator, seed: int, config) -> list[np.ndarray]:
     t = np.linspace(0.0, 1.0, gen.frames_per_keyframe, endpoint=False)
     segments = [slerp(keys[k], keys[(k + 1) % gen.keyframes], t) for k in range(gen.keyframes)]
     z = np.concatenate(segments).reshape(-1, keys.shape[-1])  # [frames * walks, latent]
+    walk_classes = class_ids(gan, tuple(gen.labels), walks, gen.interpolation_grid)
+    labels = None if walk_classes is None else np.tile(walk_classes, len(z) // walks)
     images = sampling.generate_images(
-        gan, generator.params, z, generator.stage, generator.alpha, np.uint8
+        gan, generator.params, z, generator.stage, generator.alpha, np.uint8, labels
     )
     frames = images.reshape(-1, walks, *images.shape[1:])
     return [
@@ -71,15 +96,18 @@ def write_generated(config: ml_collections.ConfigDict, workdir: str) -> dict:
     gan = generator.gan
     out = paths.resolve(gen.output or f"{workdir}/generated/{generator.images_shown}")
     z = latents(gan, gen.seed, gen.num_images, gen.truncation)
+    labels = class_ids(gan, tuple(gen.labels), gen.num_images, gen.grid)
     images = sampling.generate_images(
-        gan, generator.params, z, generator.stage, generator.alpha, np.uint8
+        gan, generator.params, z, generator.stage, generator.alpha, np.uint8, labels
     )
     frames = interpolation_frames(gan, generator, gen.seed, config) if gen.keyframes > 1 else []
     written = _write_files(out, images, frames, config) if jax.process_index() == 0 else {}
+    classes = {} if labels is None else {"labels": labels.tolist()}
     return {
         "images_shown": generator.images_shown,
         "stage": generator.stage,
         "alpha": generator.alpha,
+        **classes,
         **written,
     }
 

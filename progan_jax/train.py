@@ -7,6 +7,7 @@ and the data stream is a function of the images shown (see input_pipeline).
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import time
@@ -191,6 +192,15 @@ class Trainer:
                 "%s parameters:\n%s", name, parameter_overview.get_parameter_overview(params)
             )
 
+    def _describe_classes(self, frequencies: np.ndarray) -> None:
+        """<workdir>/classes.json: the class of each label id and its share of the data, so
+        that a class id of the run (generate.labels, an export's input) can be read."""
+        if jax.process_index() == 0:
+            names = self.labels.names
+            shares = {name: round(float(f), 6) for name, f in zip(names, frequencies, strict=True)}
+            text = json.dumps({"names": list(names), "shares": shares}, indent=2)
+            (self.workdir / "classes.json").write_text(text)
+
     def images_shown_on_mesh(self, images_shown: int) -> jax.Array:
         """The step's count of images shown, copied to every device once per stage: the step
         returns it advanced, so alpha needs no copy from the host per step."""
@@ -305,6 +315,7 @@ class Trainer:
                 if self.labels is not None:
                     frequencies = input_pipeline.class_frequencies(self.labels, config.data)
                     self.label_frequencies = frequencies
+                    self._describe_classes(frequencies)
                 while progress.images_shown < sched.total_images:
                     phase = sched.phase_at(progress.images_shown)
                     if phase.index != progress.phase_index:  # entering a new phase

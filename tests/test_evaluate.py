@@ -20,3 +20,38 @@ def test_evaluate_and_generate_use_the_checkpoints_alpha(tmp_path):
     config.schedule.fade_images = 640  # today's schedule would put 224 images at alpha 0.05
     generator = checkpointing.load_generator(config, str(tmp_path), None)
     assert (generator.stage, generator.alpha, generator.images_shown) == (2, 0.375, 224)
+
+
+def test_a_conditional_generator_is_evaluated_overall_and_per_class(
+    tmp_path, tiny_config, monkeypatch
+):
+    """Overall, G is asked for classes in the data's proportions; per class, for that class
+    alone against that class's reals."""
+    import numpy as np
+
+    from progan_jax import evaluate
+    from progan_jax.data import input_pipeline
+    from progan_jax.metrics import generator_swd
+
+    tiny_config.model.label_size = 3
+    tiny_config.data.labels = "skin_tone"
+    tiny_config.data.cache_dir = str(tmp_path / "cache")
+    tiny_config.eval.checkpoint_images_shown = 0
+    tiny_config.eval.metrics = ("swd",)
+    asked = []
+
+    def swd_with_noise_floor(config, generator, reals):
+        asked.append((generator.label_frequencies, len(reals)))
+        return {"swd_x1e3_avg": float(len(asked))}
+
+    monkeypatch.setattr(generator_swd, "swd_with_noise_floor", swd_with_noise_floor)
+    results = evaluate.evaluate(tiny_config, str(tmp_path))
+    labels = input_pipeline.labels_of(tiny_config)
+    counts = labels.counts()
+    np.testing.assert_allclose(asked[0][0], counts / counts.sum())
+    assert asked[0][1] == counts.sum()
+    for label, (frequencies, reals) in enumerate(asked[1:]):
+        np.testing.assert_array_equal(frequencies, np.eye(3)[label])
+        assert reals == counts[label]
+    assert results["swd_x1e3_avg"] == 1.0
+    assert [results[f"{name}/swd_x1e3_avg"] for name in labels.names] == [2.0, 3.0, 4.0]

@@ -5,6 +5,7 @@ Kill, resume and multi-process runs need processes of their own (tests/test_main
 tests/test_multihost.py); everything else about a run is checked here, where it is fast.
 """
 
+import json
 import logging
 
 import jax
@@ -191,3 +192,6 @@ def test_a_conditional_run_trains_on_labelled_data(tmp_path, tiny_config, monkey
         v.tag for e in tf.compat.v1.train.summary_iterator(str(events[0])) for v in e.summary.value
     }
     assert {"loss/label_penalty_reals", "loss/label_penalty_fakes"} <= tags
+    classes = json.loads((tmp_path / "run" / "classes.json").read_text())
+    assert classes["names"] == ["light", "medium", "dark"]
+    assert sum(classes["shares"].values()) == pytest.approx(1.0)

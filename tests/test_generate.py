@@ -1,0 +1,65 @@
+"""--mode=generate (progan_jax.generate): the classes a conditional generator is asked for."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from progan_jax import errors, generate, sampling
+
+
+@dataclasses.dataclass(frozen=True)
+class _GAN:  # what class_ids reads of a GAN
+    label_size: int
+
+
+def test_classes_asked_for_repeat_one_per_row():
+    ids = generate.class_ids(_GAN(5), (3,), 6, 3)
+    np.testing.assert_array_equal(ids, [3] * 6)
+    ids = generate.class_ids(_GAN(5), (1, 4), 9, 3)
+    np.testing.assert_array_equal(ids, [1, 1, 1, 4, 4, 4, 1, 1, 1])
+
+
+def test_without_classes_asked_each_row_is_the_next_class():
+    ids = generate.class_ids(_GAN(3), (), 8, 2)
+    np.testing.assert_array_equal(ids, [0, 0, 1, 1, 2, 2, 0, 0])
+    np.testing.assert_array_equal(ids, sampling.grid_labels(_GAN(3), 8, 2))
+
+
+def test_classes_are_checked_against_the_generator():
+    assert generate.class_ids(_GAN(0), (), 4, 2) is None
+    unconditional = r"generate\.labels: the checkpoint's generator is unconditional"
+    with pytest.raises(errors.ConfigError, match=unconditional):
+        generate.class_ids(_GAN(0), (1,), 4, 2)
+    with pytest.raises(errors.ConfigError, match=r"class 5 is not one of 0\.\.4"):
+        generate.class_ids(_GAN(5), (5,), 4, 2)
+
+
+@pytest.mark.slow
+def test_a_conditional_generator_draws_the_classes_asked_for(tmp_path, tiny_config):
+    """The images of generate.labels=(2,) are G's images of class 2 for the same latents."""
+    tiny_config.model.label_size = 3
+    tiny_config.data.labels = "skin_tone"
+    gen = tiny_config.generate
+    gen.checkpoint_images_shown, gen.num_images, gen.grid, gen.keyframes = 0, 4, 2, 1
+    gen.labels = (2,)
+    gen.output = str(tmp_path / "out")
+    result = generate.write_generated(tiny_config, str(tmp_path))
+    assert result["labels"] == [2, 2, 2, 2]
+    from progan_jax import checkpointing
+
+    generator = checkpointing.load_generator(tiny_config, str(tmp_path), 0)
+    z = generate.latents(generator.gan, gen.seed, 4, None)
+    want = sampling.generate_images(
+        generator.gan, generator.params, z, generator.stage, 1.0, np.uint8, np.full(4, 2)
+    )
+    other = sampling.generate_images(
+        generator.gan, generator.params, z, generator.stage, 1.0, np.uint8, np.full(4, 0)
+    )
+    from PIL import Image
+
+    got = np.stack([
+        np.asarray(Image.open(tmp_path / "out" / "images" / f"0_{i:05d}.png")) for i in range(4)
+    ])  # fmt: skip
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got, other)
