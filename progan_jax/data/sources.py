@@ -484,11 +484,11 @@ def load_labels(
     Labels follow the images' order (files skipped as undecodable, `data.max_images`), so
     the stream draws an image and its label by the same index.
     """
-    cached = load_images(data, resolution, channels, shard)
     path = _labels_path(data, cache_path(data, resolution, channels, shard))
-    if path.exists():
+    if path.exists():  # read before the images: naming a folder's cache stats all its files
         with np.load(path) as stored:
             return Labels(stored["ids"], tuple(str(n) for n in stored["names"]))
+    cached = load_images(data, resolution, channels, shard)
     count = len(cached.images)
     if data.labels == "subfolders":
         folders, names = _folder_labels(data, shard, cached)
