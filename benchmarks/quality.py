@@ -96,10 +96,12 @@ def decoded(path: pathlib.Path, cache_dir: pathlib.Path) -> np.ndarray:
 # ------------------------------------------------------------------------- progan_jax
 
 
-def train_progan_jax(args: argparse.Namespace, workdir: pathlib.Path) -> dict:
+def train_progan_jax(
+    args: argparse.Namespace, workdir: pathlib.Path, config: str = "configs/short_budget.py"
+) -> dict:
     """main.py for `args.minutes` from its start, then SIGTERM (it saves and exits)."""
     command = [
-        sys.executable, "main.py", "--config=configs/short_budget.py",
+        sys.executable, "main.py", f"--config={config}",
         f"--workdir={workdir}", f"--config.data.path={args.train}",
         f"--config.data.cache_dir={args.cache}",
         "--compilation_cache=",  # every run compiles cold, as a first run does
@@ -116,19 +118,26 @@ def train_progan_jax(args: argparse.Namespace, workdir: pathlib.Path) -> dict:
     return {"seconds": round(time.monotonic() - started, 1), "exit_code": process.returncode}
 
 
-def progan_jax_images(args: argparse.Namespace, workdir: pathlib.Path, count: int) -> np.ndarray:
+def final_generator(config, workdir: pathlib.Path):
+    """G_ema of the run's last checkpoint, which must have faded 32x32 in."""
     from progan_jax import checkpointing
 
-    config = folder_config(args.train, args.cache)  # the overrides keep the networks' shapes
     generator = checkpointing.load_generator(config, str(workdir), None)
     if generator.resolution != RESOLUTION or generator.alpha != 1.0:
         raise RuntimeError(
             f"the budget ended at stage {generator.stage}, alpha {generator.alpha:.2f}, before "
             "32x32 was faded in: give more --minutes or shorten configs/short_budget.py's phases"
         )
-    return np.concatenate(
-        [rows.host() for rows in generator.fake_minibatches(count, 256, seed=123)]
-    )
+    return generator
+
+
+def fake_images(generator, count: int, seed: int) -> np.ndarray:
+    return np.concatenate([rows.host() for rows in generator.fake_minibatches(count, 256, seed)])
+
+
+def progan_jax_images(args: argparse.Namespace, workdir: pathlib.Path, count: int) -> np.ndarray:
+    config = folder_config(args.train, args.cache)  # the overrides keep the networks' shapes
+    return fake_images(final_generator(config, workdir), count, seed=123)
 
 
 # ---------------------------------------------------------------- the tutorial, in torch

@@ -39,6 +39,11 @@ def get_config() -> ml_collections.ConfigDict:
             # Classes of a conditional run (0: unconditional): G takes one-hot labels beside
             # the latent, the critic adds one logit per class (the official AC-GAN terms).
             label_size=0,
+            # The one-hot label's value beside the latent, before PixelNorm. The official 1
+            # gives a class the weight of one latent dimension, which G takes hundreds of
+            # thousands of images to amplify; sqrt(latent_size) gives it the whole latent's
+            # (configs/fashion_conditional.py, docs/quality.md "Class-conditional").
+            label_scale=1.0,
             fused_scale=True,  # resampling fused into the convolutions (same maths, fewer FLOPs)
             # How convolutions are differentiated: 'matmul' (forward convs and matrix products,
             # fast on XLA:CPU), 'xla' (XLA's own: cuDNN, TPU), 'auto' (matmul on CPU, else xla).
@@ -62,6 +67,9 @@ def get_config() -> ml_collections.ConfigDict:
             gp_scale="official",
             # Weight of the classes' softmax cross-entropy in both losses (label_size > 0).
             cond_weight=1.0,
+            # Whether the critic's class term covers the fakes (labelled as asked) besides the
+            # reals: True as the official code, False as pytorch_GAN_zoo (reals only).
+            cond_fakes=True,
         )
     )
     config.optimizer = ml_collections.ConfigDict(

@@ -24,4 +24,6 @@ def get_config() -> ml_collections.ConfigDict:
     config = short_budget.get_config()
     config.data.labels = "subfolders"
     config.model.label_size = 10
+    config.model.label_scale = 4.0
+    config.loss.cond_fakes = False
     return config

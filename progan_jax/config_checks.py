@@ -115,6 +115,8 @@ def _check_labels(model: ml_collections.ConfigDict, data: ml_collections.ConfigD
         )
     if model.label_size < 1:
         _fail("model.label_size", "data.labels is set: give the number of classes (>= 1)")
+    if not model.label_scale > 0:
+        _fail("model.label_scale", f"must be positive (the official 1), got {model.label_scale}")
 
 
 def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1) -> None:

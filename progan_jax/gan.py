@@ -41,6 +41,7 @@ class GAN:
     gp_scale: str = "official"  # one of losses.GP_SCALES
     ema_decay: float = 0.999
     cond_weight: float = 1.0  # the class terms' weight (conditional networks only)
+    cond_fakes: bool = True  # the critic's class term covers the fakes too (officially)
     # Recompute each network's activations in its backward passes instead of keeping them
     # (jax.checkpoint): less device memory for about a third more critic FLOPs.
     rematerialize: bool = False
@@ -58,6 +59,7 @@ class GAN:
             gp_scale=config.loss.gp_scale,
             ema_decay=config.ema_decay,
             cond_weight=config.loss.cond_weight,
+            cond_fakes=config.loss.cond_fakes,
             rematerialize=config.model.rematerialize,
         )
 

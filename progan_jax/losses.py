@@ -62,6 +62,7 @@ def critic_loss(
     gp_norm_scale: float = 1.0,
     labels: jax.Array | None = None,
     cond_weight: float = 1.0,
+    cond_fakes: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """`mean(D(fake) - D(real) + gp_weight * penalty + drift_weight * D(real)^2)` and its parts.
 
@@ -69,8 +70,9 @@ def critic_loss(
     gradient norm times `gp_norm_scale` (see `gradient_penalty`); the reported
     `gradient_norm` is that scaled norm, the one the penalty pulls towards `gp_target`.
     A conditional critic (one-hot `labels` of the reals, which the fakes were generated with)
-    also adds `cond_weight` times the label penalty of the reals and of the fakes, as the
-    official code (pytorch_GAN_zoo applies it to the reals only).
+    also adds `cond_weight` times the label penalty of the reals and, with `cond_fakes`, of the
+    fakes, as the official code; without, of the reals only, as pytorch_GAN_zoo. Both
+    penalties are reported either way.
     """
     fakes = jax.lax.stop_gradient(fakes)
     # One batched evaluation of both sets; vmap keeps them apart for minibatch stddev.
@@ -85,7 +87,8 @@ def critic_loss(
     label_parts = {}
     if labels is not None:
         real_labels, fake_labels = (label_penalty(logits, labels) for logits in both_logits)
-        per_sample = per_sample + cond_weight * (real_labels + fake_labels)
+        trained = real_labels + fake_labels if cond_fakes else real_labels
+        per_sample = per_sample + cond_weight * trained
         label_parts = {
             "label_penalty_reals": jnp.mean(real_labels),
             "label_penalty_fakes": jnp.mean(fake_labels),

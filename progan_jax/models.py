@@ -98,12 +98,14 @@ class Generator(_Growing):
     """Latent [N, latent_size] -> image [N, r, r, num_channels] with r = 4 * 2**stage.
 
     The output is linear (no tanh), as in the official code; images live in [-1, 1]. With
-    `label_size` classes it also takes one-hot labels [N, label_size], joined to the latent
-    before the first PixelNorm, which so normalizes both (the official `combo_in`).
+    `label_size` classes it also takes one-hot labels [N, label_size], times `label_scale`,
+    joined to the latent before the first PixelNorm, which so normalizes both (the official
+    `combo_in`, whose scale is 1).
     """
 
     latent_size: int = 512
     label_size: int = 0
+    label_scale: float = 1.0
     normalize_latents: bool = True
     use_pixelnorm: bool = True
     pixelnorm_epsilon: float = 1e-8
@@ -144,7 +146,9 @@ class Generator(_Growing):
         ]
         last = self.num_stages - 1 if self.is_initializing() else stage
         features = []
-        x = z if labels is None else jnp.concatenate([z, labels.astype(z.dtype)], axis=-1)
+        x = z
+        if labels is not None:
+            x = jnp.concatenate([z, self.label_scale * labels.astype(z.dtype)], axis=-1)
         for s in range(last + 1):
             x = self._block(x, s)
             features.append(x)
@@ -237,6 +241,7 @@ def make_generator(model: ml_collections.ConfigDict) -> Generator:
     return Generator(
         latent_size=model.latent_size,
         label_size=model.label_size,
+        label_scale=model.label_scale,
         normalize_latents=model.normalize_latents,
         use_pixelnorm=model.use_pixelnorm,
         pixelnorm_epsilon=model.pixelnorm_epsilon,

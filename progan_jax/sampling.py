@@ -213,7 +213,8 @@ class GeneratorSnapshot:
             z = np.concatenate([self.gan.sample_latents(k, n) for k, n in blocks])
             labels = None
             if self.label_frequencies is not None:
-                log_frequencies = np.log(self.label_frequencies)
+                with np.errstate(divide="ignore"):  # a class of share 0 is never drawn
+                    log_frequencies = np.log(self.label_frequencies)
                 labels = np.concatenate([
                     jax.random.categorical(jax.random.fold_in(k, 1), log_frequencies, shape=(n,))
                     for k, n in blocks

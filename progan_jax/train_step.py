@@ -99,6 +99,7 @@ def critic_gradients(
             gan.gp_norm_scale(stage),
             gan.one_hot(labels),
             gan.cond_weight,
+            gan.cond_fakes,
         )
 
     return jax.grad(loss_fn, has_aux=True)(active)

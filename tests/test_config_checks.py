@@ -121,6 +121,13 @@ def test_labels_must_suit_the_source_and_the_networks():
         model__label_size=3,
     )
     fails("model.label_size", "give the number of classes", data__labels="skin_tone")
+    fails(
+        "model.label_scale",
+        "must be positive",
+        data__labels="skin_tone",
+        model__label_size=3,
+        model__label_scale=0.0,
+    )
     config = tiny.get_config()
     config.data.labels, config.model.label_size = "skin_tone", 3
     config_checks.validate(config, devices=1)

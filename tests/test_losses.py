@@ -201,6 +201,13 @@ def test_conditional_critic_loss_adds_the_class_terms_of_reals_and_fakes():
     np.testing.assert_allclose(float(parts["label_penalty_fakes"]), fake_ce.mean(), rtol=1e-5)
     np.testing.assert_allclose(float(parts["gradient_penalty"]), penalty, rtol=1e-5)
 
+    reals_only, parts = losses.critic_loss(
+        critic, reals, fakes, jax.random.key(0), 10.0, 1.0, 1e-3,
+        labels=labels, cond_weight=0.5, cond_fakes=False,
+    )  # fmt: skip
+    np.testing.assert_allclose(float(reals_only), want - 0.5 * fake_ce.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(parts["label_penalty_fakes"]), fake_ce.mean(), rtol=1e-5)
+
 
 def test_conditional_generator_loss_adds_the_class_term_of_the_fakes():
     rng = np.random.default_rng(2)

@@ -173,6 +173,25 @@ def test_labels_join_the_latent_under_the_first_pixel_norm(conditional):
         gan.generate(state.generator_params, z, 1, 0.5)
 
 
+def test_label_scale_multiplies_the_one_hot_beside_the_latent(conditional):
+    """`model.label_scale` is the one-hot's value before the first PixelNorm: a G of scale 3
+    draws, from the same parameters, what a G of scale 1 draws from labels three times one-hot;
+    and at a larger scale the class moves the images further from the latent's."""
+    config, gan, state = conditional
+    z = _latents(4, config.model.latent_size)
+    one_hot = jax.nn.one_hot(jnp.array([0, 1, 2, 4]), 5)
+    params = {"params": state.generator_params}
+
+    def images(scale, labels):
+        generator = gan.generator.clone(label_scale=scale)
+        return generator.apply(params, z, stage=1, alpha=0.5, labels=labels)
+
+    np.testing.assert_allclose(images(3.0, one_hot), images(1.0, 3 * one_hot), atol=1e-5)
+    other = jax.nn.one_hot(jnp.array([1, 2, 4, 0]), 5)
+    change = [float(jnp.abs(images(s, other) - images(s, one_hot)).mean()) for s in (1.0, 10.0)]
+    assert change[1] > 2 * change[0]
+
+
 def test_the_critic_adds_a_logit_per_class(conditional):
     _, gan, state = conditional
     images = _images(4, 8)
