@@ -24,6 +24,7 @@ One JSON line per side, and a grid of the conditional G's images, one class per 
 """
 
 import argparse
+import ast
 import dataclasses
 import json
 import pathlib
@@ -182,18 +183,35 @@ def cached_classifier(
 # ------------------------------------------------------------------------ generators
 
 
-def generated(
-    side: str, args: argparse.Namespace, workdir: pathlib.Path
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """`args.count` images of a side's G_ema; the conditional G's in equal numbers per class,
-    with the class each was asked for."""
-    if side == "unconditional":
+def with_overrides(config, overrides: list[str]):
+    """The config as main.py's `--config.<field>=<value>` flags set it: a G is drawn with the
+    settings it was trained with (`model.label_scale` changes what its weights compute)."""
+    fields = {}
+    for flag in overrides:
+        name, _, text = flag.removeprefix("--config.").partition("=")
+        try:
+            fields[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            fields[name] = text  # a string field
+    config.update_from_flattened_dict(fields)
+    return config
+
+
+def trained_generator(side: str, args: argparse.Namespace, workdir: pathlib.Path):
+    """A side's G_ema at the end of its budget."""
+    if side == "conditional":
+        config = labelled_config(args.train, args.cache)
+    else:
         config = quality.folder_config(args.train, args.cache)
-        generator = quality.final_generator(config, workdir)
-        return quality.fake_images(generator, args.count, seed=123), None
-    config = labelled_config(args.train, args.cache)
-    generator = quality.final_generator(config, workdir)
-    per_class = args.count // len(CLASSES)
+    return quality.final_generator(with_overrides(config, args.override), workdir)
+
+
+def generated(generator, count: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """`count` images of G_ema; a conditional G's in equal numbers per class, with the class
+    each was asked for."""
+    if not generator.gan.label_size:
+        return quality.fake_images(generator, count, seed=123), None
+    per_class = count // len(CLASSES)
     images, asked = [], []
     for label in range(len(CLASSES)):
         only = np.eye(len(CLASSES), dtype=np.float32)[label]
@@ -235,16 +253,22 @@ def run(args: argparse.Namespace) -> None:
     args.cache = args.cache or args.work / "cache"
     for side in args.sides:
         workdir = args.work / side
-        if workdir.exists() and any(workdir.iterdir()):
-            raise SystemExit(f"{workdir} holds an earlier run: give a new --work or remove it")
+        if not args.scored_only and workdir.exists() and any(workdir.iterdir()):
+            raise SystemExit(
+                f"{workdir} holds an earlier run: give a new --work, remove it, or score it "
+                "with --scored-only"
+            )
     train = labelled_images(args.train, args.cache)  # decoded before any clock starts
     heldout = labelled_images(args.heldout, args.cache)
     params, classifier_scores = cached_classifier(train, heldout, args.cache)
     lines, sets = {}, {}
     for side in args.sides:
         workdir = args.work / side
-        run_info = quality.train_progan_jax(args, workdir, CONFIGS[side])
-        images, asked = generated(side, args, workdir)
+        run_info = (
+            {} if args.scored_only else quality.train_progan_jax(args, workdir, CONFIGS[side])
+        )
+        generator = trained_generator(side, args, workdir)
+        images, asked = generated(generator, args.count)
         sets[side] = images
         if asked is None:
             scores = {"classifier_classes": class_shares(params, images)}
@@ -252,14 +276,22 @@ def run(args: argparse.Namespace) -> None:
             scores = agreement(params, images, asked)
             grid = class_grid(images, asked)
             sampling.save_png(args.picture or args.work / "conditional_grid.png", grid)
-        lines[side] = {**run_info, **scores, "overrides": args.override}
+        lines[side] = {
+            "images_shown": generator.images_shown,
+            **run_info,
+            **scores,
+            "overrides": args.override,
+        }
+    # SWD compares a pair on the first descriptors of the shorter set, and the folders list
+    # their images class by class: the held-out and training images are drawn in random order.
     rng = np.random.default_rng(0)
-    sets["reals"] = train[0][rng.permutation(len(train[0]))[: len(heldout[0])]]
+    reference = heldout[0][rng.permutation(len(heldout[0]))[: args.count]]
+    sets["reals"] = train[0][rng.permutation(len(train[0]))[: len(reference)]]
     lines["reals"] = {
         "agreement": round(float((predict(params, heldout[0]) == heldout[1]).mean()), 4),
         **classifier_scores,
     }
-    swds = quality.swd_against(heldout[0], sets)
+    swds = quality.swd_against(reference, sets)
     for side, line in lines.items():
         print(json.dumps({"side": side, "minutes": args.minutes, **swds[side], **line}))
 
@@ -279,6 +311,11 @@ def main() -> None:
     go.add_argument("--cache", type=pathlib.Path, help="decoded images (default: WORK/cache)")
     go.add_argument("--picture", type=pathlib.Path, help="where the class grid goes")
     go.add_argument(
+        "--scored-only",
+        action="store_true",
+        help="score the runs already in --work (with the --override flags they trained with)",
+    )
+    go.add_argument(
         "--sides",
         type=lambda text: tuple(text.split(",")),
         default=("conditional", "unconditional"),
@@ -288,8 +325,8 @@ def main() -> None:
         "--override",
         action="append",
         default=[],
-        help="a main.py flag for both runs that keeps the networks' shapes, "
-        "e.g. --override=--config.loss.cond_weight=2",
+        help="a main.py flag for the runs that keeps the networks' shapes, "
+        "e.g. --override=--config.loss.cond_weight=2 (also applied when G draws)",
     )
     args = parser.parse_args()
     if args.command == "prepare":
