@@ -306,7 +306,7 @@ def main() -> None:
     go.add_argument("--train", type=pathlib.Path, required=True)
     go.add_argument("--heldout", type=pathlib.Path, required=True)
     go.add_argument("--minutes", type=float, default=15.0)
-    go.add_argument("--count", type=int, default=10_000, help="images scored per side")
+    go.add_argument("--count", type=int, default=4000, help="images scored per side")
     go.add_argument("--work", type=pathlib.Path, default=pathlib.Path("/tmp/conditional"))
     go.add_argument("--cache", type=pathlib.Path, help="decoded images (default: WORK/cache)")
     go.add_argument("--picture", type=pathlib.Path, help="where the class grid goes")
