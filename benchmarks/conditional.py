@@ -80,12 +80,12 @@ def labelled_images(path: pathlib.Path, cache_dir: pathlib.Path) -> tuple[np.nda
     from progan_jax.data import input_pipeline
 
     config = labelled_config(path, cache_dir)
-    names = input_pipeline.labels_of(config).names
-    if names != tuple(f"{i}-{name}" for i, name in enumerate(CLASSES)):
-        raise SystemExit(f"{path}: class folders {names}; write them with `prepare`")
+    labels = input_pipeline.labels_of(config)
+    if labels.names != tuple(f"{i}-{name}" for i, name in enumerate(CLASSES)):
+        raise SystemExit(f"{path}: class folders {labels.names}; write them with `prepare`")
     last = stages.num_stages(config.model.resolution) - 1
     images = input_pipeline.stage_images(config.data, quality.RESOLUTION, 3, last)
-    return np.asarray(images), input_pipeline.labels_of(config).ids
+    return np.asarray(images), labels.ids
 
 
 # ------------------------------------------------------------------------ classifier
@@ -160,9 +160,10 @@ def cached_classifier(
 ) -> tuple[dict, dict]:
     """The classifier's parameters and its held-out scores, trained once per cache."""
     import flax.serialization
+    import jax
 
     weights, scores_file = cache / "classifier.msgpack", cache / "classifier.json"
-    template = classifier_module().init(__import__("jax").random.key(0), train[0][:1])
+    template = classifier_module().init(jax.random.key(0), train[0][:1])
     if weights.exists() and scores_file.exists():
         params = flax.serialization.from_bytes(template, weights.read_bytes())
         return params, json.loads(scores_file.read_text())

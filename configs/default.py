@@ -40,9 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
             # the latent, the critic adds one logit per class (the official AC-GAN terms).
             label_size=0,
             # The one-hot label's value beside the latent, before PixelNorm. The official 1
-            # gives a class the weight of one latent dimension, which G takes hundreds of
-            # thousands of images to amplify; sqrt(latent_size) gives it the whole latent's
-            # (configs/fashion_conditional.py, docs/quality.md "Class-conditional").
+            # gives a class the weight of one latent dimension, which a run of a few thousand
+            # steps does not learn to use (configs/fashion_conditional.py sets 4; docs/quality.md
+            # "Class-conditional Fashion-MNIST").
             label_scale=1.0,
             fused_scale=True,  # resampling fused into the convolutions (same maths, fewer FLOPs)
             # How convolutions are differentiated: 'matmul' (forward convs and matrix products,
