@@ -25,7 +25,6 @@ One JSON line per side, and a grid of the conditional G's images, one class per 
 
 import argparse
 import ast
-import dataclasses
 import json
 import pathlib
 import sys
@@ -215,9 +214,7 @@ def generated(generator, count: int) -> tuple[np.ndarray, np.ndarray | None]:
     per_class = count // len(CLASSES)
     images, asked = [], []
     for label in range(len(CLASSES)):
-        only = np.eye(len(CLASSES), dtype=np.float32)[label]
-        one_class = dataclasses.replace(generator, label_frequencies=only)
-        images.append(quality.fake_images(one_class, per_class, seed=123 + label))
+        images.append(quality.fake_images(generator.of_class(label), per_class, seed=123 + label))
         asked.append(np.full(per_class, label))
     return np.concatenate(images), np.concatenate(asked)
 

@@ -30,10 +30,8 @@ def per_class_swd(
     `<class>/swd_...` (with its own noise floor)."""
     results = {}
     for label, name in enumerate(labels.names):
-        only = np.eye(len(labels.names), dtype=np.float32)[label]
-        one_class = dataclasses.replace(generator, label_frequencies=only)
         of_class = reals[np.flatnonzero(labels.ids == label)]
-        swds = generator_swd.swd_with_noise_floor(config, one_class, of_class)
+        swds = generator_swd.swd_with_noise_floor(config, generator.of_class(label), of_class)
         results.update({f"{name}/{key}": value for key, value in swds.items()})
     return results
 

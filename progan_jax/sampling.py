@@ -185,6 +185,11 @@ class GeneratorSnapshot:
     def resolution(self) -> int:
         return stages.stage_resolution(self.stage)
 
+    def of_class(self, label: int) -> "GeneratorSnapshot":
+        """The same conditional G, asked for class `label` alone."""
+        only = np.eye(len(self.label_frequencies), dtype=np.float32)[label]
+        return dataclasses.replace(self, label_frequencies=only)
+
     def minibatch(self, block: int) -> int:
         """Images per minibatch of a stream whose latents come in blocks of `block`: whole
         blocks, about `generation_group` images per device (at least one block)."""
