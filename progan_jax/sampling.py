@@ -187,7 +187,7 @@ class GeneratorSnapshot:
 
     def of_class(self, label: int) -> "GeneratorSnapshot":
         """The same conditional G, asked for class `label` alone."""
-        only = np.eye(len(self.label_frequencies), dtype=np.float32)[label]
+        only = np.eye(self.gan.label_size, dtype=np.float32)[label]
         return dataclasses.replace(self, label_frequencies=only)
 
     def minibatch(self, block: int) -> int:

@@ -175,3 +175,23 @@ def test_only_process_0_writes_generated_files(tmp_path, tiny_config, monkeypatc
     monkeypatch.setattr(jax, "process_index", lambda: 0)
     result = generate.write_generated(tiny_config, str(tmp_path))
     assert result["images"] == 4 and (tmp_path / "out" / "interpolation.gif").exists()
+
+
+def test_a_conditional_generator_asked_for_one_class_draws_only_it():
+    """`of_class` on a G as a checkpoint loads it (no class shares yet): every image is G's
+    image of that class for the same latents."""
+    config = tiny.get_config()
+    config.model.label_size = 3
+    gan, state = gan_lib.initialize(config, parallel.make_mesh())
+    loaded = sampling.GeneratorSnapshot(gan, state.generator_ema_params, STAGE, ALPHA, 0)
+    got = np.concatenate([b.host() for b in loaded.of_class(2).fake_minibatches(6, 3, SEED)])
+    key = jax.random.key(SEED)
+    z = np.concatenate([gan.sample_latents(jax.random.fold_in(key, i), 3) for i in (0, 3)])
+
+    def drawn(label: int) -> np.ndarray:
+        labels = np.full(6, label)
+        return sampling.generate_images(gan, state.generator_ema_params, z, STAGE, ALPHA,
+                                        np.uint8, labels)  # fmt: skip
+
+    np.testing.assert_array_equal(got, drawn(2))
+    assert not np.array_equal(got, drawn(0))
