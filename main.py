@@ -123,6 +123,16 @@ def _workdir() -> str:
     return os.path.join("workdir", os.path.splitext(os.path.basename(config_file))[0])
 
 
+def _with_trained_networks(config: ml_collections.ConfigDict, workdir: str):
+    """The config with the `model` fields of the workdir's run (its config.json), if any."""
+    from progan_jax import agreement, paths
+
+    saved = paths.resolve(workdir) / "config.json"
+    if not saved.exists():
+        return config
+    return agreement.with_trained_networks(config, saved.read_text())
+
+
 def _print_lines(lines: Iterable) -> None:
     for line in lines:
         print(line if isinstance(line, str) else json.dumps(line), flush=True)
@@ -200,14 +210,23 @@ class Mode:
     on_devices: bool = False  # stops on the CPU of a GPU/TPU machine (unless --allow_cpu)
     writes_workdir: bool = False  # the workdir must exist and answer (a bucket may not)
     uses_tensorflow: bool = False  # tf.data or a SavedModel: TF must leave the GPUs to JAX
+    reads_checkpoints: bool = False  # builds the networks the workdir's run trained
 
 
 MODES = {
     "train": Mode(_train, on_devices=True, writes_workdir=True, uses_tensorflow=True),
     "plan": Mode(_plan),
-    "evaluate": Mode(_evaluate, on_devices=True, writes_workdir=True, uses_tensorflow=True),
-    "generate": Mode(_generate, on_devices=True, writes_workdir=True),
-    "export": Mode(_export, on_devices=True, writes_workdir=True, uses_tensorflow=True),
+    "evaluate": Mode(
+        _evaluate,
+        on_devices=True,
+        writes_workdir=True,
+        uses_tensorflow=True,
+        reads_checkpoints=True,
+    ),
+    "generate": Mode(_generate, on_devices=True, writes_workdir=True, reads_checkpoints=True),
+    "export": Mode(
+        _export, on_devices=True, writes_workdir=True, uses_tensorflow=True, reads_checkpoints=True
+    ),
     "benchmark": Mode(_benchmark, on_devices=True),
     "benchmark_input": Mode(_benchmark_input, uses_tensorflow=True),
     "summary": Mode(_summary),
@@ -231,7 +250,10 @@ def main(argv: list[str]) -> None:
             paths.ensure_directory(paths.resolve(workdir), _STORAGE_TIMEOUT.value)
         if mode.uses_tensorflow:
             _hide_gpus_from_tensorflow()
-        _print_lines(mode.run(_CONFIG.value, workdir))
+        config = _CONFIG.value
+        if mode.reads_checkpoints:
+            config = _with_trained_networks(config, workdir)
+        _print_lines(mode.run(config, workdir))
     except interrupt.Interrupted as stopped:
         logging.warning("%s", stopped)  # preemption: exit 0, a restart continues
     except errors.UserError as error:

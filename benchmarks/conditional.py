@@ -24,7 +24,6 @@ One JSON line per side, and a grid of the conditional G's images, one class per 
 """
 
 import argparse
-import ast
 import json
 import pathlib
 import sys
@@ -183,27 +182,13 @@ def cached_classifier(
 # ------------------------------------------------------------------------ generators
 
 
-def with_overrides(config, overrides: list[str]):
-    """The config as main.py's `--config.<field>=<value>` flags set it: a G is drawn with the
-    settings it was trained with (`model.label_scale` changes what its weights compute)."""
-    fields = {}
-    for flag in overrides:
-        name, _, text = flag.removeprefix("--config.").partition("=")
-        try:
-            fields[name] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            fields[name] = text  # a string field
-    config.update_from_flattened_dict(fields)
-    return config
-
-
 def trained_generator(side: str, args: argparse.Namespace, workdir: pathlib.Path):
     """A side's G_ema at the end of its budget."""
     if side == "conditional":
         config = labelled_config(args.train, args.cache)
     else:
         config = quality.folder_config(args.train, args.cache)
-    return quality.final_generator(with_overrides(config, args.override), workdir)
+    return quality.final_generator(config, workdir)
 
 
 def generated(generator, count: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -311,7 +296,7 @@ def main() -> None:
     go.add_argument(
         "--scored-only",
         action="store_true",
-        help="score the runs already in --work (with the --override flags they trained with)",
+        help="score the runs already in --work",
     )
     go.add_argument(
         "--sides",
@@ -323,8 +308,7 @@ def main() -> None:
         "--override",
         action="append",
         default=[],
-        help="a main.py flag for the runs that keeps the networks' shapes, "
-        "e.g. --override=--config.loss.cond_weight=2 (also applied when G draws)",
+        help="a main.py flag for the runs, e.g. --override=--config.loss.cond_weight=2",
     )
     args = parser.parse_args()
     if args.command == "prepare":

@@ -119,9 +119,11 @@ def train_progan_jax(
 
 
 def final_generator(config, workdir: pathlib.Path):
-    """G_ema of the run's last checkpoint, which must have faded 32x32 in."""
-    from progan_jax import checkpointing
+    """G_ema of the run's last checkpoint, which must have faded 32x32 in, in the networks the
+    run trained (its config.json's, whatever --override flags it had)."""
+    from progan_jax import agreement, checkpointing
 
+    config = agreement.with_trained_networks(config, (workdir / "config.json").read_text())
     generator = checkpointing.load_generator(config, str(workdir), None)
     if generator.resolution != RESOLUTION or generator.alpha != 1.0:
         raise RuntimeError(
@@ -136,7 +138,7 @@ def fake_images(generator, count: int, seed: int) -> np.ndarray:
 
 
 def progan_jax_images(args: argparse.Namespace, workdir: pathlib.Path, count: int) -> np.ndarray:
-    config = folder_config(args.train, args.cache)  # the overrides keep the networks' shapes
+    config = folder_config(args.train, args.cache)
     return fake_images(final_generator(config, workdir), count, seed=123)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from progan_jax import checkpointing, sampling, seeds
 from progan_jax.data import input_pipeline, sources
+from progan_jax.errors import ConfigError
 from progan_jax.metrics import generator_swd, ms_ssim, swd
 
 
@@ -43,13 +44,19 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     generator = checkpointing.load_generator(config, workdir, ev.checkpoint_images_shown)
     res = generator.resolution
     data = config.data
-    reals = input_pipeline.stage_images(
-        data, config.model.resolution, config.model.num_channels, generator.stage
-    )
     labels = input_pipeline.labels_of(config)
+    if generator.gan.label_size and labels is None:
+        raise ConfigError(
+            f"data.labels: the checkpoint's generator draws {generator.gan.label_size} classes; "
+            "evaluate it against labelled data (data.labels as in training), which per-class "
+            "SWD and the classes' shares need"
+        )
     if labels is not None:
         frequencies = input_pipeline.class_frequencies(labels, data)
         generator = dataclasses.replace(generator, label_frequencies=frequencies)
+    reals = input_pipeline.stage_images(
+        data, config.model.resolution, config.model.num_channels, generator.stage
+    )
     results: dict = {
         "images_shown": generator.images_shown,
         "stage": generator.stage,

@@ -55,3 +55,16 @@ def test_a_conditional_generator_is_evaluated_overall_and_per_class(
         assert reals == counts[label]
     assert results["swd_x1e3_avg"] == 1.0
     assert [results[f"{name}/swd_x1e3_avg"] for name in labels.names] == [2.0, 3.0, 4.0]
+
+
+def test_a_conditional_generator_needs_labelled_data(tmp_path, tiny_config):
+    """Evaluated against data without labels, a conditional G stops with the field to set
+    before any image is read."""
+    from progan_jax import errors, evaluate
+
+    tiny_config.model.label_size = 3
+    tiny_config.data.cache_dir = str(tmp_path / "cache")
+    tiny_config.eval.checkpoint_images_shown = 0
+    with pytest.raises(errors.ConfigError, match=r"data\.labels: .* draws 3 classes"):
+        evaluate.evaluate(tiny_config, str(tmp_path))
+    assert not (tmp_path / "cache").exists()

@@ -250,3 +250,47 @@ def test_sigterm_during_the_first_decode_exits_0_promptly(tmp_path, compile_cach
     assert "SIGTERM during decoding synthetic" in text
     leftovers = [p.name for p in cache.rglob("*") if p.is_file() and ".npy" in p.name]
     assert leftovers == [], leftovers
+
+
+def test_a_checkpoint_is_drawn_with_the_networks_its_run_trained(tmp_path, compile_cache):
+    """Generate without the training run's model flags: the workdir's config.json decides the
+    networks (a conditional G of label_scale 4, drawn by the unconditional command line), and
+    the log names each field it took from there."""
+    import dataclasses
+
+    import jax
+
+    from configs import tiny
+    from progan_jax import gan as gan_lib
+    from progan_jax import generate, parallel, sampling
+
+    config = tiny.get_config()
+    config.model.label_size, config.model.label_scale = 3, 4.0
+    config.data.labels = "skin_tone"
+    workdir = tmp_path / "run"
+    gan, state = gan_lib.initialize(config, parallel.make_mesh())
+    checkpointer = checkpointing.Checkpointer(workdir)
+    checkpointer.save(state, checkpointing.Progress(320, phase_index=4, stage=2, alpha=1.0))
+    checkpointer.close()
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    out = tmp_path / "generated"
+    asked = ("num_images=4", "grid=2", "keyframes=1", "labels=2", f"output={out}")
+    flags = [f"--config.generate.{flag}" for flag in asked]
+    result = run(workdir, compile_cache, "--mode=generate", *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "config.model.label_size: the checkpoints were trained with 3" in result.stderr
+    assert "config.model.label_scale: the checkpoints were trained with 4.0" in result.stderr
+    from PIL import Image
+
+    got = np.stack([np.asarray(Image.open(out / "images" / f"0_{i:05d}.png")) for i in range(4)])
+    params = jax.tree.map(np.asarray, state.generator_ema_params)
+    z = generate.latents(gan, config.generate.seed, 4, None)
+    drawn = {
+        scale: sampling.generate_images(
+            dataclasses.replace(gan, generator=gan.generator.clone(label_scale=scale)),
+            *(params, z, 2, 1.0, np.uint8, np.full(4, 2)),
+        ).astype(int)
+        for scale in (4.0, 1.0)
+    }
+    assert np.abs(got - drawn[4.0]).max() <= 1  # the compilers may round a pixel differently
+    assert np.abs(got - drawn[1.0]).mean() > 4 * np.abs(got - drawn[4.0]).mean()
