@@ -7,7 +7,8 @@ Modes: train (default; resumes from the workdir's latest checkpoint), plan (comp
 stage's step for the target devices, e.g. --config.plan.topology=v5e:2x4, and reports memory
 and FLOPs), evaluate (SWD, MS-SSIM, FID of a checkpoint), generate (grid, PNGs, latent walk
 of a checkpoint), export (a checkpoint's generator as a TensorFlow SavedModel), benchmark
-(train-step speed per stage), benchmark_input (input-pipeline speed per stage), summary (layer
+(train-step speed per stage), import (a pretrained network file, --config.pretrained.path,
+as a workdir every mode reads), benchmark_input (input-pipeline speed per stage), summary (layer
 tables and parameter counts), caches (the data cache's files, which are stale, and with
 --config.data.remove_stale_caches=True their removal). The workdir defaults to
 workdir/<config file stem>.
@@ -123,12 +124,15 @@ def _workdir() -> str:
     return os.path.join("workdir", os.path.splitext(os.path.basename(config_file))[0])
 
 
-def _with_trained_networks(config: ml_collections.ConfigDict, workdir: str):
-    """The config with the `model` fields of the workdir's run (its config.json), if any."""
+def _with_trained_networks(config: ml_collections.ConfigDict, workdir: str, imported_only: bool):
+    """The config with the `model` fields of the workdir's run (its config.json), if any; with
+    `imported_only`, only of a workdir made by --mode=import, whose networks the file chose."""
     from progan_jax import agreement, paths
+    from progan_jax.pretrained import importer
 
-    saved = paths.resolve(workdir) / "config.json"
-    if not saved.exists():
+    root = paths.resolve(workdir)
+    saved = root / "config.json"
+    if not saved.exists() or (imported_only and not (root / importer.PROVENANCE).exists()):
         return config
     return agreement.with_trained_networks(config, saved.read_text())
 
@@ -168,6 +172,12 @@ def _export(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
     from progan_jax import export
 
     return [export.export_generator(config, workdir)]
+
+
+def _import(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
+    from progan_jax.pretrained import importer
+
+    return [importer.import_networks(config, workdir)]
 
 
 def _plan(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
@@ -210,26 +220,41 @@ class Mode:
     on_devices: bool = False  # stops on the CPU of a GPU/TPU machine (unless --allow_cpu)
     writes_workdir: bool = False  # the workdir must exist and answer (a bucket may not)
     uses_tensorflow: bool = False  # tf.data or a SavedModel: TF must leave the GPUs to JAX
-    reads_checkpoints: bool = False  # builds the networks the workdir's run trained
+    # Builds the networks the workdir's run trained ('always'), or those of an imported
+    # workdir ('imported': train fine-tunes them; a resumed run keeps its own shape check).
+    networks_from_workdir: str = "never"
 
 
 MODES = {
-    "train": Mode(_train, on_devices=True, writes_workdir=True, uses_tensorflow=True),
+    "train": Mode(
+        _train,
+        on_devices=True,
+        writes_workdir=True,
+        uses_tensorflow=True,
+        networks_from_workdir="imported",
+    ),
+    "import": Mode(_import, writes_workdir=True),
     "plan": Mode(_plan),
     "evaluate": Mode(
         _evaluate,
         on_devices=True,
         writes_workdir=True,
         uses_tensorflow=True,
-        reads_checkpoints=True,
+        networks_from_workdir="always",
     ),
-    "generate": Mode(_generate, on_devices=True, writes_workdir=True, reads_checkpoints=True),
+    "generate": Mode(
+        _generate, on_devices=True, writes_workdir=True, networks_from_workdir="always"
+    ),
     "export": Mode(
-        _export, on_devices=True, writes_workdir=True, uses_tensorflow=True, reads_checkpoints=True
+        _export,
+        on_devices=True,
+        writes_workdir=True,
+        uses_tensorflow=True,
+        networks_from_workdir="always",
     ),
     "benchmark": Mode(_benchmark, on_devices=True),
     "benchmark_input": Mode(_benchmark_input, uses_tensorflow=True),
-    "summary": Mode(_summary),
+    "summary": Mode(_summary, networks_from_workdir="always"),
     "caches": Mode(_caches),
 }
 _MODE = flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
@@ -251,8 +276,9 @@ def main(argv: list[str]) -> None:
         if mode.uses_tensorflow:
             _hide_gpus_from_tensorflow()
         config = _CONFIG.value
-        if mode.reads_checkpoints:
-            config = _with_trained_networks(config, workdir)
+        if mode.networks_from_workdir != "never":
+            imported_only = mode.networks_from_workdir == "imported"
+            config = _with_trained_networks(config, workdir, imported_only)
         _print_lines(mode.run(config, workdir))
     except interrupt.Interrupted as stopped:
         logging.warning("%s", stopped)  # preemption: exit 0, a restart continues

@@ -36,6 +36,14 @@ def get_config() -> ml_collections.ConfigDict:
             pixelnorm_epsilon=1e-8,
             use_wscale=True,  # equalized learning rate
             mbstd_group_size=4,  # 0 or 1 disables minibatch stddev
+            # Variants that imported networks need (docs/pretrained.md), all off here:
+            # pytorch_GAN_zoo's consecutive groups and unbiased variance in minibatch stddev,
+            # its one bias per unit in G's first layer, and the critic's pooling after the
+            # leaky ReLU (the official separate resampling's, and pytorch_GAN_zoo's).
+            mbstd_consecutive=False,
+            mbstd_unbiased=False,
+            dense_bias_per_unit=False,
+            downsample_after_activation=False,
             # Classes of a conditional run (0: unconditional): G takes one-hot labels beside
             # the latent, the critic adds one logit per class (the official AC-GAN terms).
             label_size=0,
@@ -186,6 +194,9 @@ def get_config() -> ml_collections.ConfigDict:
             swd_train_images=2048,  # images per periodic SWD
         )
     )
+    # --mode=import: a pretrained network file (an official ProGAN pickle or a
+    # pytorch_GAN_zoo PGAN checkpoint) into --workdir (docs/pretrained.md).
+    config.pretrained = ml_collections.ConfigDict(dict(path=config_dict.placeholder(str)))
     config.generate = ml_collections.ConfigDict(
         dict(
             checkpoint_images_shown=config_dict.placeholder(int),  # the checkpoint (None: latest)

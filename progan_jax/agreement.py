@@ -69,6 +69,7 @@ def _shape_signature(fields: dict) -> dict:
     signature = {k: fields.get(k) for k in SHAPE_FIELDS}
     signature["model.mbstd_group_size"] = (fields.get("model.mbstd_group_size") or 0) > 1
     signature["model.label_size"] = fields.get("model.label_size") or 0  # absent: before labels
+    signature["model.dense_bias_per_unit"] = bool(fields.get("model.dense_bias_per_unit"))
     return signature
 
 

@@ -119,16 +119,15 @@ def _check_labels(model: ml_collections.ConfigDict, data: ml_collections.ConfigD
         _fail("model.label_scale", f"must be positive (the official 1), got {model.label_scale}")
 
 
-def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1) -> None:
-    """Raises ConfigError for the first invalid value."""
-    model, sched, data = config.model, config.schedule, config.data
+def validate_model(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for the first invalid `model` field."""
+    model = config.model
     res = model.resolution
     if not isinstance(res, int) or res < 4 or res & (res - 1):
         _fail("model.resolution", f"must be a power of two >= 4, got {res!r}")
     count = stages.num_stages(res)
     if model.label_size < 0:
         _fail("model.label_size", f"must be >= 0 (0: unconditional), got {model.label_size}")
-    _check_labels(model, data)
     if model.num_channels not in (1, 3):
         _fail("model.num_channels", f"must be 1 (grayscale) or 3 (RGB), got {model.num_channels}")
     for field in ("latent_size", "fmap_base", "fmap_max"):
@@ -160,6 +159,28 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
             "model.conv_gradients",
             f"must be 'auto' or one of {conv.GRADIENT_RULES}, got {model.conv_gradients!r}",
         )
+
+
+def validate_data_resolution(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError if the data source has no images at the networks' resolution."""
+    res, source = config.model.resolution, config.data.source
+    if source == "celeb_a" and res > sources.CELEBA_CROP:
+        _fail(
+            "model.resolution",
+            f"data.source celeb_a crops are 128x128, the networks are {res}x{res}; use "
+            "resolution <= 128 or celeb_a_hq",
+        )
+    if source == "celeb_a_hq" and res > 1024:
+        _fail("model.resolution", f"data.source celeb_a_hq goes up to 1024x1024, got {res}x{res}")
+
+
+def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1) -> None:
+    """Raises ConfigError for the first invalid value."""
+    model, sched, data = config.model, config.schedule, config.data
+    validate_model(config)
+    _check_labels(model, data)
+    res = model.resolution
+    count = stages.num_stages(res)
 
     if schedule.is_auto(sched.batch_sizes):
         if sched.max_batch_per_device < 1:
@@ -218,10 +239,7 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
         _fail("data.path", "set the image folder, e.g. --config.data.path=/data/faces")
     if data.source == "tfds" and not data.tfds_name:
         _fail("data.tfds_name", "name the TFDS data set, e.g. --config.data.tfds_name=lsun/bedroom")
-    if data.source == "celeb_a" and res > sources.CELEBA_CROP:
-        _fail("model.resolution", f"celeb_a crops are 128x128; use <= 128 or celeb_a_hq, got {res}")
-    if data.source == "celeb_a_hq" and res > 1024:
-        _fail("model.resolution", f"celeb_a_hq goes up to 1024, got {res}")
+    validate_data_resolution(config)
     if data.source == "synthetic" and data.synthetic_size < 1:
         _fail("data.synthetic_size", f"must be positive, got {data.synthetic_size}")
     if data.max_images is not None and data.max_images < 1:

@@ -85,12 +85,16 @@ def pixel_norm(x: jax.Array, epsilon: float = 1e-8) -> jax.Array:
     return (wide * norm).astype(x.dtype)
 
 
-def minibatch_stddev(x: jax.Array, group_size: int) -> jax.Array:
+def minibatch_stddev(
+    x: jax.Array, group_size: int, consecutive: bool = False, unbiased: bool = False
+) -> jax.Array:
     """Appends one feature map: the average stddev of the features over a group of samples.
 
     Groups are strided as in the official code (`reshape([G, -1, ...])`): sample i belongs to
-    group i mod (N / G). The group size is clipped to the batch this layer sees (one device's
-    shard), which must then divide by it.
+    group i mod (N / G); `consecutive` groups (pytorch_GAN_zoo's) hold samples i // G. The
+    variance divides by G, or by G - 1 if `unbiased` (pytorch_GAN_zoo's; a group of one
+    then has a stddev of 0). The group size is clipped to the batch this layer sees (one
+    device's shard), which must then divide by it.
     """
     n, h, w, c = x.shape
     g = min(group_size, n)
@@ -99,11 +103,18 @@ def minibatch_stddev(x: jax.Array, group_size: int) -> jax.Array:
             f"minibatch stddev: the per-device batch ({n}) must be divisible by the group size "
             f"({g}); change model.mbstd_group_size or the batch size."
         )
-    y = at_least_float32(x).reshape(g, n // g, h, w, c)
-    y = y - y.mean(axis=0, keepdims=True)
-    y = jnp.sqrt(jnp.mean(jnp.square(y), axis=0) + 1e-8)
-    y = y.mean(axis=(1, 2, 3))  # one value per group
-    y = jnp.tile(y, g).astype(x.dtype)  # sample i -> group i mod (n // g)
+    wide = at_least_float32(x)
+    y = wide.reshape(n // g, g, h, w, c) if consecutive else wide.reshape(g, n // g, h, w, c)
+    member = 1 if consecutive else 0
+    y = y - y.mean(axis=member, keepdims=True)
+    if unbiased and g == 1:
+        y = jnp.zeros((n // g,), y.dtype)
+    else:
+        divisor = g - 1 if unbiased else g
+        y = jnp.sqrt(jnp.sum(jnp.square(y), axis=member) / divisor + 1e-8)
+        y = y.mean(axis=(1, 2, 3))  # one value per group
+    # sample i -> group i // g (consecutive) or i mod (n // g) (strided)
+    y = (jnp.repeat(y, g) if consecutive else jnp.tile(y, g)).astype(x.dtype)
     stat = jnp.broadcast_to(y[:, None, None, None], (n, h, w, 1))
     return jnp.concatenate([x, stat], axis=-1)
 
@@ -131,6 +142,8 @@ class EqualizedDense(nn.Module):
     use_wscale: bool = True
     dtype: jnp.dtype = jnp.float32
     map_shape: tuple[int, ...] = ()  # () for a plain dense layer
+    # With map_shape: one bias per output unit instead (pytorch_GAN_zoo's first layer).
+    bias_per_unit: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -139,7 +152,8 @@ class EqualizedDense(nn.Module):
         kernel = self.param(
             "kernel", _weight_init(fan_in, self.gain, self.use_wscale), (fan_in, units)
         )
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        bias_shape = (*self.map_shape, self.features) if self.bias_per_unit else (self.features,)
+        bias = self.param("bias", nn.initializers.zeros, bias_shape)
         w = (kernel * he_scale(fan_in, self.gain, self.use_wscale)).astype(self.dtype)
         y = jnp.dot(x.astype(self.dtype), w)
         return y.reshape(*x.shape[:-1], *self.map_shape, self.features) + bias.astype(self.dtype)

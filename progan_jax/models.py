@@ -109,6 +109,7 @@ class Generator(_Growing):
     normalize_latents: bool = True
     use_pixelnorm: bool = True
     pixelnorm_epsilon: float = 1e-8
+    dense_bias_per_unit: bool = False  # the first layer's bias: per feature map, or per unit
 
     def _norm(self, x: jax.Array) -> jax.Array:
         return pixel_norm(x, self.pixelnorm_epsilon) if self.use_pixelnorm else x
@@ -119,7 +120,13 @@ class Generator(_Growing):
         if stage == 0:
             # Independent of use_pixelnorm, as in the official code.
             x = pixel_norm(x, self.pixelnorm_epsilon) if self.normalize_latents else x
-            x = self.dense(nf, gain=SQRT2 / 4, map_shape=(4, 4), name="dense_4x4")(x)
+            x = self.dense(
+                nf,
+                gain=SQRT2 / 4,
+                map_shape=(4, 4),
+                bias_per_unit=self.dense_bias_per_unit,
+                name="dense_4x4",
+            )(x)
             x = self._norm(leaky_relu(x))
             return self._norm(leaky_relu(self.conv(nf, name="conv_4x4")(x)))
         x = self._norm(leaky_relu(self.conv(nf, resample="up", name=f"conv0_up_{res}x{res}")(x)))
@@ -170,13 +177,20 @@ class Critic(_Growing):
     """
 
     mbstd_group_size: int = 4
+    mbstd_consecutive: bool = False  # groups of consecutive samples, not strided ones
+    mbstd_unbiased: bool = False  # the groups' variance divides by G - 1, not G
+    # Pool after the leaky ReLU, not before it: the official critic's separate resampling
+    # (fused_scale=False) and pytorch_GAN_zoo's. The fused official one pools before it.
+    downsample_after_activation: bool = False
     label_size: int = 0
 
     def _block(self, x: jax.Array, stage: int) -> jax.Array:
         res = stages.stage_resolution(stage)
         if stage == 0:
             if self.mbstd_group_size > 1:
-                x = minibatch_stddev(x, self.mbstd_group_size)
+                x = minibatch_stddev(
+                    x, self.mbstd_group_size, self.mbstd_consecutive, self.mbstd_unbiased
+                )
             x = leaky_relu(self.conv(self.nf(1), name="conv_4x4")(x))
             x = x.reshape(x.shape[0], -1)
             x = leaky_relu(self.dense(self.nf(0), name="dense0_4x4")(x))
@@ -185,9 +199,10 @@ class Critic(_Growing):
             wide = at_least_float32_dtype(self.dtype)
             return self.dense(1 + self.label_size, gain=1.0, dtype=wide, name="dense1_4x4")(x)
         x = leaky_relu(self.conv(self.nf(stage + 1), name=f"conv0_{res}x{res}")(x))
-        return leaky_relu(
-            self.conv(self.nf(stage), resample="down", name=f"conv1_down_{res}x{res}")(x)
-        )
+        name = f"conv1_down_{res}x{res}"
+        if self.downsample_after_activation:
+            return downsample2x(leaky_relu(self.conv(self.nf(stage), name=name)(x)))
+        return leaky_relu(self.conv(self.nf(stage), resample="down", name=name)(x))
 
     @nn.compact
     def __call__(
@@ -245,6 +260,7 @@ def make_generator(model: ml_collections.ConfigDict) -> Generator:
         normalize_latents=model.normalize_latents,
         use_pixelnorm=model.use_pixelnorm,
         pixelnorm_epsilon=model.pixelnorm_epsilon,
+        dense_bias_per_unit=model.dense_bias_per_unit,
         **_common_kwargs(model),
     )
 
@@ -252,6 +268,9 @@ def make_generator(model: ml_collections.ConfigDict) -> Generator:
 def make_critic(model: ml_collections.ConfigDict) -> Critic:
     return Critic(
         mbstd_group_size=model.mbstd_group_size,
+        mbstd_consecutive=model.mbstd_consecutive,
+        mbstd_unbiased=model.mbstd_unbiased,
+        downsample_after_activation=model.downsample_after_activation,
         label_size=model.label_size,
         **_common_kwargs(model),
     )
