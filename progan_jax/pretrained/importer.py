@@ -7,9 +7,9 @@ fresh Adam moments, at the stage and alpha of the file's level of detail. `gener
 it from there on the config's data. `imported.json` says where the networks came from.
 
 The imported checkpoint is kept for good (with the stage ends): fine-tuning's periodic
-checkpoints never prune it. Everything is read, converted and checked against our networks' parameter shapes before
-anything is written; the checkpoint, written last and atomically by Orbax, marks a complete
-import.
+checkpoints never prune it. Everything is read, converted and checked against our networks'
+parameter shapes before anything is written; the checkpoint, written last and atomically by
+Orbax, marks a complete import.
 """
 
 import hashlib
