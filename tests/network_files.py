@@ -108,8 +108,11 @@ def _py2(tree):
         return type(tree)(_py2(v) for v in tree)
     if isinstance(tree, np.ndarray | np.floating):
         array = np.array(tree, np.float32)  # a copy, C-ordered, 0-d stays 0-d
-        dtype = Call(Global("numpy", "dtype"), (Py2Str(b"f4"), 0, 1),
-                     (3, Py2Str(b"<"), None, None, None, -1, -1, 0))  # fmt: skip
+        dtype = Call(
+            Global("numpy", "dtype"),
+            (Py2Str(b"f4"), 0, 1),
+            (3, Py2Str(b"<"), None, None, None, -1, -1, 0),
+        )
         empty = (Global("numpy", "ndarray"), (0,), Py2Str(b"b"))
         state = (1, array.shape, dtype, False, Py2Str(array.tobytes()))
         return Call(Global("numpy.core.multiarray", "_reconstruct"), empty, state)
@@ -138,8 +141,7 @@ def _theano_params(func: str, spec: dict, variables: dict, rng) -> list[np.ndarr
     relu = math.sqrt(2)
     if func == "G_paper":
         fan_in = variables["4x4/Dense/weight"].shape[0]
-        layer("4x4/Dense", relu / 4,
-              lambda w: w.reshape(fan_in, -1, 4, 4).transpose(1, 0, 2, 3))  # fmt: skip
+        layer("4x4/Dense", relu / 4, lambda w: w.reshape(fan_in, -1, 4, 4).transpose(1, 0, 2, 3))
         layer("4x4/Conv", relu, conv)
         for res in range(3, top + 1):
             layer(f"{2**res}x{2**res}/Conv0", relu, conv)
@@ -153,8 +155,7 @@ def _theano_params(func: str, spec: dict, variables: dict, rng) -> list[np.ndarr
             layer(f"{2**res}x{2**res}/Conv1", relu, conv)
             layer(f"FromRGB_lod{top - res + 1}", relu, one_by_one)
         layer("4x4/Conv", relu, conv)
-        layer("4x4/Dense0", relu,
-              lambda w: w.T.reshape(w.shape[1], -1, 4, 4)[:, :, ::-1, ::-1])  # fmt: skip
+        layer("4x4/Dense0", relu, lambda w: w.T.reshape(w.shape[1], -1, 4, 4)[:, :, ::-1, ::-1])
         layer("4x4/Dense1", 1.0, lambda w: w)
     return params
 
@@ -196,13 +197,17 @@ def _torch_tree(tree, storages: list):
         strides = [int(s // 4) for s in tree.array.strides]
         return Call(
             Global("torch._utils", "_rebuild_tensor_v2"),
-            (_StorageRef(key, tree.array.size), 0, tree.array.shape, tuple(strides), False,
-             collections.OrderedDict()),
-        )  # fmt: skip
+            (
+                _StorageRef(key, tree.array.size),
+                0,
+                tree.array.shape,
+                tuple(strides),
+                False,
+                collections.OrderedDict(),
+            ),
+        )
     if isinstance(tree, dict):
-        converted = {k: _torch_tree(v, storages) for k, v in tree.items()}
-        return collections.OrderedDict(converted) if isinstance(tree, collections.OrderedDict) \
-            else converted  # fmt: skip
+        return type(tree)((k, _torch_tree(v, storages)) for k, v in tree.items())
     if isinstance(tree, Call):
         return Call(tree.func, tree.args, _torch_tree(tree.state, storages))
     return tree
@@ -234,8 +239,11 @@ def write_torch(path, tree, zipped: bool = True) -> None:
     with open(path, "wb") as file:
         file.write(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2))
         file.write(pickle.dumps(1001, protocol=2))
-        info = {"protocol_version": 1001, "little_endian": True,
-                "type_sizes": {"short": 2, "int": 4, "long": 4}}  # fmt: skip
+        info = {
+            "protocol_version": 1001,
+            "little_endian": True,
+            "type_sizes": {"short": 2, "int": 4, "long": 4},
+        }
         file.write(pickle.dumps(info, protocol=2))
         file.write(body)
         file.write(pickle.dumps([str(k) for k in range(len(storages))], protocol=2))

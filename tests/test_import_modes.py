@@ -44,8 +44,9 @@ def test_generate_draws_the_official_generators_images(imported, compile_cache, 
     workdir, path, g_args, (_, _, gs_vars) = imported
     out = tmp_path / "generated"
     flags = ("num_images=4", "grid=2", "keyframes=2", "frames_per_keyframe=2", f"output={out}")
-    result = run(workdir, compile_cache, "--mode=generate",
-                 *(f"--config.generate.{flag}" for flag in flags))  # fmt: skip
+    result = run(
+        workdir, compile_cache, "--mode=generate", *(f"--config.generate.{flag}" for flag in flags)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "config.model.fmap_decay: the checkpoints were trained with 0.8" in result.stderr
     config = importer.model_config(tiny.get_config(), importer.read_file(str(path)).model)
@@ -103,6 +104,9 @@ def test_train_fine_tunes_the_imported_networks_on_a_folder(imported, compile_ca
     tuned, progress = checkpointer.restore(target, 576)
     checkpointer.close()
     assert (progress.stage, progress.alpha) == (2, 1.0)
-    change = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
-                          start.critic_params, tuned.critic_params)  # fmt: skip
+    change = jax.tree.map(
+        lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+        start.critic_params,
+        tuned.critic_params,
+    )
     assert 0 < max(jax.tree.leaves(change)) < 1.0  # trained from the imported weights

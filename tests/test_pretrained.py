@@ -27,11 +27,28 @@ from tests import network_files
 from tests import official_networks as ref
 
 TOLERANCE = 1e-4
-G_ARGS = dict(num_channels=3, resolution=16, fmap_base=64, fmap_decay=0.8, fmap_max=24,
-              latent_size=12, use_wscale=True, normalize_latents=True, use_pixelnorm=True,
-              label_size=0)  # fmt: skip
-D_ARGS = dict(num_channels=3, resolution=16, fmap_base=64, fmap_decay=0.8, fmap_max=24,
-              use_wscale=True, mbstd_group_size=4, label_size=0)  # fmt: skip
+G_ARGS = dict(
+    num_channels=3,
+    resolution=16,
+    fmap_base=64,
+    fmap_decay=0.8,
+    fmap_max=24,
+    latent_size=12,
+    use_wscale=True,
+    normalize_latents=True,
+    use_pixelnorm=True,
+    label_size=0,
+)
+D_ARGS = dict(
+    num_channels=3,
+    resolution=16,
+    fmap_base=64,
+    fmap_decay=0.8,
+    fmap_max=24,
+    use_wscale=True,
+    mbstd_group_size=4,
+    label_size=0,
+)
 
 
 def official_variables(g_args: dict, d_args: dict, seed: int = 0):
@@ -146,10 +163,21 @@ def zoo_checkpoint(rng, alpha: float, drop: str | None = None):
         "netD": zoo_ref.random_state(d_shapes, rng),
         "avgG": zoo_ref.random_state(g_shapes, rng),
     }
-    config = dict(depthScale0=24, depthOtherScales=ZOO_DEPTHS[1:], latentVectorDim=12,
-                  noiseVectorDim=12, categoryVectorDim=0, dimOutput=3, miniBatchStdDev=True,
-                  equalizedlR=True, alpha=alpha, leakyReluLeak=0.2, perChannelNormalization=True,
-                  lossCriterion="WGANGP", initBiasToZero=True)  # fmt: skip
+    config = dict(
+        depthScale0=24,
+        depthOtherScales=ZOO_DEPTHS[1:],
+        latentVectorDim=12,
+        noiseVectorDim=12,
+        categoryVectorDim=0,
+        dimOutput=3,
+        miniBatchStdDev=True,
+        equalizedlR=True,
+        alpha=alpha,
+        leakyReluLeak=0.2,
+        perChannelNormalization=True,
+        lossCriterion="WGANGP",
+        initBiasToZero=True,
+    )
     tree = {
         "config": network_files.Call(
             network_files.Global("models.utils.config", "BaseConfig"), (), config
@@ -211,9 +239,15 @@ def test_a_pickle_that_would_run_code_is_refused_with_the_global_named(tmp_path,
 def test_a_torch_file_that_would_run_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pth"
-    network_files.write_torch(path, {"config": network_files.Call(
-        network_files.Global("builtins", "eval"), ("__import__('os').system('touch PWNED')",)
-    )})  # fmt: skip
+    network_files.write_torch(
+        path,
+        {
+            "config": network_files.Call(
+                network_files.Global("builtins", "eval"),
+                ("__import__('os').system('touch PWNED')",),
+            )
+        },
+    )
     with pytest.raises(safe_pickle.UnsafePickleError, match=r"builtins\.eval"):
         importer.read_file(str(path))
     assert not (tmp_path / "PWNED").exists()
@@ -283,8 +317,9 @@ def test_an_import_writes_a_workdir_at_the_pickles_stage_and_never_overwrites_on
     assert provenance["lod"] == 1.5 and provenance["format"] == "official"
     # The 8x8 stage fades in over tiny's 64 images from 64: halfway is 96 images shown.
     assert summary["images_shown"] == 96
-    model_config = importer.model_config(config, summary_model := official.model_fields(
-        *official.read_networks(str(path))[:2]))  # fmt: skip
+    model_config = importer.model_config(
+        config, summary_model := official.model_fields(*official.read_networks(str(path))[:2])
+    )
     generator = checkpointing.load_generator(model_config, str(workdir), None)
     assert (generator.stage, generator.alpha, generator.images_shown) == (1, 0.5, 96)
     assert summary_model["resolution"] == 16

@@ -196,8 +196,11 @@ def _from_theano(state: dict, path: str) -> OfficialNetwork:
             for res in range(resolution_log2, 2, -1):
                 layer(f"{2**res}x{2**res}/Conv0", relu, conv(next(params)))
                 layer(f"{2**res}x{2**res}/Conv1", relu, conv(next(params)))
-                layer(f"FromRGB_lod{resolution_log2 - res + 1}", relu,
-                      next(params)[np.newaxis, np.newaxis])  # fmt: skip
+                layer(
+                    f"FromRGB_lod{resolution_log2 - res + 1}",
+                    relu,
+                    next(params)[np.newaxis, np.newaxis],
+                )
             layer("4x4/Conv", relu, conv(next(params)))
             dense0 = next(params)[:, :, ::-1, ::-1]  # a 4x4 'valid' convolution, flipped
             layer("4x4/Dense0", relu, dense0.reshape(dense0.shape[0], -1).T)
@@ -247,8 +250,15 @@ def model_fields(generator: OfficialNetwork, critic: OfficialNetwork) -> dict[st
             "G_paper argument use_leakyrelu=False (ReLU): the networks here use leaky ReLU "
             "(slope 0.2) only"
         )
-    for name in ("num_channels", "resolution", "fmap_base", "fmap_decay", "fmap_max",
-                 "use_wscale", "label_size"):  # fmt: skip
+    for name in (
+        "num_channels",
+        "resolution",
+        "fmap_base",
+        "fmap_decay",
+        "fmap_max",
+        "use_wscale",
+        "label_size",
+    ):
         if g[name] != d[name]:
             raise UnsupportedNetworkError(
                 f"argument {name}: G has {g[name]!r} and D {d[name]!r}; the networks here "

@@ -282,8 +282,9 @@ def _load_torch_zip(path: str, stubs: tuple) -> Any:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as error:
-        raise UnreadableFileError(f"{path} is not a complete zip file ({error}); it may be "
-                                  "truncated: download it again.") from error  # fmt: skip
+        raise UnreadableFileError(
+            f"{path} is not a complete zip file ({error}); it may be truncated: download it again."
+        ) from error
     with archive:
         pickles = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]
         if len(pickles) != 1:
