@@ -179,8 +179,8 @@ def critic(variables: dict, kw: dict, images: np.ndarray, lod: float):
                 name = f"{r}x{r}/Conv1_down"
                 return leaky(L.bias(name, conv_down_fused(x, L.weight(name, SQRT2))))
             return downscale(leaky(L.conv(f"{r}x{r}/Conv1", x)), 2)
-        if kw["mbstd_group_size"] > 1:
-            x = minibatch_stddev(x, kw["mbstd_group_size"])
+        if kw.get("mbstd_group_size", 4) > 1:
+            x = minibatch_stddev(x, kw.get("mbstd_group_size", 4))
         x = leaky(L.conv("4x4/Conv", x))
         x = leaky(L.bias("4x4/Dense0", L.dense("4x4/Dense0", x)))
         return L.bias("4x4/Dense1", L.dense("4x4/Dense1", x, gain=1.0))
@@ -230,7 +230,7 @@ def critic_shapes(kw: dict) -> dict[str, tuple]:
         shapes[f"{r}x{r}/Conv0"] = (3, 3, nf(res - 1, kw), nf(res - 1, kw))
         down = f"{r}x{r}/Conv1_down" if kw.get("fused_scale", True) else f"{r}x{r}/Conv1"
         shapes[down] = (3, 3, nf(res - 1, kw), nf(res - 2, kw))
-    extra = 1 if kw["mbstd_group_size"] > 1 else 0
+    extra = 1 if kw.get("mbstd_group_size", 4) > 1 else 0
     shapes["4x4/Conv"] = (3, 3, nf(1, kw) + extra, nf(1, kw))
     shapes["4x4/Dense0"] = (nf(1, kw) * 16, nf(0, kw))
     shapes["4x4/Dense1"] = (nf(0, kw), 1 + kw.get("label_size", 0))

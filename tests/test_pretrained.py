@@ -60,18 +60,25 @@ def official_variables(g_args: dict, d_args: dict, seed: int = 0):
     )
 
 
-def ours(imported, latents: np.ndarray, images: np.ndarray, lod: float):
-    """Our G_ema's images and D's scores of an import at the official lod, NCHW, full size."""
+def ours(imported, latents: np.ndarray, images: np.ndarray, lod: float, labels=None):
+    """Our G_ema's images and D's outputs of an import at the official lod, NCHW, full size
+    (D's scores, or with `labels` (one-hot) its scores and class logits side by side)."""
     config = importer.model_config(tiny.get_config(), imported.model)
     gan = gan_lib.GAN.from_config(config)
     stage, alpha = imported.stage, imported.alpha
     drawn = gan.generator.apply(
-        {"params": imported.generator_ema}, jnp.asarray(latents), stage=stage, alpha=alpha
+        {"params": imported.generator_ema},
+        jnp.asarray(latents),
+        stage=stage,
+        alpha=alpha,
+        labels=labels,
     )
     factor = 2 ** math.floor(lod)
     drawn = np.asarray(drawn).repeat(factor, 1).repeat(factor, 2).transpose(0, 3, 1, 2)
     seen = ref.downscale(images, factor).transpose(0, 2, 3, 1).astype(np.float32)
     scores = gan.critic.apply({"params": imported.critic}, seen, stage=stage, alpha=alpha)
+    if labels is not None:
+        scores = np.concatenate([np.asarray(scores[0])[:, None], np.asarray(scores[1])], axis=1)
     return drawn, np.asarray(scores)
 
 
@@ -104,6 +111,28 @@ def test_an_official_v2_pickle_imports_equal_to_the_reference(tmp_path, fused, l
     path = tmp_path / "network-final.pkl"
     network_files.write_official_v2(path, g_args, d_args, *variables, lod)
     compare_official(path, g_args, d_args, variables, lod)
+
+
+def test_a_conditional_official_pickle_imports_with_its_classes(tmp_path):
+    """The one-hot labels join the latent (the official `combo_in`), and the critic's class
+    logits follow its score."""
+    g_args = {**G_ARGS, "label_size": 3, "fused_scale": True}
+    d_args = {**D_ARGS, "label_size": 3, "fused_scale": True}
+    _, d_vars, gs_vars = variables = official_variables(g_args, d_args)
+    path = tmp_path / "conditional.pkl"
+    network_files.write_official_v2(path, g_args, d_args, *variables, 0.4)
+    imported = importer.read_file(str(path))
+    assert imported.model["label_size"] == 3 and imported.model["label_scale"] == 1.0
+    rng = np.random.default_rng(3)
+    latents = rng.normal(size=(8, 12)).astype(np.float32)
+    labels = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 8)]
+    images = rng.uniform(-1, 1, size=(8, 3, 16, 16))
+    drawn, outputs = ours(imported, latents, images, 0.4, labels)
+    expected = ref.generator(gs_vars, g_args, latents.astype(np.float64), 0.4, labels)
+    assert np.abs(drawn - expected).max() <= TOLERANCE
+    assert_scores_close(outputs, ref.critic(d_vars, d_args, images, 0.4))
+    other = ref.generator(gs_vars, g_args, latents.astype(np.float64), 0.4, labels[::-1])
+    assert np.abs(drawn - other).max() > 100 * TOLERANCE  # the classes matter
 
 
 @pytest.mark.parametrize("lod", [0.0, 1.25])
@@ -211,17 +240,6 @@ def test_a_gan_zoo_checkpoint_imports_equal_to_the_reference(tmp_path, zipped, a
     assert np.abs(drawn - zoo_ref.generator(states["netG"], 2, latents, alpha)).max() > 0.01
 
 
-def test_a_gan_zoo_checkpoint_without_a_network_names_it(tmp_path):
-    tree, _ = zoo_checkpoint(np.random.default_rng(0), 0.0, drop="netD")
-    path = tmp_path / "zoo.pth"
-    network_files.write_torch(path, tree)
-    with pytest.raises(UnsupportedNetworkError, match="lacks netD"):
-        importer.read_file(str(path))
-
-
-# ------------------------------------------------------------------------ what is refused
-
-
 class _RunsCode:
     def __reduce__(self):
         return (os.system, ("touch PWNED",))
@@ -266,12 +284,6 @@ def write_v2(tmp_path, lod=0.0, g_args=None, d_args=None, g_func="G_paper"):
     return path
 
 
-def test_a_stylegan_pickle_is_not_a_progan(tmp_path):
-    path = write_v2(tmp_path, g_func="G_style")
-    with pytest.raises(UnsupportedNetworkError, match="G_style"):
-        importer.read_file(str(path))
-
-
 def test_an_argument_the_model_cannot_express_is_named(tmp_path):
     path = write_v2(tmp_path, g_args={"use_leakyrelu": False})
     with pytest.raises(UnsupportedNetworkError, match="use_leakyrelu"):
@@ -285,15 +297,38 @@ def import_config(path, **data) -> object:
     return config
 
 
-def test_a_truncated_pickle_is_an_error_and_leaves_no_workdir_behind(tmp_path):
+def _truncated(tmp_path):
     path = write_v2(tmp_path)
-    whole = path.read_bytes()
-    path.write_bytes(whole[: len(whole) // 2])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path, safe_pickle.UnreadableFileError, "truncated"
+
+
+def _truncated_torch(tmp_path):
+    tree, _ = zoo_checkpoint(np.random.default_rng(0), 0.0)
+    path = tmp_path / "zoo.pth"
+    network_files.write_torch(path, tree, zipped=False)
+    path.write_bytes(path.read_bytes()[:-1000])
+    return path, safe_pickle.UnreadableFileError, "truncated"
+
+
+def _stylegan(tmp_path):
+    return write_v2(tmp_path, g_func="G_style"), UnsupportedNetworkError, "G_style"
+
+
+def _zoo_without_netD(tmp_path):
+    tree, _ = zoo_checkpoint(np.random.default_rng(0), 0.0, drop="netD")
+    path = tmp_path / "zoo.pth"
+    network_files.write_torch(path, tree)
+    return path, UnsupportedNetworkError, "lacks netD"
+
+
+@pytest.mark.parametrize("bad_file", [_truncated, _truncated_torch, _stylegan, _zoo_without_netD])
+def test_a_bad_file_is_a_clear_error_and_leaves_no_workdir_behind(tmp_path, bad_file):
+    path, error, message = bad_file(tmp_path)
     workdir = tmp_path / "imported"
-    with pytest.raises(safe_pickle.UnreadableFileError, match="truncated"):
+    with pytest.raises(error, match=message):
         importer.import_networks(import_config(path), str(workdir))
-    assert not (workdir / "config.json").exists()
-    assert checkpointing.Checkpointer(workdir).latest_images_shown() is None
+    assert not workdir.exists() or not any(workdir.iterdir())
 
 
 def test_a_data_set_of_another_resolution_is_an_error_naming_both(tmp_path):

@@ -82,6 +82,13 @@ def progress_of(config: ml_collections.ConfigDict, stage: int, alpha: float):
     return checkpointing.Progress(images, phase.index, stage, alpha)
 
 
+def _holds_checkpoints(root) -> bool:
+    return any(
+        (root / name).exists() and any((root / name).iterdir())
+        for name in ("checkpoints", "stage_checkpoints")
+    )
+
+
 def import_networks(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Writes the workdir of `config.pretrained.path`'s networks; returns a summary line."""
     path = config.pretrained.path
@@ -91,38 +98,39 @@ def import_networks(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "--config.pretrained.path=karras2018iclr-celebahq-1024x1024.pkl"
         )
     root = paths.resolve(workdir)
+    if _holds_checkpoints(root):
+        raise UserError(
+            f"{root} already holds checkpoints; import into a new --workdir (an import never "
+            "overwrites a run)."
+        )
+    imported = read_file(path)
+    config = model_config(config, imported.model)
+    gan = gan_lib.GAN.from_config(config)
+    shapes = jax.eval_shape(lambda: gan_lib.create_train_state(gan, jax.random.key(0)))
+    for role, expected, tree in (
+        ("G", shapes.generator_params, imported.generator),
+        ("D", shapes.critic_params, imported.critic),
+        ("Gs", shapes.generator_ema_params, imported.generator_ema),
+    ):
+        _check_shapes(role, expected, tree)
+    progress = progress_of(config, imported.stage, imported.alpha)
+    state = _train_state(gan, config.seed, imported)
+    provenance = dict(
+        source=str(path),
+        sha256=_sha256(path),
+        format=imported.format,
+        stage=imported.stage,
+        alpha=imported.alpha,
+        images_shown=progress.images_shown,
+        **imported.details,
+    )
+    # Nothing was written until here; the checkpoint, last, marks a complete import.
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(config.to_json_best_effort(indent=2))
+    (root / PROVENANCE).write_text(json.dumps(provenance, indent=2))
     checkpointer = checkpointing.Checkpointer(root)
     try:
-        if checkpointer.latest_images_shown() is not None:
-            raise UserError(
-                f"{root} already holds checkpoints; import into a new --workdir (an import "
-                "never overwrites a run)."
-            )
-        imported = read_file(path)
-        config = model_config(config, imported.model)
-        gan = gan_lib.GAN.from_config(config)
-        shapes = jax.eval_shape(lambda: gan_lib.create_train_state(gan, jax.random.key(0)))
-        for role, expected, tree in (
-            ("G", shapes.generator_params, imported.generator),
-            ("D", shapes.critic_params, imported.critic),
-            ("Gs", shapes.generator_ema_params, imported.generator_ema),
-        ):
-            _check_shapes(role, expected, tree)
-        progress = progress_of(config, imported.stage, imported.alpha)
-        state = _train_state(gan, config.seed, imported)
-        (root / "config.json").write_text(config.to_json_best_effort(indent=2))
-        provenance = dict(
-            source=str(path),
-            sha256=_sha256(path),
-            format=imported.format,
-            stage=imported.stage,
-            alpha=imported.alpha,
-            images_shown=progress.images_shown,
-            **imported.details,
-        )
-        (root / PROVENANCE).write_text(json.dumps(provenance, indent=2))
         checkpointer.save(state, progress, stage_end=True)  # kept for good, as stage ends
-        checkpointer.wait()
     finally:
         checkpointer.close()
     return dict(
