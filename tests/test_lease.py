@@ -166,6 +166,16 @@ def test_of_runs_starting_at_once_exactly_one_takes_the_lease(tmp_path, monkeypa
     """Locally the lease is created exclusively; a bucket's writes are read back after a wait
     (here the local disk stands in for the bucket)."""
     monkeypatch.setattr(paths, "is_remote", lambda path: bucket)
+    if bucket:  # a bucket replaces an object whole; a local write_text truncates, then writes
+        path_type = type(epath.Path(str(tmp_path)))
+        write_text = path_type.write_text
+
+        def replace_whole(self, text, *args, **kwargs):
+            part = path_type(f"{self}.{threading.get_ident()}.part")
+            write_text(part, text, *args, **kwargs)
+            os.replace(part, self)
+
+        monkeypatch.setattr(path_type, "write_text", replace_whole)
     start, outcomes = threading.Barrier(6), []
 
     def contend():

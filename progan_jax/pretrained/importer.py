@@ -97,6 +97,8 @@ def import_networks(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "config.pretrained.path: name the network file to import, e.g. "
             "--config.pretrained.path=karras2018iclr-celebahq-1024x1024.pkl"
         )
+    if jax.process_count() > 1:
+        raise ConfigError("--mode=import runs in one process: start it without --num_processes")
     root = paths.resolve(workdir)
     if _holds_checkpoints(root):
         raise UserError(
