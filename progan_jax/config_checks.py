@@ -174,6 +174,26 @@ def validate_data_resolution(config: ml_collections.ConfigDict) -> None:
         _fail("model.resolution", f"data.source celeb_a_hq goes up to 1024x1024, got {res}x{res}")
 
 
+def validate_schedule_lengths(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for a phase length that cannot work."""
+    sched, count = config.schedule, stages.num_stages(config.model.resolution)
+    for field in ("stabilize_images", "fade_images"):
+        if sched[field] < 0:
+            _fail(f"schedule.{field}", f"must be >= 0, got {sched[field]}")
+    if sched.stabilize_images == 0:
+        _fail("schedule.stabilize_images", "must be positive")
+    if sched.phase_images is not None:
+        _per_stage(
+            config,
+            "schedule.phase_images",
+            count,
+            lambda n: isinstance(n, int) and n > 0,
+            "a positive int",
+        )
+    if sched.final_stabilize_images is not None and sched.final_stabilize_images < 0:
+        _fail("schedule.final_stabilize_images", "must be >= 0")
+
+
 def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1) -> None:
     """Raises ConfigError for the first invalid value."""
     model, sched, data = config.model, config.schedule, config.data
@@ -198,21 +218,7 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
         )
     _per_stage(config, "optimizer.learning_rates", count, lambda lr: lr > 0, "positive")
 
-    for field in ("stabilize_images", "fade_images"):
-        if sched[field] < 0:
-            _fail(f"schedule.{field}", f"must be >= 0, got {sched[field]}")
-    if sched.stabilize_images == 0:
-        _fail("schedule.stabilize_images", "must be positive")
-    if sched.phase_images is not None:
-        _per_stage(
-            config,
-            "schedule.phase_images",
-            count,
-            lambda n: isinstance(n, int) and n > 0,
-            "a positive int",
-        )
-    if sched.final_stabilize_images is not None and sched.final_stabilize_images < 0:
-        _fail("schedule.final_stabilize_images", "must be >= 0")
+    validate_schedule_lengths(config)
     total = schedule.Schedule.from_config(config).total_images
     if total >= 2**31:
         _fail(

@@ -184,28 +184,23 @@ def write_official_theano(path, g_spec, d_spec, g_vars, d_vars, gs_vars, lod, se
 
 
 class Tensor:
-    """A float32 tensor for `write_torch`."""
+    """A float32 tensor for `write_torch`; `view` (offset, size, stride) overrides the
+    contiguous view of its storage that torch writes."""
 
-    def __init__(self, array: np.ndarray):
+    def __init__(self, array: np.ndarray, view: tuple | None = None):
         self.array = np.ascontiguousarray(array, np.float32)
+        self.view = view
 
 
 def _torch_tree(tree, storages: list):
     if isinstance(tree, Tensor):
         storages.append(tree.array)
         key = str(len(storages) - 1)
-        strides = [int(s // 4) for s in tree.array.strides]
-        return Call(
-            Global("torch._utils", "_rebuild_tensor_v2"),
-            (
-                _StorageRef(key, tree.array.size),
-                0,
-                tree.array.shape,
-                tuple(strides),
-                False,
-                collections.OrderedDict(),
-            ),
-        )
+        strides = tuple(int(s // 4) for s in tree.array.strides)
+        offset, size, stride = tree.view or (0, tree.array.shape, strides)
+        storage = _StorageRef(key, tree.array.size)
+        args = (storage, offset, size, stride, False, collections.OrderedDict())
+        return Call(Global("torch._utils", "_rebuild_tensor_v2"), args)
     if isinstance(tree, dict):
         return type(tree)((k, _torch_tree(v, storages)) for k, v in tree.items())
     if isinstance(tree, Call):

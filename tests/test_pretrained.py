@@ -92,7 +92,7 @@ def compare_official(path, g_args, d_args, variables, lod: float) -> None:
     imported = importer.read_file(str(path))
     rng = np.random.default_rng(1)
     latents = rng.normal(size=(8, g_args["latent_size"])).astype(np.float32)
-    images = rng.uniform(-1, 1, size=(8, 3, 16, 16))
+    images = rng.uniform(-1, 1, size=(8, g_args["num_channels"], 16, 16))
     drawn, scores = ours(imported, latents, images, lod)
     expected_images = ref.generator(gs_vars, g_args, latents.astype(np.float64), lod)
     expected_scores = ref.critic(d_vars, d_args, images, lod)[:, 0]
@@ -133,6 +133,30 @@ def test_a_conditional_official_pickle_imports_with_its_classes(tmp_path):
     assert_scores_close(outputs, ref.critic(d_vars, d_args, images, 0.4))
     other = ref.generator(gs_vars, g_args, latents.astype(np.float64), 0.4, labels[::-1])
     assert np.abs(drawn - other).max() > 100 * TOLERANCE  # the classes matter
+
+
+def test_grayscale_networks_without_equalized_lr_or_minibatch_stddev_import_equal(tmp_path):
+    g_args = {**G_ARGS, "num_channels": 1, "use_wscale": False, "use_pixelnorm": False}
+    d_args = {**D_ARGS, "num_channels": 1, "use_wscale": False, "mbstd_group_size": 0}
+    variables = [  # stored He-scaled, as the official init does without equalized LR
+        {k: v / np.sqrt(np.prod(v.shape[:-1])) if k.endswith("weight") else v
+         for k, v in tree.items()}
+        for tree in official_variables(g_args, d_args)
+    ]  # fmt: skip
+    path = tmp_path / "gray.pkl"
+    network_files.write_official_v2(path, g_args, d_args, *variables, 0.6)
+    imported = importer.read_file(str(path))
+    assert not imported.model["use_wscale"] and imported.model["mbstd_group_size"] == 0
+    compare_official(path, g_args, d_args, variables, 0.6)
+
+
+def test_a_schedule_without_a_phase_for_the_networks_is_named(tmp_path):
+    path = tmp_path / "n.pkl"
+    network_files.write_official_v2(path, G_ARGS, D_ARGS, *official_variables(G_ARGS, D_ARGS), 0.5)
+    config = import_config(path)
+    config.schedule.fade_images = 0
+    with pytest.raises(ConfigError, match=r"no fade-in.*fade_images"):
+        importer.import_networks(config, str(tmp_path / "w"))
 
 
 @pytest.mark.parametrize("lod", [0.0, 1.25])
@@ -226,6 +250,8 @@ def zoo_checkpoint(rng, alpha: float, drop: str | None = None):
 def test_a_gan_zoo_checkpoint_imports_equal_to_the_reference(tmp_path, zipped, alpha):
     rng = np.random.default_rng(0)
     tree, states = zoo_checkpoint(rng, alpha)
+    if not zipped:  # keys as pytorch_GAN_zoo also reads them: without `.module`
+        tree["avgG"] = {k.replace(".module.", "."): v for k, v in tree["avgG"].items()}
     path = tmp_path / "celebaHQ_s2_i1.pth"
     network_files.write_torch(path, tree, zipped=zipped)
     imported = importer.read_file(str(path))
@@ -269,6 +295,35 @@ def test_a_torch_file_that_would_run_code_is_refused(tmp_path, monkeypatch):
     with pytest.raises(safe_pickle.UnsafePickleError, match=r"builtins\.eval"):
         importer.read_file(str(path))
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_crafted_dtype_is_refused(tmp_path):
+    """numpy's own dtype rebuild takes flags as given: an object dtype marked as holding no
+    references would make an array of raw pointers from the file's bytes."""
+    Call, Global = network_files.Call, network_files.Global
+    dtype = Call(
+        Global("numpy", "dtype"), ("O", False, True), (3, "|", None, None, None, -1, -1, 0)
+    )
+    empty = (Global("numpy", "ndarray"), (0,), b"b")
+    array = Call(
+        Global("numpy.core.multiarray", "_reconstruct"), empty, (1, (1,), dtype, False, b"A" * 8)
+    )
+    path = tmp_path / "pointers.pkl"
+    path.write_bytes(network_files.dumps((array, array, array)))
+    with pytest.raises(safe_pickle.UnsafePickleError, match="refused the dtype 'O'"):
+        importer.read_file(str(path))
+
+
+@pytest.mark.parametrize(
+    "view",
+    [(0, (4,), (-1,)), (-2, (4,), (1,)), (0, (3, 3), (100000, -100000)), (0, (10**6,), (0,))],
+    ids=["negative_stride", "negative_offset", "cancelling_strides", "repeated_element"],
+)
+def test_a_tensor_reaching_outside_its_storage_is_refused(tmp_path, view):
+    path = tmp_path / "reach.pth"
+    network_files.write_torch(path, {"netG": {"w": network_files.Tensor(np.zeros(4), view)}})
+    with pytest.raises(safe_pickle.UnreadableFileError, match="tensor"):
+        safe_pickle.load_torch(str(path))
 
 
 def write_v2(tmp_path, lod=0.0, g_args=None, d_args=None, g_func="G_paper"):

@@ -16,12 +16,13 @@ and three state dicts. Its networks are ProGAN with other conventions, each mapp
 Facts and their sources: docs/pretrained.md.
 """
 
+import logging
 import math
 from typing import Any
 
 import numpy as np
 
-from progan_jax import models, stages
+from progan_jax import models, paths, stages
 from progan_jax.layers import SQRT2
 from progan_jax.pretrained import safe_pickle
 from progan_jax.pretrained.imported import Imported, UnsupportedNetworkError
@@ -32,7 +33,7 @@ _KEYS = ("config", "netG", "netD")
 
 def is_torch_file(path: str) -> bool:
     """Whether `path` starts as one of torch's two formats (a zip, or its legacy magic)."""
-    with open(path, "rb") as file:
+    with paths.resolve(path).open("rb") as file:
         head = file.read(16)
     return head.startswith(safe_pickle.ZIP_MAGIC) or head.startswith(b"\x80\x02\x8a\x0a")
 
@@ -91,6 +92,12 @@ def model_fields(config: dict) -> dict[str, Any]:
         int(d) for d in _field(config, "depthOtherScales")
     ]
     fmap_base, fmap_max = _fmaps(depths)
+    attributes = config.get("attribKeysOrder") or {}
+    if len(attributes) > 1:
+        raise UnsupportedNetworkError(
+            f"attribKeysOrder has {len(attributes)} attributes ({', '.join(map(str, attributes))}"
+            "): the networks here take one class label"
+        )
     labels = int(_field(config, "categoryVectorDim", 0) or 0)
     latent = int(_field(config, "latentVectorDim")) - labels
     return dict(
@@ -214,6 +221,15 @@ def read(path: str) -> Imported:
         _generator(_StateDict(checkpoint[ema], ema, equalized), last, depth0),
     )
     alpha = float(config.get("alpha", 0.0))
+    details = {"gan_zoo_alpha": alpha, "generator_ema": ema}
+    if last == 1 and alpha > 0:
+        # pytorch_GAN_zoo's D blends its fade in only from the second added scale on.
+        logging.warning("netD at 8x8 mid-fade: its scores differ from the imported critic's")
+        details["critic"] = "differs: pytorch_GAN_zoo's D skips its fade with one added scale"
+    if model["label_size"]:
+        # pytorch_GAN_zoo reads the class logits from column 0, the score's column; ours
+        # follow the score.
+        details["critic_class_logits"] = "shifted by one: pytorch_GAN_zoo's start at column 0"
     return Imported(
         "pytorch_GAN_zoo",
         model,
@@ -222,5 +238,5 @@ def read(path: str) -> Imported:
         generator_ema,
         stage=last,
         alpha=1.0 - alpha,  # theirs weights the old branch
-        details={"gan_zoo_alpha": alpha, "generator_ema": ema},
+        details=details,
     )

@@ -57,6 +57,7 @@ def model_config(config: ml_collections.ConfigDict, model: dict) -> ml_collectio
         config.model.update(model)
     try:
         config_checks.validate_model(config)
+        config_checks.validate_schedule_lengths(config)
         config_checks.validate_data_resolution(config)
     except ConfigError as error:
         raise ConfigError(
@@ -72,14 +73,19 @@ def progress_of(config: ml_collections.ConfigDict, stage: int, alpha: float):
     stabilization, so that `train` goes on from there (at the last stage: fine-tuning).
     """
     phases = [p for p in schedule.Schedule.from_config(config).phases if p.stage == stage]
-    fade = next((p for p in phases if p.fading), None)
-    if alpha < 1.0 and fade is not None:
-        images = min(fade.start + round(alpha * (fade.end - fade.start)), fade.end - 1)
-        phase = fade
-    else:
-        phase = next(p for p in phases if not p.fading)
-        images = phase.start
-    return checkpointing.Progress(images, phase.index, stage, alpha)
+    fading = alpha < 1.0
+    phase = next((p for p in phases if p.fading == fading), None)
+    if phase is None:
+        field = "fade_images" if fading else "stabilize_images (final_stabilize_images last)"
+        raise ConfigError(
+            f"config.schedule: the imported networks are at stage {stage}, alpha {alpha:g}, and "
+            f"the schedule has no {'fade-in' if fading else 'stabilization'} there to hold "
+            f"them; give schedule.{field} a length"
+        )
+    if fading:
+        images = min(phase.start + round(alpha * (phase.end - phase.start)), phase.end - 1)
+        return checkpointing.Progress(images, phase.index, stage, alpha)
+    return checkpointing.Progress(phase.start, phase.index, stage, alpha)
 
 
 def _holds_checkpoints(root) -> bool:

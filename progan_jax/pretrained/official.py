@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from progan_jax import stages
+from progan_jax import paths, stages
 from progan_jax.pretrained import safe_pickle
 from progan_jax.pretrained.imported import Imported, UnsupportedNetworkError
 
@@ -107,7 +107,7 @@ _STUBS = (("tfutil", "Network"), ("network", "Network"))
 
 def read_networks(path: str) -> tuple[OfficialNetwork, OfficialNetwork, OfficialNetwork]:
     """(G, D, Gs) of an official network pickle, in either format, without running its code."""
-    with open(path, "rb") as file:
+    with paths.resolve(path).open("rb") as file:
         loaded = safe_pickle.load(file, _STUBS, what=path)
     if not (isinstance(loaded, tuple) and len(loaded) == 3):
         raise UnsupportedNetworkError(
@@ -286,6 +286,11 @@ def model_fields(generator: OfficialNetwork, critic: OfficialNetwork) -> dict[st
         label_size=int(g["label_size"]),
         label_scale=1.0,  # the official networks join the one-hot labels as they are
         fused_scale=bool(g["fused_scale"]),
+        # The official minibatch stddev (strided groups, biased variance) and dense layer
+        # (one bias per map), whatever the import's config says.
+        mbstd_consecutive=False,
+        mbstd_unbiased=False,
+        dense_bias_per_unit=False,
         # The official separate resampling pools after the activation (networks.py:273-275);
         # the fused convolution pools before it (networks.py:270-271).
         downsample_after_activation=not d["fused_scale"],

@@ -15,6 +15,7 @@ import codecs
 import collections
 import dataclasses
 import io
+import math
 import pickle
 import zipfile
 from collections.abc import Callable, Iterable
@@ -22,6 +23,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from progan_jax import paths
 from progan_jax.errors import UserError
 
 
@@ -74,23 +76,112 @@ def _encode_latin1(text: str, encoding: str = "latin1") -> bytes:
     return codecs.encode(text, encoding)
 
 
-def _numpy_globals() -> dict[tuple[str, str], Any]:
-    """numpy's array, dtype and scalar reconstruction under its numpy 1 (`numpy.core`) and
-    numpy 2 (`numpy._core`) module paths: Python 2-era files name the first."""
-    from numpy._core import multiarray, numeric
+# numpy's own rebuilds are not admitted: `dtype.__setstate__` takes flags and item sizes as
+# given, so a crafted dtype makes an array of raw pointers that numpy later dereferences. The
+# stand-ins below rebuild plain numeric arrays from checked byte strings instead.
+NUMERIC_DTYPES = frozenset(("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1"))
+_NDARRAY = object()  # `numpy.ndarray`, the class `_reconstruct` is asked to make: a name only
 
-    found = {}
+
+class _DType:
+    """`numpy.dtype(code, align, copy)` and its BUILD, numeric codes only."""
+
+    def __init__(self, code: Any, align: Any = False, copy: Any = False):
+        if code not in NUMERIC_DTYPES:
+            raise UnsafePickleError(
+                f"refused the dtype {code!r}: a network file holds arrays of numbers only"
+            )
+        self.code, self.order = code, "="
+
+    def __setstate__(self, state: Any) -> None:
+        ok = isinstance(state, tuple) and len(state) >= 4 and state[1] in ("<", ">", "|", "=")
+        if not ok or state[2] is not None or state[3] is not None:  # no subarrays, no fields
+            raise UnsafePickleError(f"refused the dtype state {state!r}")
+        self.order = state[1]
+
+    @property
+    def numpy(self) -> np.dtype:
+        return np.dtype(("=" if self.order == "|" else self.order) + self.code)
+
+
+def _array(raw: Any, dtype: Any, shape: Any, fortran: bool = False) -> np.ndarray:
+    """A native-order array of `shape` from exactly its bytes."""
+    if not isinstance(dtype, _DType):
+        raise UnsafePickleError(f"refused an array of {dtype!r}")
+    if isinstance(raw, str):  # a Python 2 str, read as latin-1 text
+        raw = raw.encode("latin1")
+    if not isinstance(raw, bytes | bytearray):
+        raise UnsafePickleError(f"refused array data of type {type(raw).__name__}")
+    shape = tuple(shape) if isinstance(shape, tuple | list) else (shape,)
+    if not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise UnreadableFileError(f"an array of shape {shape!r}")
+    dt = dtype.numpy
+    if len(raw) != math.prod(shape) * dt.itemsize:
+        raise UnreadableFileError(
+            f"an array of shape {shape} and dtype {dt} holds {len(raw)} bytes; the file is "
+            "damaged or truncated"
+        )
+    flat = np.frombuffer(bytes(raw), dt)
+    return flat.reshape(shape, order="F" if fortran else "C").astype(dt.newbyteorder("="))
+
+
+class _Array:
+    """`numpy.core.multiarray._reconstruct(ndarray, ...)` and its BUILD; `.array` after it."""
+
+    def __init__(self, cls: Any, *unused: Any):
+        if cls is not _NDARRAY:
+            raise UnsafePickleError(f"refused to reconstruct {cls!r}")
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise UnsafePickleError(f"refused the array state of {type(state).__name__}")
+        shape, dtype, fortran, raw = state[-4:]
+        self.array = _array(raw, dtype, shape, bool(fortran))
+
+
+def _scalar(dtype: Any, raw: Any = b"") -> np.generic:
+    """`numpy.core.multiarray.scalar`: one number."""
+    return _array(raw, dtype, ())[()]
+
+
+def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: str = "C") -> np.ndarray:
+    """`numpy._core.numeric._frombuffer`, protocol 5's arrays."""
+    return _array(buffer, dtype, shape, order == "F")
+
+
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    """The stand-ins under numpy 1's (`numpy.core`) and numpy 2's (`numpy._core`) module
+    paths: Python 2-era files name the first."""
+    found: dict[tuple[str, str], Any] = {("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _DType}
     for package in ("numpy.core", "numpy._core"):
-        found[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        found[(f"{package}.multiarray", "scalar")] = multiarray.scalar
-        found[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
-    found[("numpy", "ndarray")] = np.ndarray
-    found[("numpy", "dtype")] = np.dtype
-    found[("numpy", "float32")] = np.float32
-    found[("numpy", "float64")] = np.float64
-    found[("numpy.dtypes", "Float32DType")] = type(np.dtype(np.float32))
-    found[("numpy.dtypes", "Float64DType")] = type(np.dtype(np.float64))
+        found[(f"{package}.multiarray", "_reconstruct")] = _Array
+        found[(f"{package}.multiarray", "scalar")] = _scalar
+        found[(f"{package}.numeric", "_frombuffer")] = _frombuffer
     return found
+
+
+def _replaced(tree: Any, replace: Callable[[Any], Any]) -> Any:
+    """`tree` with `replace` applied to each leaf, through dicts, lists, tuples and stubs."""
+    if isinstance(tree, dict):
+        return type(tree)((key, _replaced(value, replace)) for key, value in tree.items())
+    if isinstance(tree, list | tuple):
+        return type(tree)(_replaced(value, replace) for value in tree)
+    if isinstance(tree, Stub):
+        tree.args = _replaced(tree.args, replace)
+        tree.state = _replaced(tree.state, replace)
+        return tree
+    return replace(tree)
+
+
+def _numpy_arrays(leaf: Any) -> Any:
+    if isinstance(leaf, _Array):
+        if leaf.array is None:
+            raise UnreadableFileError("an array without its data; the file is damaged")
+        return leaf.array
+    if isinstance(leaf, _DType):
+        return leaf.numpy
+    return leaf
 
 
 _PYTHON_GLOBALS = {
@@ -133,6 +224,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._persistent(pid)
 
 
+# What unpickling a damaged or truncated file raises (a crafted one too: it may ask for
+# absurd sizes or nest without end).
+_DAMAGED = (
+    pickle.UnpicklingError, EOFError, ValueError, TypeError, LookupError, AttributeError,
+    MemoryError, RecursionError,
+)  # fmt: skip
+
+
 def load(
     file: BinaryIO,
     stubs: Iterable[tuple[str, str]] = (),
@@ -148,10 +247,11 @@ def load(
     admitted = {**_numpy_globals(), **_PYTHON_GLOBALS, **(extra or {})}
     admitted.update({key: stub_class(*key) for key in stubs})
     try:
-        return _RestrictedUnpickler(file, admitted, persistent_load).load()
-    except UnsafePickleError:
+        loaded = _RestrictedUnpickler(file, admitted, persistent_load).load()
+        return _replaced(loaded, _numpy_arrays)
+    except (UnsafePickleError, UnreadableFileError):
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as error:
+    except _DAMAGED as error:
         raise UnreadableFileError(
             f"{what} is not a complete pickle ({type(error).__name__}: {error}); it may be "
             "truncated: download it again."
@@ -192,9 +292,14 @@ class _Tensor:
     stride: tuple[int, ...]
 
     def array(self, flat: np.ndarray) -> np.ndarray:
-        """This tensor of `flat` (its storage's elements), with torch's element strides."""
+        """This tensor of `flat` (its storage's elements), with torch's element strides: every
+        element it views inside the storage, none twice unless the strides say so."""
+        whole = (self.offset, *self.size, *self.stride)
+        if not all(isinstance(n, int) and n >= 0 for n in whole):
+            raise UnreadableFileError(f"a tensor of size {self.size}, strides {self.stride}")
+        count = math.prod(self.size)
         reach = sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True))
-        if 0 not in self.size and self.offset + reach >= flat.size:
+        if count and (count > flat.size or self.offset + reach >= flat.size):
             raise UnreadableFileError(f"a tensor reaches past its storage {self.storage.key}")
         itemsize = flat.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(
@@ -221,7 +326,9 @@ def _storage(pid: Any) -> _Storage:
         raise UnreadableFileError(f"unsupported storage type {pid[1]!r}")
     if len(pid) == 6 and pid[5] is not None:
         raise UnreadableFileError("storage views (torch < 1.0 files) are not supported")
-    return _Storage(str(pid[2]), pid[1].dtype, int(pid[4]))
+    if not (isinstance(pid[4], int) and pid[4] >= 0):
+        raise UnreadableFileError(f"a storage of {pid[4]!r} elements")
+    return _Storage(str(pid[2]), pid[1].dtype, pid[4])
 
 
 def _rebuild_tensor(storage: _Storage, offset: int, size, stride, *unused) -> _Tensor:
@@ -243,26 +350,23 @@ def _torch_globals() -> dict[tuple[str, str], Any]:
 
 
 def _with_arrays(tree: Any, flat: Callable[[_Storage], np.ndarray]) -> Any:
-    """`tree` with every tensor as a numpy array (dicts, lists, tuples and stubs' states)."""
-    if isinstance(tree, _Tensor):
-        return tree.array(flat(tree.storage))
-    if isinstance(tree, dict):
-        return {key: _with_arrays(value, flat) for key, value in tree.items()}
-    if isinstance(tree, list | tuple):
-        return type(tree)(_with_arrays(value, flat) for value in tree)
-    if isinstance(tree, Stub):
-        tree.state = _with_arrays(tree.state, flat)
-    return tree
+    """`tree` with every tensor as a numpy array of its storage's elements (`flat`)."""
+
+    def array(leaf: Any) -> Any:
+        return leaf.array(flat(leaf.storage)) if isinstance(leaf, _Tensor) else leaf
+
+    return _replaced(tree, array)
 
 
 def _elements(raw: bytes, storage: _Storage, what: str) -> np.ndarray:
-    array = np.frombuffer(raw, storage.dtype.newbyteorder("<"))
-    if array.size < storage.numel:
+    itemsize = storage.dtype.itemsize
+    if len(raw) < storage.numel * itemsize:
         raise UnreadableFileError(
-            f"{what}: storage {storage.key} holds {array.size} of its {storage.numel} elements; "
-            "the file is truncated: download it again."
+            f"{what}: storage {storage.key} holds {len(raw) // itemsize} of its "
+            f"{storage.numel} elements; the file is truncated: download it again."
         )
-    return array[: storage.numel].astype(storage.dtype)
+    raw = raw[: storage.numel * itemsize]
+    return np.frombuffer(raw, storage.dtype.newbyteorder("<")).astype(storage.dtype)
 
 
 def load_torch(path: str, stubs: Iterable[tuple[str, str]] = ()) -> Any:
@@ -273,18 +377,24 @@ def load_torch(path: str, stubs: Iterable[tuple[str, str]] = ()) -> Any:
     (a magic number, the protocol, system info, the pickle, its storage keys, then each
     storage as an int64 count and its elements).
     """
-    with open(path, "rb") as file:
+    with paths.resolve(path).open("rb") as file:
         zipped = file.read(4) == ZIP_MAGIC
     return (_load_torch_zip if zipped else _load_torch_legacy)(path, tuple(stubs))
 
 
 def _load_torch_zip(path: str, stubs: tuple) -> Any:
-    try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as error:
-        raise UnreadableFileError(
-            f"{path} is not a complete zip file ({error}); it may be truncated: download it again."
-        ) from error
+    with paths.resolve(path).open("rb") as file:
+        try:
+            archive = zipfile.ZipFile(file)
+        except zipfile.BadZipFile as error:
+            raise UnreadableFileError(
+                f"{path} is not a complete zip file ({error}); it may be truncated: download "
+                "it again."
+            ) from error
+        return _read_torch_zip(archive, path, stubs)
+
+
+def _read_torch_zip(archive: zipfile.ZipFile, path: str, stubs: tuple) -> Any:
     with archive:
         pickles = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]
         if len(pickles) != 1:
@@ -311,7 +421,7 @@ def _load_torch_zip(path: str, stubs: tuple) -> Any:
 
 
 def _load_torch_legacy(path: str, stubs: tuple) -> Any:
-    with open(path, "rb") as file:
+    with paths.resolve(path).open("rb") as file:
         magic = load(file, what=path)
         if magic != _TORCH_LEGACY_MAGIC:
             raise UnreadableFileError(
@@ -329,12 +439,18 @@ def _load_torch_legacy(path: str, stubs: tuple) -> Any:
         tree = load(file, stubs, _torch_globals(), remember, what=path)
         keys = load(file, what=path)
         arrays = {}
+        if not isinstance(keys, list) or set(map(str, keys)) != set(storages):
+            raise UnreadableFileError(f"{path}: its storage keys do not match its tensors")
         for key in keys:
             storage = storages[str(key)]
             header = file.read(8)
             if len(header) < 8:
                 raise UnreadableFileError(f"{path}: truncated before storage {key}")
             count = int(np.frombuffer(header, "<i8")[0])
+            if count != storage.numel:
+                raise UnreadableFileError(
+                    f"{path}: storage {key} says {count} elements, its tensors {storage.numel}"
+                )
             raw = file.read(count * storage.dtype.itemsize)
             arrays[storage.key] = _elements(raw, storage, path)
     return _with_arrays(tree, lambda storage: arrays[storage.key])
