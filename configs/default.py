@@ -211,6 +211,10 @@ def get_config() -> ml_collections.ConfigDict:
             # A conditional G's classes: an id (e.g. 3) or a tuple of ids, repeated over the
             # images, the grid's rows and the walks; (): one class per grid row, in order.
             labels=(),
+            # A .npy of latents [N, latent_size] to draw instead of random ones (e.g. another
+            # implementation's, or a projection's): the grid and PNGs show them in order and
+            # the walk goes through them in turn. num_images and keyframes then follow N.
+            latents=config_dict.placeholder(str),
             output=config_dict.placeholder(str),  # None: <workdir>/generated/<images shown>
         )
     )

@@ -7,7 +7,8 @@
 
 Writes under <workdir>/generated/<images shown>/: grid.png, images/<seed>_<i>.png and
 interpolation.gif (a grid of walks through latent space along great circles, as the latents
-are normalized to a sphere in G anyway).
+are normalized to a sphere in G anyway). `--config.generate.latents=z.npy` draws the latents
+of a file instead: the grid and PNGs in its order, one walk through them in turn.
 """
 
 import jax
@@ -27,6 +28,25 @@ def latents(gan, seed: int, count: int, truncation: float | None) -> jax.Array:
         return gan.sample_latents(key, count)
     shape = (count, gan.latent_size)
     return jax.random.truncated_normal(key, -truncation, truncation, shape, jnp.float32)
+
+
+def latents_file(path: str, latent_size: int) -> np.ndarray:
+    """The latents [N, latent_size] saved at `path` (.npy), as float32."""
+    try:
+        with paths.resolve(path).open("rb") as file:
+            loaded = np.load(file, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"config.generate.latents: cannot read {path} as .npy: {error}"
+        ) from error
+    if loaded.ndim != 2 or loaded.shape[1] != latent_size or not len(loaded):
+        raise ConfigError(
+            f"config.generate.latents: {path} holds an array of shape {loaded.shape}; the "
+            f"generator takes latents [N, {latent_size}]"
+        )
+    if not np.issubdtype(loaded.dtype, np.floating) or not np.isfinite(loaded).all():
+        raise ConfigError(f"config.generate.latents: {path} must hold finite floats")
+    return loaded.astype(np.float32)
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -65,27 +85,36 @@ def class_ids(gan, asked: tuple[int, ...], count: int, columns: int) -> np.ndarr
     return np.asarray(asked, np.int32)[np.arange(count) // columns % len(asked)]
 
 
-def interpolation_frames(gan, generator, seed: int, config) -> list[np.ndarray]:
-    """Frames of a grid of walks through `keyframes` latents each, looping back to the start;
+def walk_keys(gan, config, given: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """The walks' keyframes [keyframes, walks, latent] and the grid of walks: `keyframes`
+    random latents for each of `interpolation_grid`**2 walks, or one walk through `given`."""
+    gen = config.generate
+    if given is not None:
+        return given[:, None], 1
+    walks = gen.interpolation_grid**2
+    keys = np.asarray(latents(gan, gen.seed + 1, walks * gen.keyframes, gen.truncation))
+    return keys.reshape(gen.keyframes, walks, -1), gen.interpolation_grid
+
+
+def interpolation_frames(
+    gan, generator, config, given: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """Frames of a grid of walks through keyframes (`walk_keys`), looping back to the start;
     a conditional G's walk stays within its class (`class_ids` of the walks' grid). All frames
     are generated together, in minibatches over all devices."""
     gen = config.generate
-    walks = gen.interpolation_grid**2
-    keys = np.asarray(latents(gan, seed + 1, walks * gen.keyframes, gen.truncation))
-    keys = keys.reshape(gen.keyframes, walks, -1)
+    keys, columns = walk_keys(gan, config, given)
+    count, walks = keys.shape[:2]
     t = np.linspace(0.0, 1.0, gen.frames_per_keyframe, endpoint=False)
-    segments = [slerp(keys[k], keys[(k + 1) % gen.keyframes], t) for k in range(gen.keyframes)]
+    segments = [slerp(keys[k], keys[(k + 1) % count], t) for k in range(count)]
     z = np.concatenate(segments).reshape(-1, keys.shape[-1])  # [frames * walks, latent]
-    walk_classes = class_ids(gan, tuple(gen.labels), walks, gen.interpolation_grid)
+    walk_classes = class_ids(gan, tuple(gen.labels), walks, columns)
     labels = None if walk_classes is None else np.tile(walk_classes, len(z) // walks)
     images = sampling.generate_images(
         gan, generator.params, z, generator.stage, generator.alpha, np.uint8, labels
     )
     frames = images.reshape(-1, walks, *images.shape[1:])
-    return [
-        sampling.image_grid(frame, gen.interpolation_grid, config.model.resolution)
-        for frame in frames
-    ]
+    return [sampling.image_grid(frame, columns, config.model.resolution) for frame in frames]
 
 
 def write_generated(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -95,12 +124,14 @@ def write_generated(config: ml_collections.ConfigDict, workdir: str) -> dict:
     generator = checkpointing.load_generator(config, workdir, gen.checkpoint_images_shown)
     gan = generator.gan
     out = paths.resolve(gen.output or f"{workdir}/generated/{generator.images_shown}")
-    z = latents(gan, gen.seed, gen.num_images, gen.truncation)
-    labels = class_ids(gan, tuple(gen.labels), gen.num_images, gen.grid)
+    given = latents_file(gen.latents, gan.latent_size) if gen.latents else None
+    z = given if given is not None else latents(gan, gen.seed, gen.num_images, gen.truncation)
+    labels = class_ids(gan, tuple(gen.labels), len(z), gen.grid)
     images = sampling.generate_images(
         gan, generator.params, z, generator.stage, generator.alpha, np.uint8, labels
     )
-    frames = interpolation_frames(gan, generator, gen.seed, config) if gen.keyframes > 1 else []
+    walk = len(given) > 1 if given is not None else gen.keyframes > 1
+    frames = interpolation_frames(gan, generator, config, given) if walk else []
     written = _write_files(out, images, frames, config) if jax.process_index() == 0 else {}
     classes = {} if labels is None else {"labels": labels.tolist()}
     return {

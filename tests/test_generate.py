@@ -63,3 +63,39 @@ def test_a_conditional_generator_draws_the_classes_asked_for(tmp_path, tiny_conf
     ])  # fmt: skip
     np.testing.assert_array_equal(got, want)
     assert not np.array_equal(got, other)
+
+
+def test_latents_from_a_file_are_drawn_in_order_and_walked_through(tmp_path, tiny_config):
+    """generate.latents: the PNGs are G's images of the file's latents, and the walk passes
+    through each of them in turn (its keyframes)."""
+    from PIL import Image
+
+    from progan_jax import checkpointing
+
+    gen = tiny_config.generate
+    gen.checkpoint_images_shown, gen.grid, gen.frames_per_keyframe = 0, 2, 2
+    z = np.random.default_rng(0).normal(size=(3, tiny_config.model.latent_size))
+    np.save(tmp_path / "z.npy", z.astype(np.float32))
+    gen.latents, gen.output = str(tmp_path / "z.npy"), str(tmp_path / "out")
+    result = generate.write_generated(tiny_config, str(tmp_path))
+    assert result["images"] == 3 and result["frames"] == 3 * 2
+    generator = checkpointing.load_generator(tiny_config, str(tmp_path), 0)
+    want = sampling.generate_images(
+        generator.gan, generator.params, z, generator.stage, 1.0, np.uint8
+    )
+    got = np.stack([np.asarray(Image.open(tmp_path / "out" / "images" / f"0_{i:05d}.png"))
+                    for i in range(3)])  # fmt: skip
+    np.testing.assert_array_equal(got, want)
+    with Image.open(tmp_path / "out" / "interpolation.gif") as gif:
+        keyframes = []
+        for index in (0, 2, 4):
+            gif.seek(index)
+            keyframes.append(np.asarray(gif.convert("RGB")))
+    tile = tiny_config.model.resolution // want.shape[1]
+    np.testing.assert_array_equal(keyframes, want.repeat(tile, 1).repeat(tile, 2))
+
+
+def test_a_latents_file_of_another_size_names_both(tmp_path):
+    np.save(tmp_path / "z.npy", np.zeros((4, 7), np.float32))
+    with pytest.raises(errors.ConfigError, match=r"shape \(4, 7\).*latents \[N, 16\]"):
+        generate.latents_file(str(tmp_path / "z.npy"), 16)
