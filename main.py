@@ -6,10 +6,11 @@
 Modes: train (default; resumes from the workdir's latest checkpoint), plan (compiles every
 stage's step for the target devices, e.g. --config.plan.topology=v5e:2x4, and reports memory
 and FLOPs), evaluate (SWD, MS-SSIM, FID of a checkpoint), generate (grid, PNGs, latent walk
-of a checkpoint), export (a checkpoint's generator as a TensorFlow SavedModel), benchmark
-(train-step speed per stage), import (a pretrained network file, --config.pretrained.path,
-as a workdir every mode reads), benchmark_input (input-pipeline speed per stage), summary (layer
-tables and parameter counts), caches (the data cache's files, which are stale, and with
+of a checkpoint), export (a checkpoint's generator as a TensorFlow SavedModel), import (a
+pretrained network file, --config.pretrained.path, as a workdir every mode reads), project
+(photos into G's latent space, --config.project.images), benchmark (train-step speed per
+stage), benchmark_input (input-pipeline speed per stage), summary (layer tables and parameter
+counts), caches (the data cache's files, which are stale, and with
 --config.data.remove_stale_caches=True their removal). The workdir defaults to
 workdir/<config file stem>.
 
@@ -180,6 +181,13 @@ def _import(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
     return [importer.import_networks(config, workdir)]
 
 
+def _project(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
+    from progan_jax import project
+
+    with interrupt.sigterm_requests_stop():  # stops between batches; a restart resumes
+        return [project.project_images(config, workdir)]
+
+
 def _plan(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
     from progan_jax import plan
 
@@ -252,6 +260,7 @@ MODES = {
         uses_tensorflow=True,
         networks_from_workdir="always",
     ),
+    "project": Mode(_project, on_devices=True, writes_workdir=True, networks_from_workdir="always"),
     "benchmark": Mode(_benchmark, on_devices=True),
     "benchmark_input": Mode(_benchmark_input, uses_tensorflow=True),
     "summary": Mode(_summary, networks_from_workdir="always"),

@@ -218,6 +218,29 @@ def get_config() -> ml_collections.ConfigDict:
             output=config_dict.placeholder(str),  # None: <workdir>/generated/<images shown>
         )
     )
+    # --mode=project: photos into G's latent space (progan_jax/project.py; docs/evaluation.md).
+    config.project = ml_collections.ConfigDict(
+        dict(
+            images=config_dict.placeholder(str),  # a folder of images (searched recursively)
+            output=config_dict.placeholder(str),  # None: <workdir>/projected/<images shown>
+            checkpoint_images_shown=config_dict.placeholder(int),  # None: the latest
+            batch_size=8,  # images projected together (one compiled program)
+            restarts=4,  # random starting latents per image; the best is kept
+            steps=300,  # Adam steps from each
+            learning_rate=0.05,
+            pixel_weight=1.0,  # MSE on images in [-1, 1]
+            # The Inception feature distance's weight (0: pixels only); it needs
+            # eval.fid_weights. Layers of the FID network, and the side it sees images at.
+            perceptual_weight=0.1,
+            layers=("conv_4", "mixed_2", "mixed_7"),
+            perceptual_resolution=149,
+            # A conditional G's classes: an id for all images or one per image, or the
+            # first-level subfolders' classes (names sorted, as in training).
+            labels=(),
+            labels_from_subfolders=False,
+            seed=0,
+        )
+    )
     config.export = ml_collections.ConfigDict(
         dict(
             checkpoint_images_shown=config_dict.placeholder(int),  # the checkpoint (None: latest)

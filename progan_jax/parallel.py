@@ -96,12 +96,19 @@ def as_rows(batch: np.ndarray | Rows) -> Rows:
     return batch if isinstance(batch, Rows) else shard_rows(batch, local_mesh())
 
 
-def rowwise(fn: Callable, mesh: Mesh) -> Callable:
+def rowwise(fn: Callable, mesh: Mesh, differentiates: bool = False) -> Callable:
     """`fn(shared, rows)` jitted over `mesh`: each device runs it on its own slice of `rows` (a
     pytree of arrays split along `data`) with the whole of `shared` (parameters, scalars), and
-    the outputs stay split the same way: no device computes, or receives, another's rows."""
+    the outputs stay split the same way: no device computes, or receives, another's rows.
+
+    An `fn` that `differentiates` through the networks turns the replication check off: the
+    convolutions' custom VJPs return per-device weight gradients for replicated weights, which
+    it cannot type (as in the train step); its outputs are per row all the same.
+    """
     rep, data = PartitionSpec(), PartitionSpec(DATA_AXIS)
-    mapped = jax.shard_map(fn, mesh=mesh, in_specs=(rep, data), out_specs=data)
+    mapped = jax.shard_map(
+        fn, mesh=mesh, in_specs=(rep, data), out_specs=data, check_vma=not differentiates
+    )
     return jax.jit(
         mapped,
         in_shardings=(replicated(mesh), data_sharded(mesh)),

@@ -1,0 +1,378 @@
+"""`--mode=project`: photos into the generator's latent space (GAN inversion).
+
+    python main.py --mode=project --config configs/demo.py --config.project.images=/photos
+
+For each image, Adam runs from `project.restarts` random latents, each minimising
+
+    pixel_weight * MSE(G(z), image) + perceptual_weight * D_incep(G(z), image)
+
+where D_incep compares the FID Inception network's intermediate features (`project.layers`,
+each feature vector scaled to unit length, squared distances averaged over positions and
+layers: a perceptual distance without learned weights); the restart of the lowest loss is kept.
+Images are read like an image folder (any size: centre-cropped and resized to the network's
+resolution). A batch of images (`project.batch_size`, all restarts) is one compiled program,
+split over the devices; each image's latents start from its own random stream, so its result
+does not depend on the batch it lands in.
+
+Under <workdir>/projected/<images shown>/ (or `project.output`):
+    projections.jsonl     a line per image, appended as each batch finishes: name, pixel MSE,
+                          perceptual distance, PSNR (dB, on [0, 1] images), the latent
+    latents.npy           the latents [N, latent_size] in the folder's order (latents.json: names)
+    reconstructions.png   each original beside its reconstruction
+A killed projection resumes from the first image without a line; `--mode=generate
+--config.generate.latents=<output>/latents.npy` draws the latents again, and walks through them.
+"""
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from etils import epath
+from jax.sharding import Mesh
+from PIL import Image
+
+from progan_jax import checkpointing, interrupt, parallel, paths, sampling
+from progan_jax.data import decode
+from progan_jax.errors import ConfigError, MissingFileError, UserError
+from progan_jax.gan import GAN, Params
+from progan_jax.metrics import fid, inception
+
+RECORDS = "projections.jsonl"
+_GRAY_MODES = ("1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+class ProjectionInputError(UserError, ValueError):
+    """An image to project cannot be read as the network's input; the message names it."""
+
+
+# ------------------------------------------------------------------------------- objective
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What a projection minimises (see the module docstring)."""
+
+    pixel_weight: float = 1.0
+    perceptual_weight: float = 0.0
+    layers: tuple[str, ...] = ()
+    resolution: int = 299  # Inception's input side
+
+    @classmethod
+    def from_config(cls, project: ml_collections.ConfigDict) -> "Objective":
+        return cls(
+            pixel_weight=project.pixel_weight,
+            perceptual_weight=project.perceptual_weight,
+            layers=tuple(project.layers),
+            resolution=project.perceptual_resolution,
+        )
+
+
+def inception_input(images: jax.Array, resolution: int) -> jax.Array:
+    """Images in [-1, 1] as the FID network's input, differentiably: RGB, resized, scaled to
+    its range as `inception.preprocess` scales uint8 pixels."""
+    x = (images.astype(jnp.float32) + 1.0) * 127.5
+    if x.shape[-1] == 1:
+        x = jnp.repeat(x, 3, axis=-1)
+    x = inception.resize_bilinear_legacy(x, resolution)
+    return x / 255.0 * (0.9921875 + 1.0) - 1.0
+
+
+def perceptual_features(params: Params, images: jax.Array, objective: Objective) -> list:
+    """The Inception features of `objective.layers`, each vector scaled to unit length."""
+    _, state = inception.InceptionV3().apply(
+        {"params": params},
+        inception_input(images, objective.resolution),
+        capture_intermediates=lambda module, _: module.name in objective.layers,
+        mutable=["intermediates"],
+    )
+    captured = state["intermediates"]
+    features = []
+    for layer in objective.layers:
+        f = captured[layer]["__call__"][0]
+        features.append(f * jax.lax.rsqrt(jnp.sum(f * f, axis=-1, keepdims=True) + 1e-10))
+    return features
+
+
+def perceptual_distance(a: list, b: list) -> jax.Array:
+    """[N] mean over layers of the squared feature distance averaged over positions."""
+    return sum(
+        jnp.mean(jnp.sum((x - y) ** 2, -1), (1, 2)) for x, y in zip(a, b, strict=True)
+    ) / len(a)
+
+
+# ------------------------------------------------------------------------------ the search
+
+
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """How the latents are searched: Adam steps and restarts."""
+
+    steps: int = 300
+    restarts: int = 4
+    learning_rate: float = 0.05
+
+
+@functools.lru_cache(maxsize=8)
+def projector(gan: GAN, stage: int, mesh: Mesh, objective: Objective, search: Search):
+    """Jitted over `mesh`: `((G params, Inception params, alpha), (targets, z0, labels)) ->
+    (latents, pixel MSE, perceptual)`, each device projecting its own rows: targets [B, r, r, C]
+    in [-1, 1], z0 [B, restarts, latent], labels [B] (class ids; ignored when unconditional)."""
+
+    def losses(shared, z, targets, target_features, labels):
+        g_params, i_params, alpha = shared
+        images = gan.generate(g_params, z, stage, alpha, labels)
+        pixel = jnp.mean((images - targets) ** 2, axis=(1, 2, 3))
+        if objective.perceptual_weight == 0:
+            return objective.pixel_weight * pixel, (pixel, jnp.zeros_like(pixel))
+        features = perceptual_features(i_params, images, objective)
+        perceptual = perceptual_distance(features, target_features)
+        total = objective.pixel_weight * pixel + objective.perceptual_weight * perceptual
+        return total, (pixel, perceptual)
+
+    def project(shared, rows):
+        targets, z0, labels = rows
+        count, restarts, latent = z0.shape
+        targets = jnp.repeat(targets, restarts, axis=0)  # row i * restarts + k
+        labels = jnp.repeat(labels, restarts) if gan.label_size else None
+        target_features = (
+            perceptual_features(shared[1], targets, objective)
+            if objective.perceptual_weight
+            else None
+        )
+        optimizer = optax.adam(search.learning_rate)
+
+        def total(z):  # each row's loss depends on its own latent only
+            value, _ = losses(shared, z, targets, target_features, labels)
+            return jnp.sum(value)
+
+        def step(carry, _):
+            z, state = carry
+            updates, state = optimizer.update(jax.grad(total)(z), state)
+            return (optax.apply_updates(z, updates), state), None
+
+        z = z0.reshape(count * restarts, latent)
+        (z, _), _ = jax.lax.scan(step, (z, optimizer.init(z)), None, length=search.steps)
+        value, (pixel, perceptual) = losses(shared, z, targets, target_features, labels)
+        best = jnp.argmin(value.reshape(count, restarts), axis=1)
+
+        def pick(a: jax.Array) -> jax.Array:  # each image's best restart
+            rows = a.reshape(count, restarts, *a.shape[1:])
+            return jnp.take_along_axis(rows, best.reshape(count, 1, *([1] * (a.ndim - 1))), 1)[:, 0]
+
+        return pick(z), pick(pixel), pick(perceptual)
+
+    return parallel.rowwise(project, mesh, differentiates=True)
+
+
+def initial_latents(seed: int, index: int, restarts: int, latent_size: int) -> np.ndarray:
+    """Image `index`'s starting latents [restarts, latent]: its own stream, whatever batch it
+    is projected in."""
+    return (
+        np.random.default_rng([seed, index])
+        .standard_normal((restarts, latent_size))
+        .astype(np.float32)
+    )
+
+
+def psnr(pixel_mse: float) -> float:
+    """dB on [0, 1] images of the MSE on [-1, 1] ones."""
+    return 10.0 * math.log10(4.0 / max(pixel_mse, 1e-12))
+
+
+# ---------------------------------------------------------------------------------- inputs
+
+
+def image_paths(folder: str) -> list[pathlib.Path]:
+    """The folder's images (searched recursively, sorted); errors for none and for files that
+    are not images."""
+    root = pathlib.Path(folder).expanduser()
+    if not root.is_dir():
+        raise MissingFileError(f"config.project.images: {root} is not a folder of images")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    others = [p for p in files if p.suffix.lower() not in decode.IMAGE_SUFFIXES]
+    if others:
+        raise ProjectionInputError(
+            f"config.project.images: {others[0]} is not an image "
+            f"({', '.join(decode.IMAGE_SUFFIXES)}); move it out of {root}"
+        )
+    if not files:
+        raise ProjectionInputError(f"config.project.images: {root} holds no images")
+    return files
+
+
+def read_image(path: pathlib.Path, resolution: int, channels: int) -> np.ndarray:
+    """The image as the network's input: uint8 [r, r, channels], decoded as training data."""
+    if channels == 3:
+        try:
+            with Image.open(path) as image:
+                gray = image.mode in _GRAY_MODES
+        except (OSError, ValueError) as error:
+            raise ProjectionInputError(f"{path}: not a readable image ({error})") from error
+        if gray:
+            raise ProjectionInputError(
+                f"{path} is grayscale and the network draws RGB images: convert it to RGB "
+                "(its colours would have to be made up), or leave it out"
+            )
+    image = decode.decode_file(path, resolution, channels)
+    if isinstance(image, str):
+        raise ProjectionInputError(image)
+    return image
+
+
+def image_labels(project: ml_collections.ConfigDict, files: list, root: str, classes: int):
+    """Class ids [N] of a conditional network's images: `project.labels` as one id for all or
+    one per image, or with `project.labels_from_subfolders` the class of each first-level
+    subfolder (names sorted, as training's); zeros for an unconditional network."""
+    asked = tuple(project.labels) if isinstance(project.labels, tuple | list) else (project.labels,)
+    if not classes:
+        if asked or project.labels_from_subfolders:
+            raise ConfigError("config.project.labels: the generator is unconditional")
+        return np.zeros(len(files), np.int32)
+    if project.labels_from_subfolders:
+        folders = sorted(
+            {p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1}
+        )
+        if len(folders) != classes:
+            raise ConfigError(
+                f"config.project.labels: {len(folders)} subfolders under {root}, the generator "
+                f"has {classes} classes"
+            )
+        return np.asarray([folders.index(p.relative_to(root).parts[0]) for p in files], np.int32)
+    ids = np.asarray(asked, np.int64)
+    if len(ids) not in (1, len(files)):
+        raise ConfigError(
+            f"config.project.labels: a conditional generator needs one class id, or one per "
+            f"image ({len(files)}), or project.labels_from_subfolders=True"
+        )
+    if ((ids < 0) | (ids >= classes)).any():
+        raise ConfigError(f"config.project.labels: ids must be in 0..{classes - 1}")
+    return np.broadcast_to(ids, (len(files),)).astype(np.int32)
+
+
+# --------------------------------------------------------------------------------- the mode
+
+
+def _done(records: epath.Path) -> dict[str, dict]:
+    """The images a previous run projected (its complete lines)."""
+    if not records.exists():
+        return {}
+    text = records.read_text()
+    if text and not text.endswith("\n"):  # a line cut short by a kill: drop it
+        text = text[: text.rfind("\n") + 1]
+        records.write_text(text)
+    done = {}
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        done[record["name"]] = record
+    return done
+
+
+def _objective_and_weights(config: ml_collections.ConfigDict):
+    objective = Objective.from_config(config.project)
+    if objective.perceptual_weight == 0:
+        return objective, {}
+    if not objective.layers:
+        raise ConfigError("config.project.layers: name Inception layers for the perceptual term")
+    if not config.eval.fid_weights:
+        raise ConfigError(
+            "config.eval.fid_weights: the perceptual term uses the FID Inception network; "
+            f"{fid.HOW_TO_GET_WEIGHTS} Or set project.perceptual_weight=0 (pixels only)."
+        )
+    return objective, fid.load_weights(config.eval.fid_weights)
+
+
+def project_images(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """--mode=project; returns a summary line (the means over all images)."""
+    pr = config.project
+    if not pr.images:
+        raise ConfigError("config.project.images: name the folder of images to project")
+    if pr.batch_size < 1 or pr.restarts < 1 or pr.steps < 0:
+        raise ConfigError("config.project: batch_size and restarts must be >= 1, steps >= 0")
+    generator = checkpointing.load_generator(config, workdir, pr.checkpoint_images_shown)
+    gan, resolution = generator.gan, generator.resolution
+    channels = config.model.num_channels
+    files = image_paths(pr.images)
+    root = pathlib.Path(pr.images).expanduser()
+    names = [str(p.relative_to(root)) for p in files]
+    labels = image_labels(pr, files, root, gan.label_size)
+    objective, inception_params = _objective_and_weights(config)
+    out = paths.resolve(pr.output or f"{workdir}/projected/{generator.images_shown}")
+    out.mkdir(parents=True, exist_ok=True)
+    records = out / RECORDS
+    done = _done(records)
+    todo = [i for i, name in enumerate(names) if name not in done]
+    mesh = parallel.make_mesh()
+    batch = parallel.round_up(pr.batch_size, mesh.size)
+    search = Search(pr.steps, pr.restarts, pr.learning_rate)
+    run = projector(gan, generator.stage, mesh, objective, search)
+    shared = jax.device_put(
+        (generator.params, inception_params, jnp.float32(generator.alpha)),
+        parallel.replicated(mesh),
+    )
+    if done:
+        logging.info("Resuming: %d of %d images projected already.", len(done), len(names))
+    for start in range(0, len(todo), batch):
+        interrupt.check("projection")
+        chosen = todo[start : start + batch]
+        padded = chosen + [chosen[-1]] * (batch - len(chosen))  # one compiled shape
+        targets = np.stack([read_image(files[i], resolution, channels) for i in padded])
+        z0 = np.stack([initial_latents(pr.seed, i, pr.restarts, gan.latent_size) for i in padded])
+        rows = parallel.shard_rows(targets.astype(np.float32) / 127.5 - 1.0, mesh)
+        z, pixel, perceptual = run(
+            shared,
+            (rows.array, parallel.shard_rows(z0, mesh).array,
+             parallel.shard_rows(labels[padded], mesh).array),
+        )  # fmt: skip
+        z, pixel, perceptual = (np.asarray(a)[: len(chosen)] for a in (z, pixel, perceptual))
+        lines = [
+            dict(
+                name=names[i],
+                pixel_mse=float(pixel[k]),
+                perceptual=float(perceptual[k]),
+                psnr=psnr(float(pixel[k])),
+                latent=z[k].tolist(),
+            )
+            for k, i in enumerate(chosen)
+        ]
+        if jax.process_index() == 0:
+            with records.open("a") as file:
+                file.write("".join(json.dumps(line) + "\n" for line in lines))
+        done.update({line["name"]: line for line in lines})
+        logging.info("Projected %d of %d images.", len(done), len(names))
+    return _write_outputs(out, names, done, files, labels, generator, config)
+
+
+def _write_outputs(out, names, done, files, labels, generator, config) -> dict:
+    """latents.npy, latents.json and reconstructions.png of all images; the means."""
+    latents = np.asarray([done[name]["latent"] for name in names], np.float32)
+    gan, resolution = generator.gan, generator.resolution
+    drawn = sampling.generate_images(
+        gan, generator.params, latents, generator.stage, generator.alpha, np.uint8,
+        labels if gan.label_size else None,
+    )  # fmt: skip
+    originals = np.stack([read_image(p, resolution, config.model.num_channels) for p in files])
+    pairs = np.stack([originals, drawn], axis=1).reshape(-1, *drawn.shape[1:])
+    if jax.process_index() == 0:
+        with (out / "latents.npy").open("wb") as file:
+            np.save(file, latents)
+        (out / "latents.json").write_text(json.dumps(names, indent=1))
+        grid = sampling.image_grid(pairs, 2 * min(4, len(names)), config.model.resolution)
+        sampling.save_png(out / "reconstructions.png", grid)
+    return {
+        "images": len(names),
+        "output": str(out),
+        "pixel_mse": float(np.mean([done[n]["pixel_mse"] for n in names])),
+        "perceptual": float(np.mean([done[n]["perceptual"] for n in names])),
+        "psnr": float(np.mean([done[n]["psnr"] for n in names])),
+    }
