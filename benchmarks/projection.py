@@ -8,8 +8,9 @@ against pixels alone.
 
 The held-out images are the built-in synthetic faces drawn with another seed
 (`data.synthetic_seed`, here 1): training saw seed 0's faces only. Prints a JSON line per
-method, each scored the same way (mean PSNR in dB on [0, 1] images, and the mean perceptual
-distance of `--config.project` layers, whatever the method minimised):
+method, each scored the same way (mean PSNR in dB on [0, 1] images, the mean perceptual
+distance of `--config.project` layers whatever the method minimised, and the mean squared
+distance of unit-length FID pool3 features, which no search minimises):
 
     nearest            of --samples random samples of G_ema, each image's nearest in pixels
     pixels             --mode=project's search with perceptual_weight 0
@@ -42,6 +43,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=100, help="random samples (nearest)")
     parser.add_argument("--heldout_seed", type=int, default=1)
     parser.add_argument("--steps", type=int, default=None, help="project.steps (config's)")
+    parser.add_argument("--restarts", type=int, default=None, help="project.restarts (config's)")
     parser.add_argument("--perceptual_weight", type=float, default=None)
     parser.add_argument("--scratch", default=None, help="folder for images and outputs")
     return parser.parse_args(argv)
@@ -61,6 +63,8 @@ def load_config(args: argparse.Namespace):
     config.eval.fid_weights = args.fid_weights
     if args.steps is not None:
         config.project.steps = args.steps
+    if args.restarts is not None:
+        config.project.restarts = args.restarts
     if args.perceptual_weight is not None:
         config.project.perceptual_weight = args.perceptual_weight
     return config
@@ -78,8 +82,10 @@ def write_heldout(folder: pathlib.Path, count: int, resolution: int, seed: int) 
     return images
 
 
-def scores(targets: np.ndarray, drawn: np.ndarray, scorer) -> dict:
-    """Mean PSNR and perceptual distance of uint8 `drawn` against uint8 `targets`."""
+def scores(targets: np.ndarray, drawn: np.ndarray, scorer, pool3) -> dict:
+    """Mean PSNR, perceptual distance and pool3 distance of uint8 `drawn` against uint8
+    `targets`. The pool3 distance (squared, between unit-length 2048-d FID features) is not
+    what any search minimises."""
     from progan_jax import project
 
     t = targets.astype(np.float32) / 127.5 - 1.0
@@ -88,6 +94,7 @@ def scores(targets: np.ndarray, drawn: np.ndarray, scorer) -> dict:
     return {
         "psnr": round(float(np.mean([project.psnr(m) for m in mse])), 2),
         "perceptual": round(float(np.mean(scorer(d, t))), 4),
+        "pool3": round(float(np.mean(np.sum((pool3(drawn) - pool3(targets)) ** 2, 1))), 4),
     }
 
 
@@ -113,6 +120,11 @@ def main(argv: list[str]) -> None:
         fb = project.perceptual_features(inception_params, b, objective)
         return project.perceptual_distance(fa, fb)
 
+    def pool3(images: np.ndarray) -> np.ndarray:
+        batches = [images[i : i + 16] for i in range(0, len(images), 16)]
+        features = np.concatenate(list(fid.features(inception_params, batches)))
+        return features / np.linalg.norm(features, axis=1, keepdims=True)
+
     def scorer(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.concatenate(
             [distance(a[i : i + 16], b[i : i + 16]) for i in range(0, len(a), 16)]
@@ -134,7 +146,11 @@ def main(argv: list[str]) -> None:
     nearest = samples[gaps.argmin(axis=1)]
     print(
         json.dumps(
-            {"method": "nearest", "samples": args.samples, **scores(targets, nearest, scorer)}
+            {
+                "method": "nearest",
+                "samples": args.samples,
+                **scores(targets, nearest, scorer, pool3),
+            }
         ),
         flush=True,
     )
@@ -157,7 +173,7 @@ def main(argv: list[str]) -> None:
                 {
                     "method": method,
                     "perceptual_weight": perceptual_weight,
-                    **scores(targets, drawn, scorer),
+                    **scores(targets, drawn, scorer, pool3),
                     "seconds": [round(s, 1) for s in seconds],
                     "images_per_s": round(args.images / seconds[-1], 3),
                 }

@@ -188,7 +188,9 @@ def test_main_projects_with_the_perceptual_term_and_walks_through_the_latents(
         f"--config.project.output={out}",
         f"--config.eval.fid_weights={tmp_path / 'inception.npz'}",
         "--config.project.perceptual_resolution=75",
-        "--config.project.steps=20",
+        "--config.project.steps=2",  # Inception's backward pass, unoptimised (runs.env)
+        "--config.project.restarts=1",
+        "--config.project.batch_size=4",
     )
     assert projected.returncode == 0, projected.stderr[-3000:]
     summary = json.loads(projected.stdout.strip().splitlines()[-1])
