@@ -212,8 +212,9 @@ def get_config() -> ml_collections.ConfigDict:
             # images, the grid's rows and the walks; (): one class per grid row, in order.
             labels=(),
             # A .npy of latents [N, latent_size] to draw instead of random ones (e.g. another
-            # implementation's, or a projection's): the grid and PNGs show them in order and
-            # the walk goes through them in turn. num_images and keyframes then follow N.
+            # implementation's, or a projection's, whose labels.npy beside it gives a
+            # conditional G's classes): the grid and PNGs show them in order, and the walk
+            # goes through the first `keyframes` of them. num_images then follows N.
             latents=config_dict.placeholder(str),
             output=config_dict.placeholder(str),  # None: <workdir>/generated/<images shown>
         )

@@ -39,6 +39,8 @@ def latents_file(path: str, latent_size: int) -> np.ndarray:
         raise ConfigError(
             f"config.generate.latents: cannot read {path} as .npy: {error}"
         ) from error
+    if not isinstance(loaded, np.ndarray):  # an .npz
+        raise ConfigError(f"config.generate.latents: {path} is not an .npy of one array")
     if loaded.ndim != 2 or loaded.shape[1] != latent_size or not len(loaded):
         raise ConfigError(
             f"config.generate.latents: {path} holds an array of shape {loaded.shape}; the "
@@ -47,6 +49,19 @@ def latents_file(path: str, latent_size: int) -> np.ndarray:
     if not np.issubdtype(loaded.dtype, np.floating) or not np.isfinite(loaded).all():
         raise ConfigError(f"config.generate.latents: {path} must hold finite floats")
     return loaded.astype(np.float32)
+
+
+def projected_labels(path: str, gan, count: int) -> np.ndarray | None:
+    """A conditional G's classes of a latents file: the `labels.npy` beside it (what
+    `--mode=project` writes), or None."""
+    beside = paths.resolve(path).parent / "labels.npy"
+    if not gan.label_size or not beside.exists():
+        return None
+    with beside.open("rb") as file:
+        labels = np.load(file, allow_pickle=False)
+    if labels.shape != (count,) or not ((labels >= 0) & (labels < gan.label_size)).all():
+        raise ConfigError(f"{beside}: expected {count} class ids in 0..{gan.label_size - 1}")
+    return labels.astype(np.int32)
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -87,21 +102,23 @@ def class_ids(gan, asked: tuple[int, ...], count: int, columns: int) -> np.ndarr
 
 def walk_keys(gan, config, given: np.ndarray | None) -> tuple[np.ndarray, int]:
     """The walks' keyframes [keyframes, walks, latent] and the grid of walks: `keyframes`
-    random latents for each of `interpolation_grid`**2 walks, or one walk through `given`."""
+    random latents for each of `interpolation_grid`**2 walks, or one walk through the first
+    `keyframes` of `given`."""
     gen = config.generate
     if given is not None:
-        return given[:, None], 1
+        return given[: gen.keyframes, None], 1
     walks = gen.interpolation_grid**2
     keys = np.asarray(latents(gan, gen.seed + 1, walks * gen.keyframes, gen.truncation))
     return keys.reshape(gen.keyframes, walks, -1), gen.interpolation_grid
 
 
 def interpolation_frames(
-    gan, generator, config, given: np.ndarray | None = None
+    gan, generator, config, given: np.ndarray | None = None, given_labels=None
 ) -> list[np.ndarray]:
     """Frames of a grid of walks through keyframes (`walk_keys`), looping back to the start;
-    a conditional G's walk stays within its class (`class_ids` of the walks' grid). All frames
-    are generated together, in minibatches over all devices."""
+    a conditional G's walk stays within its class (`class_ids` of the walks' grid), or takes
+    each keyframe's own class from it to the next (`given_labels`). All frames are generated
+    together, in minibatches over all devices."""
     gen = config.generate
     keys, columns = walk_keys(gan, config, given)
     count, walks = keys.shape[:2]
@@ -110,6 +127,8 @@ def interpolation_frames(
     z = np.concatenate(segments).reshape(-1, keys.shape[-1])  # [frames * walks, latent]
     walk_classes = class_ids(gan, tuple(gen.labels), walks, columns)
     labels = None if walk_classes is None else np.tile(walk_classes, len(z) // walks)
+    if given_labels is not None and not gen.labels:
+        labels = np.repeat(given_labels[:count], gen.frames_per_keyframe)
     images = sampling.generate_images(
         gan, generator.params, z, generator.stage, generator.alpha, np.uint8, labels
     )
@@ -126,12 +145,15 @@ def write_generated(config: ml_collections.ConfigDict, workdir: str) -> dict:
     out = paths.resolve(gen.output or f"{workdir}/generated/{generator.images_shown}")
     given = latents_file(gen.latents, gan.latent_size) if gen.latents else None
     z = given if given is not None else latents(gan, gen.seed, gen.num_images, gen.truncation)
+    given_labels = projected_labels(gen.latents, gan, len(z)) if gen.latents else None
     labels = class_ids(gan, tuple(gen.labels), len(z), gen.grid)
+    if given_labels is not None and not gen.labels:
+        labels = given_labels
     images = sampling.generate_images(
         gan, generator.params, z, generator.stage, generator.alpha, np.uint8, labels
     )
-    walk = len(given) > 1 if given is not None else gen.keyframes > 1
-    frames = interpolation_frames(gan, generator, config, given) if walk else []
+    walk = gen.keyframes > 1 and (given is None or len(given) > 1)
+    frames = interpolation_frames(gan, generator, config, given, given_labels) if walk else []
     written = _write_files(out, images, frames, config) if jax.process_index() == 0 else {}
     classes = {} if labels is None else {"labels": labels.tolist()}
     return {

@@ -15,16 +15,21 @@ split over the devices; each image's latents start from its own random stream, s
 does not depend on the batch it lands in.
 
 Under <workdir>/projected/<images shown>/ (or `project.output`):
+    projection.json       the settings; resuming with other ones is an error naming them
     projections.jsonl     a line per image, appended as each batch finishes: name, pixel MSE,
-                          perceptual distance, PSNR (dB, on [0, 1] images), the latent
-    latents.npy           the latents [N, latent_size] in the folder's order (latents.json: names)
-    reconstructions.png   each original beside its reconstruction
-A killed projection resumes from the first image without a line; `--mode=generate
+                          perceptual distance, PSNR (dB, of G's output on [0, 1]), the latent
+    latents.npy           the latents [N, latent_size] in the folder's order (latents.json: the
+                          names; labels.npy: a conditional G's classes)
+    reconstructions.png   the first 32 originals, each beside its reconstruction
+A killed projection resumes with the batch it was in; `--mode=generate
 --config.generate.latents=<output>/latents.npy` draws the latents again, and walks through them.
+Every process runs the same batches (process 0's record of what is done, SIGTERM on any
+process stops all before the next batch); process 0 alone writes.
 """
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -39,14 +44,16 @@ from etils import epath
 from jax.sharding import Mesh
 from PIL import Image
 
-from progan_jax import checkpointing, interrupt, parallel, paths, sampling
+from progan_jax import checkpointing, collectives, interrupt, parallel, paths, sampling
 from progan_jax.data import decode
 from progan_jax.errors import ConfigError, MissingFileError, UserError
 from progan_jax.gan import GAN, Params
 from progan_jax.metrics import fid, inception
 
 RECORDS = "projections.jsonl"
-_GRAY_MODES = ("1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+SETTINGS = "projection.json"  # what a resumed projection must keep
+SHOWN = 32  # pairs in reconstructions.png
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
 
 
 class ProjectionInputError(UserError, ValueError):
@@ -161,6 +168,7 @@ def projector(gan: GAN, stage: int, mesh: Mesh, objective: Objective, search: Se
         z = z0.reshape(count * restarts, latent)
         (z, _), _ = jax.lax.scan(step, (z, optimizer.init(z)), None, length=search.steps)
         value, (pixel, perceptual) = losses(shared, z, targets, target_features, labels)
+        value = jnp.where(jnp.isnan(value), jnp.inf, value)  # a diverged restart never wins
         best = jnp.argmin(value.reshape(count, restarts), axis=1)
 
         def pick(a: jax.Array) -> jax.Array:  # each image's best restart
@@ -172,11 +180,12 @@ def projector(gan: GAN, stage: int, mesh: Mesh, objective: Objective, search: Se
     return parallel.rowwise(project, mesh, differentiates=True)
 
 
-def initial_latents(seed: int, index: int, restarts: int, latent_size: int) -> np.ndarray:
-    """Image `index`'s starting latents [restarts, latent]: its own stream, whatever batch it
-    is projected in."""
+def initial_latents(seed: int, name: str, restarts: int, latent_size: int) -> np.ndarray:
+    """The image `name`'s starting latents [restarts, latent]: a stream of its own, whatever
+    batch it is projected in and whatever other files the folder holds."""
+    stream = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
     return (
-        np.random.default_rng([seed, index])
+        np.random.default_rng([seed, stream])
         .standard_normal((restarts, latent_size))
         .astype(np.float32)
     )
@@ -191,12 +200,16 @@ def psnr(pixel_mse: float) -> float:
 
 
 def image_paths(folder: str) -> list[pathlib.Path]:
-    """The folder's images (searched recursively, sorted); errors for none and for files that
-    are not images."""
+    """The folder's images (searched recursively, sorted; hidden files and folders left out);
+    errors for none and for files that are not images."""
     root = pathlib.Path(folder).expanduser()
     if not root.is_dir():
         raise MissingFileError(f"config.project.images: {root} is not a folder of images")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
     others = [p for p in files if p.suffix.lower() not in decode.IMAGE_SUFFIXES]
     if others:
         raise ProjectionInputError(
@@ -208,12 +221,22 @@ def image_paths(folder: str) -> list[pathlib.Path]:
     return files
 
 
-def read_image(path: pathlib.Path, resolution: int, channels: int) -> np.ndarray:
-    """The image as the network's input: uint8 [r, r, channels], decoded as training data."""
-    if channels == 3:
+def _is_gray(image: Image.Image) -> bool:
+    if image.mode in _GRAY_MODES:
+        return True
+    if image.mode in ("P", "PA"):  # a palette: gray if every colour used is
+        rgb = np.asarray(image.convert("RGB"))
+        return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+    return False
+
+
+def check_images(files: list[pathlib.Path], channels: int) -> None:
+    """Refuses, before any search, a file that is not a readable image, or a grayscale one
+    for an RGB network."""
+    for path in files:
         try:
-            with Image.open(path) as image:
-                gray = image.mode in _GRAY_MODES
+            with Image.open(path, formats=decode.FORMATS) as image:
+                gray = channels == 3 and _is_gray(image)
         except (OSError, ValueError) as error:
             raise ProjectionInputError(f"{path}: not a readable image ({error})") from error
         if gray:
@@ -221,31 +244,45 @@ def read_image(path: pathlib.Path, resolution: int, channels: int) -> np.ndarray
                 f"{path} is grayscale and the network draws RGB images: convert it to RGB "
                 "(its colours would have to be made up), or leave it out"
             )
+
+
+def read_image(path: pathlib.Path, resolution: int, channels: int) -> np.ndarray:
+    """The image as the network's input: uint8 [r, r, channels], decoded as training data."""
     image = decode.decode_file(path, resolution, channels)
     if isinstance(image, str):
         raise ProjectionInputError(image)
     return image
 
 
-def image_labels(project: ml_collections.ConfigDict, files: list, root: str, classes: int):
+def image_labels(
+    project: ml_collections.ConfigDict, files: list, root: pathlib.Path, classes: int, workdir
+) -> np.ndarray:
     """Class ids [N] of a conditional network's images: `project.labels` as one id for all or
     one per image, or with `project.labels_from_subfolders` the class of each first-level
-    subfolder (names sorted, as training's); zeros for an unconditional network."""
+    subfolder, by the names of the run's `classes.json` (else those names sorted, as training
+    numbers them); zeros for an unconditional network."""
     asked = tuple(project.labels) if isinstance(project.labels, tuple | list) else (project.labels,)
     if not classes:
         if asked or project.labels_from_subfolders:
             raise ConfigError("config.project.labels: the generator is unconditional")
         return np.zeros(len(files), np.int32)
     if project.labels_from_subfolders:
-        folders = sorted(
-            {p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1}
-        )
-        if len(folders) != classes:
+        parts = [p.relative_to(root).parts for p in files]
+        loose = [p for p, part in zip(files, parts, strict=True) if len(part) == 1]
+        if loose:
             raise ConfigError(
-                f"config.project.labels: {len(folders)} subfolders under {root}, the generator "
-                f"has {classes} classes"
+                f"config.project.labels_from_subfolders: {loose[0]} is not in a class subfolder"
             )
-        return np.asarray([folders.index(p.relative_to(root).parts[0]) for p in files], np.int32)
+        saved = paths.resolve(workdir) / "classes.json"
+        names = list(json.loads(saved.read_text())) if saved.exists() else None
+        names = names or sorted({part[0] for part in parts})
+        unknown = sorted({part[0] for part in parts} - set(names))
+        if unknown or len(names) != classes:
+            raise ConfigError(
+                f"config.project.labels_from_subfolders: subfolders {unknown or names} are not "
+                f"the generator's {classes} classes"
+            )
+        return np.asarray([names.index(part[0]) for part in parts], np.int32)
     ids = np.asarray(asked, np.int64)
     if len(ids) not in (1, len(files)):
         raise ConfigError(
@@ -260,22 +297,51 @@ def image_labels(project: ml_collections.ConfigDict, files: list, root: str, cla
 # --------------------------------------------------------------------------------- the mode
 
 
-def _done(records: epath.Path) -> dict[str, dict]:
-    """The images a previous run projected (its complete lines)."""
-    if not records.exists():
-        return {}
-    text = records.read_text()
-    if text and not text.endswith("\n"):  # a line cut short by a kill: drop it
-        text = text[: text.rfind("\n") + 1]
-        records.write_text(text)
+def _records_text(records: epath.Path) -> str:
+    """The complete lines a previous run wrote, as process 0 reads them (a line cut short by
+    a kill dropped from the file), on every process."""
+    text = ""
+    if jax.process_index() == 0 and records.exists():
+        text = records.read_text()
+        if text and not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]
+            records.write_text(text)
+    return collectives.allgather_bytes(text.encode())[0].decode()
+
+
+def _done(text: str) -> dict[str, dict]:
     done = {}
     for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a kill
+        record = json.loads(line)
         done[record["name"]] = record
     return done
+
+
+def _check_settings(out: epath.Path, settings: dict) -> None:
+    """Resuming needs the settings of the run it resumes: `projection.json` keeps them, and
+    other ones are an error naming the fields (a stale line would be kept for its image)."""
+    path = out / SETTINGS
+    if path.exists():
+        saved = json.loads(path.read_text())
+        changed = sorted(
+            k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k)
+        )
+        if changed:
+            raise ConfigError(
+                f"config.project.output: {out} holds a projection with other settings "
+                f"({', '.join(f'{k}: {saved.get(k)!r} -> {settings.get(k)!r}' for k in changed)}); "
+                "project into another output, or remove it"
+            )
+    elif jax.process_index() == 0:
+        path.write_text(json.dumps(settings, indent=1))
+
+
+def _stop_if_asked() -> None:
+    """SIGTERM on any process stops every process before the same batch."""
+    if collectives.any_process(np.array([interrupt.requested()], np.int32))[0]:
+        raise interrupt.Interrupted(
+            "SIGTERM during projection: stopped between batches; the same command resumes it."
+        )
 
 
 def _objective_and_weights(config: ml_collections.ConfigDict):
@@ -303,18 +369,28 @@ def project_images(config: ml_collections.ConfigDict, workdir: str) -> dict:
     gan, resolution = generator.gan, generator.resolution
     channels = config.model.num_channels
     files = image_paths(pr.images)
+    check_images(files, channels)
     root = pathlib.Path(pr.images).expanduser()
     names = [str(p.relative_to(root)) for p in files]
-    labels = image_labels(pr, files, root, gan.label_size)
+    labels = image_labels(pr, files, root, gan.label_size, workdir)
     objective, inception_params = _objective_and_weights(config)
     out = paths.resolve(pr.output or f"{workdir}/projected/{generator.images_shown}")
     out.mkdir(parents=True, exist_ok=True)
+    search = Search(pr.steps, pr.restarts, pr.learning_rate)
+    settings = dict(
+        images=str(root.resolve()),
+        images_shown=generator.images_shown,
+        search=dataclasses.asdict(search),
+        objective=dataclasses.asdict(objective) | {"layers": list(objective.layers)},
+        seed=pr.seed,
+        labels=labels.tolist() if gan.label_size else None,
+    )
+    _check_settings(out, settings)
     records = out / RECORDS
-    done = _done(records)
+    done = _done(_records_text(records))
     todo = [i for i, name in enumerate(names) if name not in done]
     mesh = parallel.make_mesh()
     batch = parallel.round_up(pr.batch_size, mesh.size)
-    search = Search(pr.steps, pr.restarts, pr.learning_rate)
     run = projector(gan, generator.stage, mesh, objective, search)
     shared = jax.device_put(
         (generator.params, inception_params, jnp.float32(generator.alpha)),
@@ -323,18 +399,19 @@ def project_images(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if done:
         logging.info("Resuming: %d of %d images projected already.", len(done), len(names))
     for start in range(0, len(todo), batch):
-        interrupt.check("projection")
+        _stop_if_asked()
         chosen = todo[start : start + batch]
         padded = chosen + [chosen[-1]] * (batch - len(chosen))  # one compiled shape
         targets = np.stack([read_image(files[i], resolution, channels) for i in padded])
-        z0 = np.stack([initial_latents(pr.seed, i, pr.restarts, gan.latent_size) for i in padded])
-        rows = parallel.shard_rows(targets.astype(np.float32) / 127.5 - 1.0, mesh)
-        z, pixel, perceptual = run(
-            shared,
-            (rows.array, parallel.shard_rows(z0, mesh).array,
-             parallel.shard_rows(labels[padded], mesh).array),
-        )  # fmt: skip
-        z, pixel, perceptual = (np.asarray(a)[: len(chosen)] for a in (z, pixel, perceptual))
+        z0 = np.stack([initial_latents(pr.seed, names[i], pr.restarts, gan.latent_size)
+                       for i in padded])  # fmt: skip
+        rows = [
+            parallel.shard_rows(a, mesh).array
+            for a in (targets.astype(np.float32) / 127.5 - 1.0, z0, labels[padded])
+        ]
+        z, pixel, perceptual = (
+            parallel.Rows(a, len(chosen)).host() for a in run(shared, tuple(rows))
+        )
         lines = [
             dict(
                 name=names[i],
@@ -354,20 +431,27 @@ def project_images(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _write_outputs(out, names, done, files, labels, generator, config) -> dict:
-    """latents.npy, latents.json and reconstructions.png of all images; the means."""
+    """latents.npy, latents.json (names) and, conditional, labels.npy of all images, and
+    reconstructions.png of the first `SHOWN`; the means."""
     latents = np.asarray([done[name]["latent"] for name in names], np.float32)
     gan, resolution = generator.gan, generator.resolution
+    conditional = labels if gan.label_size else None
+    shown = slice(0, SHOWN)
     drawn = sampling.generate_images(
-        gan, generator.params, latents, generator.stage, generator.alpha, np.uint8,
-        labels if gan.label_size else None,
+        gan, generator.params, latents[shown], generator.stage, generator.alpha, np.uint8,
+        None if conditional is None else conditional[shown],
     )  # fmt: skip
-    originals = np.stack([read_image(p, resolution, config.model.num_channels) for p in files])
+    originals = np.stack([read_image(p, resolution, config.model.num_channels)
+                          for p in files[shown]])  # fmt: skip
     pairs = np.stack([originals, drawn], axis=1).reshape(-1, *drawn.shape[1:])
     if jax.process_index() == 0:
         with (out / "latents.npy").open("wb") as file:
             np.save(file, latents)
+        if conditional is not None:
+            with (out / "labels.npy").open("wb") as file:
+                np.save(file, conditional)
         (out / "latents.json").write_text(json.dumps(names, indent=1))
-        grid = sampling.image_grid(pairs, 2 * min(4, len(names)), config.model.resolution)
+        grid = sampling.image_grid(pairs, 2 * min(4, len(drawn)), config.model.resolution)
         sampling.save_png(out / "reconstructions.png", grid)
     return {
         "images": len(names),

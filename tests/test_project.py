@@ -11,7 +11,7 @@ from PIL import Image
 from configs import tiny
 from progan_jax import checkpointing, interrupt, parallel, project, sampling
 from progan_jax import gan as gan_lib
-from progan_jax.errors import MissingFileError
+from progan_jax.errors import ConfigError, MissingFileError
 from progan_jax.metrics import inception
 
 
@@ -84,23 +84,25 @@ def test_a_killed_projection_resumes_from_the_next_image(drawn, tmp_path, monkey
     config = projection_config(root, output=str(tmp_path / "resumed"), **fields)
     checks = []
 
-    def killed_after_one_batch(what):
-        checks.append(what)
-        if len(checks) == 2:
-            raise interrupt.Interrupted("stop")
+    def sigterm_after_one_batch():
+        checks.append(1)
+        return len(checks) == 2
 
-    monkeypatch.setattr(project.interrupt, "check", killed_after_one_batch)
+    monkeypatch.setattr(project.interrupt, "requested", sigterm_after_one_batch)
     with pytest.raises(interrupt.Interrupted):
         project.project_images(config, str(root / "run"))
     records = tmp_path / "resumed" / project.RECORDS
     assert len(records.read_text().splitlines()) == 8
     with records.open("a") as file:
         file.write('{"name": "08.png", "pix')  # a line cut short by a kill
-    monkeypatch.setattr(project.interrupt, "check", lambda what: checks.append(what))
+    monkeypatch.setattr(project.interrupt, "requested", lambda: checks.append(1) or False)
     project.project_images(config, str(root / "run"))
     assert len(checks) == 3  # one batch left
     names = [json.loads(line)["name"] for line in records.open()]
     assert names == [f"{i:02d}.png" for i in range(16)]
+    changed = projection_config(root, output=str(tmp_path / "resumed"), **(fields | {"steps": 60}))
+    with pytest.raises(ConfigError, match=r"other settings.*search"):
+        project.project_images(changed, str(root / "run"))
     np.testing.assert_array_equal(
         np.load(tmp_path / "resumed" / "latents.npy"), np.load(tmp_path / "whole" / "latents.npy")
     )
@@ -108,7 +110,7 @@ def test_a_killed_projection_resumes_from_the_next_image(drawn, tmp_path, monkey
 
 @pytest.mark.parametrize(
     "problem",
-    ["empty", "not_an_image", "grayscale", "no_checkpoint", "no_inception_weights"],
+    ["empty", "not_an_image", "grayscale", "gray_palette", "no_checkpoint", "no_inception_weights"],
 )
 def test_bad_input_is_named(drawn, tmp_path, problem):
     root, _ = drawn
@@ -121,6 +123,8 @@ def test_bad_input_is_named(drawn, tmp_path, problem):
         (photos / "notes.txt").write_text("hello")
     if problem == "grayscale":
         Image.open(root / "photos" / "1.png").convert("L").save(photos / "gray.png")
+    if problem == "gray_palette":  # a palette of grays, as many GIFs
+        Image.open(root / "photos" / "1.png").convert("L").convert("P").save(photos / "gray.gif")
     if problem == "no_checkpoint":
         workdir = tmp_path / "untrained"
     if problem == "no_inception_weights":
@@ -130,6 +134,7 @@ def test_bad_input_is_named(drawn, tmp_path, problem):
         "empty": (project.ProjectionInputError, "holds no images"),
         "not_an_image": (project.ProjectionInputError, "notes.txt is not an image"),
         "grayscale": (project.ProjectionInputError, "gray.png is grayscale"),
+        "gray_palette": (project.ProjectionInputError, "gray.gif is grayscale"),
         "no_checkpoint": (MissingFileError, "No checkpoint"),
         "no_inception_weights": (Exception, "eval.fid_weights"),
     }[problem]
@@ -138,6 +143,13 @@ def test_bad_input_is_named(drawn, tmp_path, problem):
 
 
 @pytest.mark.slow  # Inception's compile
+def test_hidden_files_and_folders_are_left_out(tmp_path):
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    for path in ("a.png", ".ipynb_checkpoints/a-checkpoint.png", ".b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+    assert [p.name for p in project.image_paths(str(tmp_path))] == ["a.png"]
+
+
 def test_the_perceptual_distance_compares_inception_features():
     """Zero for the same images, positive for others, and a gradient for the search."""
     objective = project.Objective(0.0, 1.0, ("conv_4", "mixed_2"), resolution=75)
