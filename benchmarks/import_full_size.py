@@ -29,33 +29,19 @@ sys.path.insert(0, str(ROOT))
 
 from tests import gan_zoo_networks, network_files, official_networks  # noqa: E402
 
-G_ARGS = dict(
-    num_channels=3,
-    resolution=1024,
-    fmap_base=8192,
-    fmap_decay=1.0,
-    fmap_max=512,
-    latent_size=512,
-    use_wscale=True,
-    normalize_latents=True,
-    use_pixelnorm=True,
-)
-D_ARGS = dict(
+_SHARED_ARGS = dict(
     num_channels=3, resolution=1024, fmap_base=8192, fmap_decay=1.0, fmap_max=512, use_wscale=True
 )
+G_ARGS = dict(_SHARED_ARGS, latent_size=512, normalize_latents=True, use_pixelnorm=True)
+D_ARGS = dict(_SHARED_ARGS)
 
 
-def write_file(kind: str, path: pathlib.Path, seed: int = 0) -> int:
+def write_file(kind: str, path: pathlib.Path, seed: int = 0) -> tuple[int, int]:
     """A paper-size network file of `kind`; returns its parameters per network (G, D)."""
     rng = np.random.default_rng(seed)
     if kind == "gan_zoo":
         depths = [512, 512, 512, 512, 256, 128, 64, 32, 16]
-        g_shapes, d_shapes = gan_zoo_networks.state_shapes(depths, latent=512)
-        states = {
-            "netG": gan_zoo_networks.random_state(g_shapes, rng),
-            "netD": gan_zoo_networks.random_state(d_shapes, rng),
-            "avgG": gan_zoo_networks.random_state(g_shapes, rng),
-        }
+        states = gan_zoo_networks.random_networks(depths, 512, rng)
         config = dict(
             depthScale0=512,
             depthOtherScales=depths[1:],
@@ -65,12 +51,7 @@ def write_file(kind: str, path: pathlib.Path, seed: int = 0) -> int:
             miniBatchStdDev=True,
             alpha=0.0,
         )
-        tree = {
-            "config": network_files.Call(
-                network_files.Global("models.utils.config", "BaseConfig"), (), config
-            ),
-            **{n: {k: network_files.Tensor(v) for k, v in s.items()} for n, s in states.items()},
-        }
+        tree = network_files.gan_zoo_checkpoint(states, config)
         network_files.write_torch(path, tree)
         return sum(v.size for v in states["netG"].values()), sum(
             v.size for v in states["netD"].values()
@@ -87,7 +68,7 @@ def write_file(kind: str, path: pathlib.Path, seed: int = 0) -> int:
     if kind == "v2":
         network_files.write_official_v2(path, g_args, d_args, *variables, 0.0)
     else:
-        spec = {k: v for k, v in G_ARGS.items()}
+        spec = dict(G_ARGS)
         network_files.write_official_theano(path, spec, dict(D_ARGS), *variables, 0.0)
     return tuple(sum(v.size for v in tree.values()) for tree in variables[:2])
 

@@ -101,14 +101,27 @@ def _explain(error: OSError, directory: epath.Path, previous: int | None) -> Che
     )
 
 
+PERIODIC, STAGE_ENDS = "checkpoints", "stage_checkpoints"  # the workdir's two folders
+
+
+def holds_checkpoints(workdir: str | epath.PathLike) -> bool:
+    """Whether the workdir holds anything in its checkpoint folders, without creating them
+    (a `Checkpointer` does)."""
+    workdir = paths.resolve(workdir)
+    return any(
+        (workdir / name).exists() and any((workdir / name).iterdir())
+        for name in (PERIODIC, STAGE_ENDS)
+    )
+
+
 class Checkpointer:
     """Saves and restores (TrainState, Progress) under a workdir, on every process."""
 
     def __init__(self, workdir: str | epath.PathLike, keep: int = 3):
         workdir = paths.resolve(workdir)
-        self.directory = workdir / "checkpoints"
+        self.directory = workdir / PERIODIC
         self._periodic = _manager(self.directory, keep)
-        self._stages = _manager(workdir / "stage_checkpoints", None)
+        self._stages = _manager(workdir / STAGE_ENDS, None)
 
     def latest_images_shown(self) -> int | None:
         return self._periodic.latest_step()

@@ -83,13 +83,8 @@ class Objective:
 
 
 def inception_input(images: jax.Array, resolution: int) -> jax.Array:
-    """Images in [-1, 1] as the FID network's input, differentiably: RGB, resized, scaled to
-    its range as `inception.preprocess` scales uint8 pixels."""
-    x = (images.astype(jnp.float32) + 1.0) * 127.5
-    if x.shape[-1] == 1:
-        x = jnp.repeat(x, 3, axis=-1)
-    x = inception.resize_bilinear_legacy(x, resolution)
-    return x / 255.0 * (0.9921875 + 1.0) - 1.0
+    """Images in [-1, 1] as the FID network's input at `resolution`, differentiably."""
+    return inception.pixels_to_input((images.astype(jnp.float32) + 1.0) * 127.5, resolution)
 
 
 def perceptual_features(params: Params, images: jax.Array, objective: Objective) -> list:

@@ -107,3 +107,13 @@ def random_state(shapes: dict, rng: np.random.Generator) -> dict:
         name: rng.normal(0.0, 0.5 if name.endswith("bias") else 1.0, shape).astype(np.float32)
         for name, shape in shapes.items()
     }
+
+
+def random_networks(depths: list[int], latent: int, rng: np.random.Generator) -> dict:
+    """A checkpoint's three state dicts ('netG', 'netD', 'avgG'), random."""
+    g_shapes, d_shapes = state_shapes(depths, latent)
+    return {
+        "netG": random_state(g_shapes, rng),
+        "netD": random_state(d_shapes, rng),
+        "avgG": random_state(g_shapes, rng),
+    }

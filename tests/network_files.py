@@ -208,6 +208,14 @@ def _torch_tree(tree, storages: list):
     return tree
 
 
+def gan_zoo_checkpoint(states: dict[str, dict], config: dict) -> dict:
+    """What pytorch_GAN_zoo saves: its `BaseConfig` object and state dicts of tensors."""
+    return {
+        "config": Call(Global("models.utils.config", "BaseConfig"), (), config),
+        **{name: {k: Tensor(v) for k, v in state.items()} for name, state in states.items()},
+    }
+
+
 class _StorageRef:
     def __init__(self, key: str, numel: int):
         self.key, self.numel = key, numel

@@ -27,28 +27,17 @@ from tests import network_files
 from tests import official_networks as ref
 
 TOLERANCE = 1e-4
-G_ARGS = dict(
-    num_channels=3,
-    resolution=16,
-    fmap_base=64,
-    fmap_decay=0.8,
-    fmap_max=24,
-    latent_size=12,
-    use_wscale=True,
-    normalize_latents=True,
-    use_pixelnorm=True,
-    label_size=0,
-)
-D_ARGS = dict(
+_SHARED_ARGS = dict(
     num_channels=3,
     resolution=16,
     fmap_base=64,
     fmap_decay=0.8,
     fmap_max=24,
     use_wscale=True,
-    mbstd_group_size=4,
     label_size=0,
 )
+G_ARGS = dict(_SHARED_ARGS, latent_size=12, normalize_latents=True, use_pixelnorm=True)
+D_ARGS = dict(_SHARED_ARGS, mbstd_group_size=4)
 
 
 def official_variables(g_args: dict, d_args: dict, seed: int = 0):
@@ -210,12 +199,7 @@ ZOO_DEPTHS = [24, 24, 12]  # 4x4, 8x8, 16x16: fmap_base 96, fmap_max 24
 
 
 def zoo_checkpoint(rng, alpha: float, drop: str | None = None):
-    g_shapes, d_shapes = zoo_ref.state_shapes(ZOO_DEPTHS, latent=12)
-    states = {
-        "netG": zoo_ref.random_state(g_shapes, rng),
-        "netD": zoo_ref.random_state(d_shapes, rng),
-        "avgG": zoo_ref.random_state(g_shapes, rng),
-    }
+    states = zoo_ref.random_networks(ZOO_DEPTHS, 12, rng)
     config = dict(
         depthScale0=24,
         depthOtherScales=ZOO_DEPTHS[1:],
@@ -231,15 +215,7 @@ def zoo_checkpoint(rng, alpha: float, drop: str | None = None):
         lossCriterion="WGANGP",
         initBiasToZero=True,
     )
-    tree = {
-        "config": network_files.Call(
-            network_files.Global("models.utils.config", "BaseConfig"), (), config
-        ),
-        **{
-            name: {k: network_files.Tensor(v) for k, v in state.items()}
-            for name, state in states.items()
-        },
-    }
+    tree = network_files.gan_zoo_checkpoint(states, config)
     if drop:
         del tree[drop]
     return tree, states

@@ -168,10 +168,14 @@ def resize_bilinear_legacy(images: jax.Array, size: int = INPUT_SIZE) -> jax.Arr
     return x[:, :, lo] * (1 - f)[None, None, :, None] + x[:, :, hi] * f[None, None, :, None]
 
 
+def pixels_to_input(pixels: jax.Array, size: int = INPUT_SIZE) -> jax.Array:
+    """Float pixel values in [0, 255] NHWC (any size; grayscale repeated to RGB) -> the
+    network's input at `size`: differentiable, for inputs that are not uint8 images."""
+    if pixels.shape[-1] == 1:
+        pixels = jnp.repeat(pixels, 3, axis=-1)
+    return resize_bilinear_legacy(pixels, size) / 255.0 * (0.9921875 + 1.0) - 1.0
+
+
 def preprocess(images_uint8: jax.Array) -> jax.Array:
     """uint8 NHWC (any size; grayscale repeated to RGB) -> the network's 299x299 input."""
-    x = images_uint8.astype(jnp.float32)
-    if x.shape[-1] == 1:
-        x = jnp.repeat(x, 3, axis=-1)
-    x = resize_bilinear_legacy(x)
-    return jnp.clip(x / 255.0 * (0.9921875 + 1.0) - 1.0, -1.0, 0.9921875)
+    return jnp.clip(pixels_to_input(images_uint8.astype(jnp.float32)), -1.0, 0.9921875)

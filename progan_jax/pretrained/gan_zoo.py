@@ -25,7 +25,13 @@ import numpy as np
 from progan_jax import models, paths, stages
 from progan_jax.layers import SQRT2
 from progan_jax.pretrained import safe_pickle
-from progan_jax.pretrained.imported import Imported, UnsupportedNetworkError
+from progan_jax.pretrained.imported import (
+    Imported,
+    NamedArrays,
+    UnsupportedNetworkError,
+    inputs_to_nhwc,
+    units_to_nhwc,
+)
 
 _CONFIG_CLASS = ("models.utils.config", "BaseConfig")
 _KEYS = ("config", "netG", "netD")
@@ -124,23 +130,13 @@ def model_fields(config: dict) -> dict[str, Any]:
 class _StateDict:
     """A network's state dict, keys with or without `.module` (pytorch_GAN_zoo reads both)."""
 
-    def __init__(self, tensors: dict, role: str, equalized: bool):
-        self.tensors = {key.replace(".module.", "."): np.asarray(v) for key, v in tensors.items()}
-        self.role, self.equalized = role, equalized
-        self.taken: set[str] = set()
-
-    def take(self, name: str) -> np.ndarray:
-        if name not in self.tensors:
-            raise UnsupportedNetworkError(
-                f"{self.role}: the checkpoint has no {name!r} (it has "
-                f"{', '.join(sorted(self.tensors)[:12])} ...)"
-            )
-        self.taken.add(name)
-        return self.tensors[name].astype(np.float32)
+    def __init__(self, tensors: dict, owner: str, equalized: bool):
+        arrays = {key.replace(".module.", "."): value for key, value in tensors.items()}
+        self.arrays, self.equalized = NamedArrays(arrays, owner), equalized
 
     def layer(self, name: str, our_gain: float, kernel=lambda w: w) -> dict:
         """Our {'kernel', 'bias'} of layer `name`, its He constant folded in (see above)."""
-        weight, bias = self.take(f"{name}.weight"), self.take(f"{name}.bias")
+        weight, bias = self.arrays.take(f"{name}.weight"), self.arrays.take(f"{name}.bias")
         if self.equalized:
             fan_in = math.prod(weight.shape[1:])
             weight = weight * (SQRT2 / our_gain)
@@ -149,22 +145,11 @@ class _StateDict:
         weight = weight.transpose(2, 3, 1, 0) if weight.ndim == 4 else weight.T
         return {"kernel": np.ascontiguousarray(kernel(weight)), "bias": bias}
 
-    def check_all_used(self) -> None:
-        unused = sorted(set(self.tensors) - self.taken)
-        if unused:
-            raise UnsupportedNetworkError(
-                f"{self.role}: the checkpoint holds tensors the networks here have no place "
-                f"for: {', '.join(unused[:8])}"
-            )
-
 
 def _generator(weights: _StateDict, last: int, channels: int) -> dict:
-    def maps(w: np.ndarray) -> np.ndarray:  # units (c, h, w) -> (h, w, c)
-        return w.reshape(w.shape[0], channels, 4, 4).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
-
-    params = {"dense_4x4": weights.layer("formatLayer", SQRT2 / 4, maps)}
-    bias = params["dense_4x4"]["bias"]
-    params["dense_4x4"]["bias"] = bias.reshape(channels, 4, 4).transpose(1, 2, 0)
+    dense = weights.layer("formatLayer", SQRT2 / 4, lambda w: units_to_nhwc(w, channels))
+    dense["bias"] = dense["bias"].reshape(channels, 4, 4).transpose(1, 2, 0)  # one per unit
+    params = {"dense_4x4": dense}
     params["conv_4x4"] = weights.layer("groupScale0.0", SQRT2)
     for stage in range(1, last + 1):
         r = stages.stage_resolution(stage)
@@ -173,14 +158,11 @@ def _generator(weights: _StateDict, last: int, channels: int) -> dict:
     for stage in range(last + 1):
         r = stages.stage_resolution(stage)
         params[f"to_rgb_{r}x{r}"] = weights.layer(f"toRGBLayers.{stage}", 1.0)
-    weights.check_all_used()
+    weights.arrays.check_all_used()
     return params
 
 
 def _critic(weights: _StateDict, last: int, channels: int) -> dict:
-    def flatten(w: np.ndarray) -> np.ndarray:  # inputs (c, h, w) -> (h, w, c)
-        return w.reshape(channels, 4, 4, -1).transpose(1, 2, 0, 3).reshape(16 * channels, -1)
-
     params = {}
     for stage in range(last + 1):
         r = stages.stage_resolution(stage)
@@ -189,9 +171,11 @@ def _critic(weights: _StateDict, last: int, channels: int) -> dict:
             params[f"conv0_{r}x{r}"] = weights.layer(f"scaleLayers.{stage - 1}.0", SQRT2)
             params[f"conv1_down_{r}x{r}"] = weights.layer(f"scaleLayers.{stage - 1}.1", SQRT2)
     params["conv_4x4"] = weights.layer("groupScaleZero.0", SQRT2)
-    params["dense0_4x4"] = weights.layer("groupScaleZero.1", SQRT2, flatten)
+    params["dense0_4x4"] = weights.layer(
+        "groupScaleZero.1", SQRT2, lambda w: inputs_to_nhwc(w, channels)
+    )
     params["dense1_4x4"] = weights.layer("decisionLayer", 1.0)
-    weights.check_all_used()
+    weights.arrays.check_all_used()
     return params
 
 
@@ -216,9 +200,9 @@ def read(path: str) -> Imported:
     depth0 = int(config["depthScale0"])
     ema = "avgG" if "avgG" in checkpoint else "netG"
     generator, critic, generator_ema = (
-        _generator(_StateDict(checkpoint["netG"], "netG", equalized), last, depth0),
-        _critic(_StateDict(checkpoint["netD"], "netD", equalized), last, depth0),
-        _generator(_StateDict(checkpoint[ema], ema, equalized), last, depth0),
+        _generator(_StateDict(checkpoint["netG"], f"{path}: netG", equalized), last, depth0),
+        _critic(_StateDict(checkpoint["netD"], f"{path}: netD", equalized), last, depth0),
+        _generator(_StateDict(checkpoint[ema], f"{path}: {ema}", equalized), last, depth0),
     )
     alpha = float(config.get("alpha", 0.0))
     details = {"gan_zoo_alpha": alpha, "generator_ema": ema}

@@ -88,13 +88,6 @@ def progress_of(config: ml_collections.ConfigDict, stage: int, alpha: float):
     return checkpointing.Progress(phase.start, phase.index, stage, alpha)
 
 
-def _holds_checkpoints(root) -> bool:
-    return any(
-        (root / name).exists() and any((root / name).iterdir())
-        for name in ("checkpoints", "stage_checkpoints")
-    )
-
-
 def import_networks(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Writes the workdir of `config.pretrained.path`'s networks; returns a summary line."""
     path = config.pretrained.path
@@ -106,7 +99,7 @@ def import_networks(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_count() > 1:
         raise ConfigError("--mode=import runs in one process: start it without --num_processes")
     root = paths.resolve(workdir)
-    if _holds_checkpoints(root):
+    if checkpointing.holds_checkpoints(root):
         raise UserError(
             f"{root} already holds checkpoints; import into a new --workdir (an import never "
             "overwrites a run)."

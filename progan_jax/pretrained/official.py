@@ -22,9 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from progan_jax import paths, stages
+from progan_jax import models, paths, stages
 from progan_jax.pretrained import safe_pickle
-from progan_jax.pretrained.imported import Imported, UnsupportedNetworkError
+from progan_jax.pretrained.imported import (
+    Imported,
+    NamedArrays,
+    UnsupportedNetworkError,
+    inputs_to_nhwc,
+    units_to_nhwc,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,53 +39,33 @@ class OfficialNetwork:
 
     func: str  # 'G_paper' or 'D_paper'
     kwargs: dict[str, Any]
-    variables: dict[str, np.ndarray]
+    variables: NamedArrays
     lod: float
-    taken: set[str] = dataclasses.field(default_factory=set, compare=False, repr=False)
-
-    def take(self, name: str) -> np.ndarray:
-        """The variable `name` as float32, counted as used (see `check_all_used`)."""
-        self.taken.add(name)
-        if name not in self.variables:
-            raise UnsupportedNetworkError(
-                f"{self.func}: the file has no variable {name!r} (it has "
-                f"{', '.join(sorted(self.variables)) or 'none'})"
-            )
-        return np.asarray(self.variables[name], np.float32)
 
 
 # The official build functions' defaults (networks.py:144-163 and 234-248): a file's
 # `static_kwargs` hold only what its run set.
-G_DEFAULTS = dict(
+_SHARED_DEFAULTS = dict(
     num_channels=1,
     resolution=32,
     label_size=0,
     fmap_base=8192,
     fmap_decay=1.0,
     fmap_max=512,
+    use_wscale=True,
+    dtype="float32",
+    fused_scale=True,
+    structure=None,
+)
+G_DEFAULTS = dict(
+    _SHARED_DEFAULTS,
     latent_size=None,
     normalize_latents=True,
-    use_wscale=True,
     use_pixelnorm=True,
     pixelnorm_epsilon=1e-8,
     use_leakyrelu=True,
-    dtype="float32",
-    fused_scale=True,
-    structure=None,
 )
-D_DEFAULTS = dict(
-    num_channels=1,
-    resolution=32,
-    label_size=0,
-    fmap_base=8192,
-    fmap_decay=1.0,
-    fmap_max=512,
-    use_wscale=True,
-    mbstd_group_size=4,
-    dtype="float32",
-    fused_scale=True,
-    structure=None,
-)
+D_DEFAULTS = dict(_SHARED_DEFAULTS, mbstd_group_size=4)
 _BUILD_FUNCS = {"G_paper": G_DEFAULTS, "D_paper": D_DEFAULTS}
 # Arguments that change how the official graph is built, not what it computes.
 _NO_EFFECT = ("dtype", "structure", "is_template_graph")
@@ -135,7 +121,8 @@ def _network(item: Any, path: str) -> OfficialNetwork:
         func = state.get("build_func_name")
         variables = dict(state.get("variables", ()))
         lod = np.asarray(variables.pop("lod", 0.0)).item()
-        return OfficialNetwork(func, dict(state.get("static_kwargs", {})), variables, lod)
+        arrays = NamedArrays(variables, f"{path}: {func}")
+        return OfficialNetwork(func, dict(state.get("static_kwargs", {})), arrays, lod)
     if "build_func_spec" in state:
         return _from_theano(state, path)
     raise UnsupportedNetworkError(
@@ -217,7 +204,8 @@ def _from_theano(state: dict, path: str) -> OfficialNetwork:
             f"of resolution {2**resolution_log2} needs"
         )
     lod = np.asarray(state.get("toplevel_params", {}).get("cur_lod", 0.0)).item()
-    return OfficialNetwork(_THEANO_FUNCS[theano_func], spec, variables, lod)
+    func = _THEANO_FUNCS[theano_func]
+    return OfficialNetwork(func, spec, NamedArrays(variables, f"{path}: {func}"), lod)
 
 
 # ---------------------------------------------------------------------------- model fields
@@ -268,13 +256,13 @@ def model_fields(generator: OfficialNetwork, critic: OfficialNetwork) -> dict[st
     if resolution < 4 or resolution & (resolution - 1):
         raise UnsupportedNetworkError(f"argument resolution={resolution}: not a power of two >= 4")
 
-    def nf(stage: int) -> int:
-        return min(int(g["fmap_base"] / 2.0 ** (stage * g["fmap_decay"])), g["fmap_max"])
-
+    latent_size = g["latent_size"]
+    if latent_size is None:  # the official default, nf(0)
+        latent_size = models.feature_maps(0, g["fmap_base"], g["fmap_max"], g["fmap_decay"])
     return dict(
         resolution=resolution,
         num_channels=int(g["num_channels"]),
-        latent_size=int(g["latent_size"] if g["latent_size"] is not None else nf(0)),
+        latent_size=int(latent_size),
         fmap_base=int(g["fmap_base"]),
         fmap_max=int(g["fmap_max"]),
         fmap_decay=float(g["fmap_decay"]),
@@ -317,18 +305,6 @@ def stage_and_alpha(lod: float, resolution: int) -> tuple[int, float]:
 # -------------------------------------------------------------------------- parameter trees
 
 
-def _nchw_dense_to_maps(weight: np.ndarray, channels: int) -> np.ndarray:
-    """G's first dense layer: official units are NCHW (c, h, w), ours NHWC (h, w, c)."""
-    fan_in = weight.shape[0]
-    return weight.reshape(fan_in, channels, 4, 4).transpose(0, 2, 3, 1).reshape(fan_in, -1)
-
-
-def _nchw_flatten_to_nhwc(weight: np.ndarray, channels: int) -> np.ndarray:
-    """The critic's dense layer after the 4x4 conv: the official input is an NCHW flatten."""
-    out = weight.shape[1]
-    return weight.reshape(channels, 4, 4, out).transpose(1, 2, 0, 3).reshape(-1, out)
-
-
 def _transposed_to_conv(weight: np.ndarray) -> np.ndarray:
     """A fused up-convolution's kernel, stored `[k, k, out, in]` for `conv2d_transpose`, as
     the kernel of a convolution over the upsampled input: rotated 180 degrees, in and out
@@ -336,64 +312,53 @@ def _transposed_to_conv(weight: np.ndarray) -> np.ndarray:
     return weight[::-1, ::-1].transpose(0, 1, 3, 2)
 
 
-def _layer(network: OfficialNetwork, name: str, weight: np.ndarray | None = None) -> dict:
-    kernel = network.take(f"{name}/weight") if weight is None else weight
-    return {"kernel": np.ascontiguousarray(kernel), "bias": network.take(f"{name}/bias")}
+def _layer(variables: NamedArrays, name: str, weight: np.ndarray | None = None) -> dict:
+    kernel = variables.take(f"{name}/weight") if weight is None else weight
+    return {"kernel": np.ascontiguousarray(kernel), "bias": variables.take(f"{name}/bias")}
 
 
 def generator_params(network: OfficialNetwork, resolution: int) -> dict:
     """Our Generator's parameter tree of an official G (G_paper)."""
-    params: dict[str, dict] = {}
-    dense = network.take("4x4/Dense/weight")
-    channels = network.take("4x4/Dense/bias").shape[0]
-    params["dense_4x4"] = _layer(network, "4x4/Dense", _nchw_dense_to_maps(dense, channels))
-    params["conv_4x4"] = _layer(network, "4x4/Conv")
+    variables = network.variables
+    dense = variables.take("4x4/Dense/weight")
+    channels = variables.take("4x4/Dense/bias").shape[0]
+    params = {"dense_4x4": _layer(variables, "4x4/Dense", units_to_nhwc(dense, channels))}
+    params["conv_4x4"] = _layer(variables, "4x4/Conv")
     last = stages.num_stages(resolution) - 1
     for stage in range(1, last + 1):
         r = stages.stage_resolution(stage)
-        if f"{r}x{r}/Conv0_up/weight" in network.variables:
-            up = _transposed_to_conv(network.take(f"{r}x{r}/Conv0_up/weight"))
-            params[f"conv0_up_{r}x{r}"] = _layer(network, f"{r}x{r}/Conv0_up", up)
+        if f"{r}x{r}/Conv0_up/weight" in variables:
+            up = _transposed_to_conv(variables.take(f"{r}x{r}/Conv0_up/weight"))
+            params[f"conv0_up_{r}x{r}"] = _layer(variables, f"{r}x{r}/Conv0_up", up)
         else:
-            params[f"conv0_up_{r}x{r}"] = _layer(network, f"{r}x{r}/Conv0")
-        params[f"conv1_{r}x{r}"] = _layer(network, f"{r}x{r}/Conv1")
+            params[f"conv0_up_{r}x{r}"] = _layer(variables, f"{r}x{r}/Conv0")
+        params[f"conv1_{r}x{r}"] = _layer(variables, f"{r}x{r}/Conv1")
     for stage in range(last + 1):
         r = stages.stage_resolution(stage)
-        params[f"to_rgb_{r}x{r}"] = _layer(network, f"ToRGB_lod{last - stage}")
+        params[f"to_rgb_{r}x{r}"] = _layer(variables, f"ToRGB_lod{last - stage}")
     return params
 
 
 def critic_params(network: OfficialNetwork, resolution: int) -> dict:
     """Our Critic's parameter tree of an official D (D_paper)."""
-    params: dict[str, dict] = {}
+    variables, params = network.variables, {}
     last = stages.num_stages(resolution) - 1
     for stage in range(last + 1):
         r = stages.stage_resolution(stage)
-        params[f"from_rgb_{r}x{r}"] = _layer(network, f"FromRGB_lod{last - stage}")
+        params[f"from_rgb_{r}x{r}"] = _layer(variables, f"FromRGB_lod{last - stage}")
         if stage == 0:
             continue
-        params[f"conv0_{r}x{r}"] = _layer(network, f"{r}x{r}/Conv0")
-        fused = f"{r}x{r}/Conv1_down/weight" in network.variables
+        params[f"conv0_{r}x{r}"] = _layer(variables, f"{r}x{r}/Conv0")
+        fused = f"{r}x{r}/Conv1_down/weight" in variables
         params[f"conv1_down_{r}x{r}"] = _layer(
-            network, f"{r}x{r}/Conv1_down" if fused else f"{r}x{r}/Conv1"
+            variables, f"{r}x{r}/Conv1_down" if fused else f"{r}x{r}/Conv1"
         )
-    params["conv_4x4"] = _layer(network, "4x4/Conv")
-    dense0 = network.take("4x4/Dense0/weight")
-    channels = network.take("4x4/Conv/bias").shape[0]
-    params["dense0_4x4"] = _layer(network, "4x4/Dense0", _nchw_flatten_to_nhwc(dense0, channels))
-    params["dense1_4x4"] = _layer(network, "4x4/Dense1")
+    params["conv_4x4"] = _layer(variables, "4x4/Conv")
+    dense0 = variables.take("4x4/Dense0/weight")
+    channels = variables.take("4x4/Conv/bias").shape[0]
+    params["dense0_4x4"] = _layer(variables, "4x4/Dense0", inputs_to_nhwc(dense0, channels))
+    params["dense1_4x4"] = _layer(variables, "4x4/Dense1")
     return params
-
-
-def check_all_used(network: OfficialNetwork, path: str) -> None:
-    """Raises if the mapping left some of the file's variables unused: a network with layers
-    ours do not have (another architecture, or a resolution its arguments do not say)."""
-    unused = sorted(set(network.variables) - network.taken)
-    if unused:
-        raise UnsupportedNetworkError(
-            f"{path}: {network.func} holds variables the networks here have no place for: "
-            f"{', '.join(unused[:8])}{' ...' if len(unused) > 8 else ''}"
-        )
 
 
 def read(path: str) -> Imported:
@@ -407,7 +372,7 @@ def read(path: str) -> Imported:
         generator_params(generator_ema, resolution),
     )
     for network in (generator, critic, generator_ema):
-        check_all_used(network, path)
+        network.variables.check_all_used()
     stage, alpha = stage_and_alpha(generator_ema.lod, resolution)
     arguments = {k: repr(v) for k, v in sorted(generator.kwargs.items())}
     return Imported(
