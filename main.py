@@ -126,16 +126,14 @@ def _workdir() -> str:
 
 
 def _with_trained_networks(config: ml_collections.ConfigDict, workdir: str, imported_only: bool):
-    """The config with the `model` fields of the workdir's run (its config.json), if any; with
+    """The config with the `model` fields of the workdir's checkpoint, if any; with
     `imported_only`, only of a workdir made by --mode=import, whose networks the file chose."""
-    from progan_jax import agreement, paths
+    from progan_jax import paths, trained
     from progan_jax.pretrained import importer
 
-    root = paths.resolve(workdir)
-    saved = root / "config.json"
-    if not saved.exists() or (imported_only and not (root / importer.PROVENANCE).exists()):
+    if imported_only and not (paths.resolve(workdir) / importer.PROVENANCE).exists():
         return config
-    return agreement.with_trained_networks(config, saved.read_text())
+    return trained.with_trained_networks(config, workdir, config.checkpoint_images_shown)
 
 
 def _print_lines(lines: Iterable) -> None:

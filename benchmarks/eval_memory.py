@@ -74,12 +74,12 @@ def configure_case(config: ml_collections.ConfigDict, case: str) -> None:
     kind, *counts = case.split(":")
     counts = [int(c) for c in counts]
     if kind == "ms_ssim" and len(counts) == 1:
-        config.eval.metrics, config.eval.ms_ssim_images = ("ms_ssim",), counts[0]
+        config.eval.metrics, config.evals.ms_ssim.images = ("ms_ssim",), counts[0]
     elif kind == "swd" and len(counts) == 1:
-        config.eval.metrics, config.eval.swd_images = ("swd",), counts[0]
+        config.eval.metrics, config.evals.swd.images = ("swd",), counts[0]
     elif kind == "evaluate" and len(counts) == 2:
         config.eval.metrics = ("swd", "ms_ssim")
-        config.eval.swd_images, config.eval.ms_ssim_images = counts
+        config.eval.swd_images, config.evals.ms_ssim.images = counts
     else:
         raise ValueError(f"unknown case {case!r}; use ms_ssim:N, swd:N or evaluate:N:M")
 

@@ -45,7 +45,7 @@ def one_round(root: pathlib.Path, processes: int, images: int, log_every: int) -
             "--config.schedule.batch_sizes=(8,)",
             "--config.optimizer.learning_rates=(1e-3,)",
             "--config.checkpoint.every_images=0",
-            "--config.eval.swd_every_images=0",
+            "--config.evals.swd.every_images=0",
             f"--config.logging.log_every_steps={log_every}",
             f"--coordinator_address=127.0.0.1:{port}",
             f"--num_processes={processes}",

@@ -52,15 +52,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def load_config(args: argparse.Namespace):
     import importlib.util
 
-    from progan_jax import agreement
+    from progan_jax import trained
 
     spec = importlib.util.spec_from_file_location("benchmark_config", args.config)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
-    saved = pathlib.Path(args.workdir) / "config.json"
-    config = agreement.with_trained_networks(config, saved.read_text())
-    config.eval.fid_weights = args.fid_weights
+    config = trained.with_trained_networks(config, args.workdir)
+    config.evals.fid_weights = args.fid_weights
     if args.steps is not None:
         config.project.steps = args.steps
     if args.restarts is not None:
@@ -102,11 +101,11 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     import jax
 
-    from progan_jax import checkpointing, project, sampling
+    from progan_jax import project, sampling, trained
     from progan_jax.metrics import fid
 
     config = load_config(args)
-    generator = checkpointing.load_generator(config, args.workdir, None)
+    generator = trained.load_generator(config, args.workdir, None)
     gan, resolution = generator.gan, generator.resolution
     scratch = pathlib.Path(args.scratch or tempfile.mkdtemp(prefix="progan_projection_"))
     targets = write_heldout(scratch / "heldout", args.images, resolution, args.heldout_seed)

@@ -120,11 +120,10 @@ def train_progan_jax(
 
 def final_generator(config, workdir: pathlib.Path):
     """G_ema of the run's last checkpoint, which must have faded 32x32 in, in the networks the
-    run trained (its config.json's, whatever --override flags it had)."""
-    from progan_jax import agreement, checkpointing
+    run trained (its checkpoint's, whatever --override flags it had)."""
+    from progan_jax import trained
 
-    config = agreement.with_trained_networks(config, (workdir / "config.json").read_text())
-    generator = checkpointing.load_generator(config, str(workdir), None)
+    generator = trained.load_generator(config, str(workdir), None)
     if generator.resolution != RESOLUTION or generator.alpha != 1.0:
         raise RuntimeError(
             f"the budget ended at stage {generator.stage}, alpha {generator.alpha:.2f}, before "

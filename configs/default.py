@@ -156,6 +156,10 @@ def get_config() -> ml_collections.ConfigDict:
             every_images=100_000,  # periodic checkpoints (0: off); stage ends are always saved
             every_minutes=30.0,  # also after this much time (0: off)
             keep=3,  # periodic checkpoints kept; stage-end checkpoints are kept for good
+            # The metric (lower is better: fid, swd_x1e3_avg) whose best value while training
+            # keeps its checkpoint in best_checkpoint/ ('' none). Only values at the latest
+            # stage evaluated compete: a metric's values at two resolutions do not compare.
+            best_metric="fid",
         )
     )
     # One run per workdir: a run holds <workdir>/lease.json and renews it this often; a lease
@@ -173,33 +177,37 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
-    config.eval = ml_collections.ConfigDict(
+    # Evaluators (progan_jax/metrics/evaluators.py; docs/evaluation.md): one section each, with
+    # its sizes and `every_images`, its cadence while training (0: --mode=evaluate only).
+    # Training writes TensorBoard's metrics/<name>, --mode=evaluate eval/<name>; both draw the
+    # same images from the same seeds, so they agree on a checkpoint.
+    config.evals = ml_collections.ConfigDict(
         dict(
-            checkpoint_images_shown=config_dict.placeholder(
-                int
-            ),  # the checkpoint (None: latest; 0: untrained)
-            metrics=("swd", "ms_ssim"),  # add "fid" once eval.fid_weights is set
+            evaluate=("swd", "class_swd", "ms_ssim"),  # what --mode=evaluate runs; add "fid"
             # Latents, SWD centres and reals are drawn in blocks of this many images; a
             # minibatch on the devices is whole blocks (sampling.GeneratorSnapshot.minibatch).
             batch_size=64,
-            swd_images=16384,  # official: 16384 images, 128 neighbourhoods each per level
-            noise_floor=True,  # SWD between two draws of reals
-            ms_ssim_images=20000,  # official: 10k consecutive pairs
-            fid_images=50000,
-            fid_weights=config_dict.placeholder(
-                str
-            ),  # .npz from `python -m progan_jax.metrics.convert_fid_weights`
-            fid_stats_dir=config_dict.placeholder(str),  # reals' statistics (None: data cache dir)
-            swd_every_images=0,  # periodic SWD while training (0: off)
-            swd_train_images=2048,  # images per periodic SWD
+            # .npz from `python -m progan_jax.metrics.convert_fid_weights` (FID, projection).
+            fid_weights=config_dict.placeholder(str),
+            fid_stats_dir=config_dict.placeholder(str),  # reals' statistics (None: data cache)
+            # Official: 16384 images, 128 neighbourhoods each per level; with the SWD between
+            # two draws of reals (the noise floor, computed once per stage).
+            swd=dict(every_images=0, images=16384, noise_floor=True),
+            # A conditional run's SWD per class: G asked for one class against its reals.
+            class_swd=dict(every_images=0, images=16384, noise_floor=True),
+            ms_ssim=dict(every_images=0, images=20000),  # official: 10k consecutive pairs
+            fid=dict(every_images=0, images=50000),
         )
     )
+    # The checkpoint that evaluate, generate, export and project read: None the latest, a
+    # count of images shown, 'best' the best one of checkpoint.best_metric, or 'untrained'
+    # (a fresh generator at the last stage, e.g. to try a metric).
+    config.checkpoint_images_shown = config_dict.placeholder(object)
     # --mode=import: a pretrained network file (an official ProGAN pickle or a
     # pytorch_GAN_zoo PGAN checkpoint) into --workdir (docs/pretrained.md).
     config.pretrained = ml_collections.ConfigDict(dict(path=config_dict.placeholder(str)))
     config.generate = ml_collections.ConfigDict(
         dict(
-            checkpoint_images_shown=config_dict.placeholder(int),  # the checkpoint (None: latest)
             seed=0,
             num_images=64,  # single PNGs
             grid=8,  # grid.png of grid x grid images
@@ -224,14 +232,13 @@ def get_config() -> ml_collections.ConfigDict:
         dict(
             images=config_dict.placeholder(str),  # a folder of images (searched recursively)
             output=config_dict.placeholder(str),  # None: <workdir>/projected/<images shown>
-            checkpoint_images_shown=config_dict.placeholder(int),  # None: the latest
             batch_size=8,  # images projected together (one compiled program)
             restarts=4,  # random starting latents per image; the best is kept
             steps=300,  # Adam steps from each
             learning_rate=0.05,
             pixel_weight=1.0,  # MSE on images in [-1, 1]
             # The Inception feature distance's weight (0: pixels only); it needs
-            # eval.fid_weights. Layers of the FID network, and the side it sees images at.
+            # evals.fid_weights. Layers of the FID network, and the side it sees images at.
             perceptual_weight=0.1,
             layers=("conv_4", "mixed_2", "mixed_7"),
             perceptual_resolution=149,
@@ -244,7 +251,6 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.export = ml_collections.ConfigDict(
         dict(
-            checkpoint_images_shown=config_dict.placeholder(int),  # the checkpoint (None: latest)
             platforms=("cpu", "cuda"),  # where the SavedModel can run: cpu, cuda, rocm, tpu
             output=config_dict.placeholder(str),  # None: <workdir>/export/<images shown>
         )

@@ -25,5 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.logging.log_every_steps = 2
     config.logging.sample_every_images = 0
     config.logging.sample_grid = 2
-    config.eval.swd_every_images = 64  # at 256 and 320 images: SWD needs the 16x16 stage
+    config.evals.swd.every_images = 64  # at 256 and 320 images: SWD needs the 16x16 stage
+    config.evals.swd.images = 32
+    config.evals.batch_size = 16
     return config

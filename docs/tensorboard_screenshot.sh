@@ -30,7 +30,7 @@
 #   python main.py --config configs/demo.py --workdir /tmp/tb_demo/demo \
 #     --config.schedule.phase_images='(2000,2000,2000,2000)' \
 #     --config.schedule.final_stabilize_images=2000 --config.logging.log_every_steps=10 \
-#     --config.eval.swd_every_images=1000 --config.eval.swd_train_images=1024 \
+#     --config.evals.swd.every_images=1000 --config.evals.swd.images=1024 \
 #     --config.logging.sample_every_images=2000 --allow_cpu
 #   bash docs/tensorboard_screenshot.sh /tmp/tb_demo docs/tensorboard.png
 set -euo pipefail

@@ -5,7 +5,6 @@ would train different programs in lock step until a collective deadlocks or the 
 silently wrong; a resumed run whose networks have other shapes than its checkpoints fails deep
 inside Orbax. Both are checked at start and reported by field name. Work that may fail on one
 process alone (preparing data, taking the workdir's lease) ends the same way on all of them.
-Evaluation, generation and export build the networks their checkpoints were trained as.
 """
 
 import hashlib
@@ -73,9 +72,9 @@ def _shape_signature(fields: dict) -> dict:
     return signature
 
 
-def check_resume(saved_config_json: str, config: ml_collections.ConfigDict) -> list[str]:
+def check_resume(saved_config: dict, config: ml_collections.ConfigDict) -> list[str]:
     """Raises ConfigError if the workdir's networks have other shapes; returns other changes."""
-    saved, current = flatten(json.loads(saved_config_json)), config_fields(config)
+    saved, current = flatten(saved_config), config_fields(config)
     shape_changes = differing_fields(_shape_signature(saved), _shape_signature(current))
     if shape_changes:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in shape_changes)
@@ -118,33 +117,3 @@ def check_processes_agree(config: ml_collections.ConfigDict) -> None:
         + "; ".join(report)
         + ". Run the same checkout and command line on every host."
     )
-
-
-def with_trained_networks(
-    config: ml_collections.ConfigDict, saved_config_json: str
-) -> ml_collections.ConfigDict:
-    """`config` with the networks of the run that wrote `saved_config_json` (its config.json).
-
-    A checkpoint's weights mean something only in the networks they were trained in: a
-    conditional G drawn without `model.label_size` fails to restore, one drawn with another
-    `model.label_scale` restores and draws wrong images. So the workdir's `model` fields win
-    (but EXECUTION_FIELDS), each one the command line set otherwise with a warning; fields the
-    saved config lacks (a run from before them) keep the command line's value.
-    """
-    saved, current = flatten(json.loads(saved_config_json)), config_fields(config)
-    trained = {
-        name: saved[name]
-        for name in current
-        if name.startswith("model.") and name not in EXECUTION_FIELDS and name in saved
-    }
-    changed = {name: value for name, value in trained.items() if value != current[name]}
-    for name, value in sorted(changed.items()):
-        logging.warning(
-            "config.%s: the checkpoints were trained with %r; using it instead of %r.",
-            name, value, current[name],
-        )  # fmt: skip
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        for name, value in changed.items():
-            config.model[name.removeprefix("model.")] = value
-    return config

@@ -8,6 +8,7 @@ import ml_collections
 from progan_jax import conv, losses, models, paths, schedule, stages
 from progan_jax.data import sources
 from progan_jax.errors import ConfigError
+from progan_jax.metrics import evaluators
 
 
 def _fail(field: str, message: str) -> None:
@@ -262,7 +263,6 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
         "checkpoint.every_images",
         "checkpoint.every_minutes",
         "logging.sample_every_images",
-        "eval.swd_every_images",
     ):
         section, name = field.split(".")
         if config[section][name] < 0:
@@ -271,11 +271,10 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
         ("checkpoint.keep", ckpt.keep),
         ("logging.log_every_steps", logs.log_every_steps),
         ("logging.sample_grid", logs.sample_grid),
-        ("eval.swd_train_images", config.eval.swd_train_images),
-        ("eval.batch_size", config.eval.batch_size),
     ):
         if value < 1:
             _fail(field, f"must be >= 1, got {value}")
+    evaluators.validate(config)
     renew, stale_after = config.lease.renew_seconds, config.lease.stale_after_seconds
     if not renew > 0:
         _fail("lease.renew_seconds", f"must be positive, got {renew}")

@@ -1,49 +1,31 @@
-"""Metrics of a checkpoint's EMA generator against the configured data.
+"""`--mode=evaluate`: the evaluators `evals.evaluate` names, on a checkpoint's EMA generator.
 
-    python main.py --config configs/demo.py --mode=evaluate                       # latest
+    python main.py --config configs/demo.py --mode=evaluate                  # the latest
     python main.py --config configs/demo.py --mode=evaluate \
-        --config.eval.checkpoint_images_shown=0  # the untrained generator
+        --config.checkpoint_images_shown=best --config.evals.evaluate='("fid",)'
 
-SWD (with the real-vs-real noise floor), MS-SSIM between consecutive generated pairs and, with
-Inception weights configured, FID. Results go to stdout (one JSON line) and to TensorBoard.
+The same evaluators as training's (`metrics/evaluators.py`), against the configured data: SWD
+with its real-vs-real noise floor, a conditional run's SWD per class, MS-SSIM between
+consecutive generated pairs and, with Inception weights configured, FID. Results go to stdout
+(one JSON line) and to TensorBoard (`eval/...`).
 """
 
 import dataclasses
-import logging
 
 import jax
 import ml_collections
-import numpy as np
 
-from progan_jax import checkpointing, sampling, seeds
-from progan_jax.data import input_pipeline, sources
+from progan_jax import trained
+from progan_jax.data import input_pipeline
 from progan_jax.errors import ConfigError
-from progan_jax.metrics import generator_swd, ms_ssim, swd
-
-
-def per_class_swd(
-    config: ml_collections.ConfigDict,
-    generator: sampling.GeneratorSnapshot,
-    reals: np.ndarray,
-    labels: sources.Labels,
-) -> dict[str, float]:
-    """SWD of each class: G asked for that class alone against that class's reals, keyed
-    `<class>/swd_...` (with its own noise floor)."""
-    results = {}
-    for label, name in enumerate(labels.names):
-        of_class = reals[np.flatnonzero(labels.ids == label)]
-        swds = generator_swd.swd_with_noise_floor(config, generator.of_class(label), of_class)
-        results.update({f"{name}/{key}": value for key, value in swds.items()})
-    return results
+from progan_jax.metrics import evaluators
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """The metrics of a checkpoint's G_ema. A conditional G is asked for classes in the data's
-    proportions, and SWD is also reported per class (`per_class_swd`)."""
-    ev = config.eval
-    generator = checkpointing.load_generator(config, workdir, ev.checkpoint_images_shown)
-    res = generator.resolution
-    data = config.data
+    proportions."""
+    evaluators.validate(config)
+    generator = trained.load_generator(config, workdir, config.checkpoint_images_shown)
     labels = input_pipeline.labels_of(config)
     if generator.gan.label_size and labels is None:
         raise ConfigError(
@@ -52,44 +34,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "SWD and the classes' shares need"
         )
     if labels is not None:
-        frequencies = input_pipeline.class_frequencies(labels, data)
+        frequencies = input_pipeline.class_frequencies(labels, config.data)
         generator = dataclasses.replace(generator, label_frequencies=frequencies)
-    reals = input_pipeline.stage_images(
-        data, config.model.resolution, config.model.num_channels, generator.stage
-    )
     results: dict = {
         "images_shown": generator.images_shown,
         "stage": generator.stage,
-        "resolution": res,
+        "resolution": generator.resolution,
     }
-
-    minimum_size = {"swd": swd.MIN_SIZE, "ms_ssim": ms_ssim.MIN_SIZE}
-    metrics = set()
-    for metric in ev.metrics:
-        size = minimum_size.get(metric, 0)
-        if res >= size:
-            metrics.add(metric)
-        else:
-            logging.warning(
-                "Skipping %s: it needs %dx%d images or more; the checkpoint is at %dx%d.",
-                metric, size, size, res, res,
-            )  # fmt: skip
-
-    if "swd" in metrics:
-        results.update(generator_swd.swd_with_noise_floor(config, generator, reals))
-        if labels is not None:
-            results.update(per_class_swd(config, generator, reals, labels))
-
-    if "ms_ssim" in metrics:
-        fakes = generator.fake_minibatches(
-            ev.ms_ssim_images, ev.batch_size, seeds.seed_of(config.seed, seeds.Stream.MS_SSIM_FAKES)
-        )
-        results["ms_ssim"] = ms_ssim.consecutive_pairs_ms_ssim(fakes)
-
-    if "fid" in metrics:
-        from progan_jax.metrics import fid
-
-        results.update(fid.evaluate_fid(config, generator, reals))
+    chosen = evaluators.build(config, config.evals.evaluate)
+    try:
+        results.update(evaluators.run(chosen, generator, quiet=False))
+    finally:
+        evaluators.close(chosen)
     return results
 
 

@@ -2,7 +2,7 @@
 
     python main.py --config configs/demo.py --mode=export
     python main.py --config configs/demo.py --mode=export \
-        --config.export.checkpoint_images_shown=30016
+        --config.checkpoint_images_shown=30016
 
 The generator is lowered with `jax2tf` (StableHLO inside an XlaCallModule op, for each platform
 in `config.export.platforms`) at the checkpoint's own stage and alpha, with its weights as
@@ -29,7 +29,7 @@ import tensorflow as tf
 from etils import epath
 from jax.experimental import jax2tf
 
-from progan_jax import checkpointing, paths, sampling
+from progan_jax import paths, sampling, trained
 
 SIGNATURES = ("images_uint8", "images_float")
 METADATA_FILE = "export.json"
@@ -126,7 +126,7 @@ def save(
 def export_generator(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=export: the checkpoint's G_ema as a SavedModel; returns where and what."""
     ex = config.export
-    generator = checkpointing.load_generator(config, workdir, ex.checkpoint_images_shown)
+    generator = trained.load_generator(config, workdir, config.checkpoint_images_shown)
     output = paths.resolve(ex.output or f"{workdir}/export/{generator.images_shown}")
     platforms = tuple(ex.platforms)
     # Every process restores (a collective read); one writes, so that several processes never

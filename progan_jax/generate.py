@@ -2,7 +2,7 @@
 
     python main.py --config configs/demo.py --mode=generate
     python main.py --config configs/demo.py --mode=generate \
-        --config.generate.checkpoint_images_shown=30016 --config.generate.seed=7 \
+        --config.checkpoint_images_shown=30016 --config.generate.seed=7 \
         --config.generate.truncation=1.5
 
 Writes under <workdir>/generated/<images shown>/: grid.png, images/<seed>_<i>.png and
@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from progan_jax import checkpointing, paths, sampling
+from progan_jax import paths, sampling, trained
 from progan_jax.errors import ConfigError
 
 
@@ -140,7 +140,7 @@ def write_generated(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=generate. Every process generates (the generator runs over all devices); only
     process 0 writes the files, so processes never write the same paths."""
     gen = config.generate
-    generator = checkpointing.load_generator(config, workdir, gen.checkpoint_images_shown)
+    generator = trained.load_generator(config, workdir, config.checkpoint_images_shown)
     gan = generator.gan
     out = paths.resolve(gen.output or f"{workdir}/generated/{generator.images_shown}")
     given = latents_file(gen.latents, gan.latent_size) if gen.latents else None

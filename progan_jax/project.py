@@ -44,7 +44,7 @@ from etils import epath
 from jax.sharding import Mesh
 from PIL import Image
 
-from progan_jax import checkpointing, collectives, interrupt, parallel, paths, sampling
+from progan_jax import checkpointing, collectives, interrupt, parallel, paths, sampling, trained
 from progan_jax.data import decode
 from progan_jax.errors import ConfigError, MissingFileError, UserError
 from progan_jax.gan import GAN, Params
@@ -250,12 +250,17 @@ def read_image(path: pathlib.Path, resolution: int, channels: int) -> np.ndarray
 
 
 def image_labels(
-    project: ml_collections.ConfigDict, files: list, root: pathlib.Path, classes: int, workdir
+    project: ml_collections.ConfigDict,
+    files: list,
+    root: pathlib.Path,
+    classes: int,
+    workdir: str,
+    which: int | str | None = None,
 ) -> np.ndarray:
     """Class ids [N] of a conditional network's images: `project.labels` as one id for all or
     one per image, or with `project.labels_from_subfolders` the class of each first-level
-    subfolder, by the names of the run's `classes.json` (else those names sorted, as training
-    numbers them); zeros for an unconditional network."""
+    subfolder, by the class names of the run's checkpoint `which` (else those names sorted, as
+    training numbers them); zeros for an unconditional network."""
     asked = tuple(project.labels) if isinstance(project.labels, tuple | list) else (project.labels,)
     if not classes:
         if asked or project.labels_from_subfolders:
@@ -268,9 +273,9 @@ def image_labels(
             raise ConfigError(
                 f"config.project.labels_from_subfolders: {loose[0]} is not in a class subfolder"
             )
-        saved = paths.resolve(workdir) / "classes.json"
-        names = list(json.loads(saved.read_text())) if saved.exists() else None
-        names = names or sorted({part[0] for part in parts})
+        networks = checkpointing.trained_networks(workdir, which)
+        names = networks and networks.class_names
+        names = list(names or sorted({part[0] for part in parts}))
         unknown = sorted({part[0] for part in parts} - set(names))
         if unknown or len(names) != classes:
             raise ConfigError(
@@ -345,12 +350,12 @@ def _objective_and_weights(config: ml_collections.ConfigDict):
         return objective, {}
     if not objective.layers:
         raise ConfigError("config.project.layers: name Inception layers for the perceptual term")
-    if not config.eval.fid_weights:
+    if not config.evals.fid_weights:
         raise ConfigError(
-            "config.eval.fid_weights: the perceptual term uses the FID Inception network; "
+            "config.evals.fid_weights: the perceptual term uses the FID Inception network; "
             f"{fid.HOW_TO_GET_WEIGHTS} Or set project.perceptual_weight=0 (pixels only)."
         )
-    return objective, fid.load_weights(config.eval.fid_weights)
+    return objective, fid.load_weights(config.evals.fid_weights)
 
 
 def project_images(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -360,14 +365,14 @@ def project_images(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ConfigError("config.project.images: name the folder of images to project")
     if pr.batch_size < 1 or pr.restarts < 1 or pr.steps < 0:
         raise ConfigError("config.project: batch_size and restarts must be >= 1, steps >= 0")
-    generator = checkpointing.load_generator(config, workdir, pr.checkpoint_images_shown)
+    generator = trained.load_generator(config, workdir, config.checkpoint_images_shown)
     gan, resolution = generator.gan, generator.resolution
     channels = config.model.num_channels
     files = image_paths(pr.images)
     check_images(files, channels)
     root = pathlib.Path(pr.images).expanduser()
     names = [str(p.relative_to(root)) for p in files]
-    labels = image_labels(pr, files, root, gan.label_size, workdir)
+    labels = image_labels(pr, files, root, gan.label_size, workdir, config.checkpoint_images_shown)
     objective, inception_params = _objective_and_weights(config)
     out = paths.resolve(pr.output or f"{workdir}/projected/{generator.images_shown}")
     out.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ and the data stream is a function of the images shown (see input_pipeline).
 
 import dataclasses
 import functools
-import json
 import logging
 import math
 import time
@@ -26,6 +25,7 @@ from progan_jax import (
     lease,
     parallel,
     paths,
+    periodic_evals,
     plan,
     profiling,
     reporting,
@@ -39,7 +39,7 @@ from progan_jax.checkpointing import Progress
 from progan_jax.data import input_pipeline
 from progan_jax.errors import UserError
 from progan_jax.gan import TrainState
-from progan_jax.metrics import generator_swd
+from progan_jax.periodic_evals import crossed
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -153,7 +153,8 @@ class Trainer:
             out_shardings=parallel.replicated(self.mesh),
             donate_argnums=0,
         )
-        self.periodic_swd = generator_swd.PeriodicSWD(config)
+        self.networks = checkpointing.Networks.of(config)  # with the classes, once read
+        self.evals = periodic_evals.PeriodicEvals(config, self.checkpointer.best())
         self.interval = _Interval()
         self.report = reporting.RunReport(self.schedule)
         self.decisions = _Decisions(
@@ -168,9 +169,9 @@ class Trainer:
         state = gan_lib.create_train_state(
             self.gan, jax.random.key(self.config.seed), parallel.replicated(self.mesh)
         )
-        saved_config = self.workdir / "config.json"
-        if self.checkpointer.latest_images_shown() is not None and saved_config.exists():
-            agreement.check_resume(saved_config.read_text(), self.config)
+        saved_config = checkpointing.saved_config(self.workdir)
+        if self.checkpointer.latest_images_shown() is not None and saved_config is not None:
+            agreement.check_resume(saved_config, self.config)
         restored = self.checkpointer.restore(state)
         if restored is not None:
             state, progress = restored
@@ -180,8 +181,7 @@ class Trainer:
         return state, Progress(images_shown=0, phase_index=self.schedule.phase_at(0).index)
 
     def _describe_new_run(self, state: TrainState) -> None:
-        if jax.process_index() == 0:
-            (self.workdir / "config.json").write_text(self.config.to_json_best_effort(indent=2))
+        checkpointing.write_config(self.workdir, self.config)
         hparams = agreement.config_fields(self.config)
         self.writer.write_hparams({k: _scalar(v) for k, v in hparams.items()})
         for name, params in (
@@ -193,13 +193,14 @@ class Trainer:
             )
 
     def _describe_classes(self, frequencies: np.ndarray) -> None:
-        """<workdir>/classes.json: the class of each label id and its share of the data, so
-        that a class id of the run (generate.labels, an export's input) can be read."""
-        if jax.process_index() == 0:
-            names = self.labels.names
-            shares = {name: round(float(f), 6) for name, f in zip(names, frequencies, strict=True)}
-            text = json.dumps({"names": list(names), "shares": shares}, indent=2)
-            (self.workdir / "classes.json").write_text(text)
+        """The class of each label id and its share of the data, kept in every checkpoint
+        (and classes.json), so that a class id of the run (generate.labels, an export's
+        input) can be read."""
+        names = self.labels.names
+        shares = {name: round(float(f), 6) for name, f in zip(names, frequencies, strict=True)}
+        classes = {"names": list(names), "shares": shares}
+        self.networks = checkpointing.Networks.of(self.config, classes)
+        checkpointing.write_classes(self.workdir, classes)
 
     def images_shown_on_mesh(self, images_shown: int) -> jax.Array:
         """The step's count of images shown, copied to every device once per stage: the step
@@ -238,18 +239,25 @@ class Trainer:
             logging.info("Samples: %s", path)
 
     @_transfers_intended
-    def write_swd(self, state: TrainState, progress: Progress, stage: int, alpha: float):
+    def evaluate(self, state: TrainState, progress: Progress, phase, alpha, due) -> None:
+        """The due evaluators' metrics of G_ema (TensorBoard `metrics/...`); a new best
+        `checkpoint.best_metric` keeps the state as the best checkpoint."""
         generator = sampling.GeneratorSnapshot(
             self.gan,
             state.generator_ema_params,
-            stage,
+            phase.stage,
             alpha,
             progress.images_shown,
             self.label_frequencies,
         )
-        results = self.periodic_swd(generator)
-        if results is not None:
+        results = self.evals.run(due, generator)
+        if results:
             self.writer.write_scalars(progress.images_shown, tensorboard_tags(results))
+        record = self.evals.improved(results, generator)
+        if record is not None:
+            self.flush_metrics(progress, phase, alpha)  # never keep a broken state
+            progress = dataclasses.replace(progress, stage=phase.stage, alpha=float(alpha))
+            self.checkpointer.save_best(state, progress, self.networks, record)
 
     @_transfers_intended
     def flush_metrics(self, progress: Progress, phase: schedule.Phase, alpha: float) -> None:
@@ -284,7 +292,7 @@ class Trainer:
         """Checks the metrics not yet logged (never checkpoint a broken state), then saves."""
         self.flush_metrics(progress, phase, alpha)
         progress = dataclasses.replace(progress, stage=phase.stage, alpha=float(alpha))
-        self.checkpointer.save(state, progress, stage_end=stage_end)
+        self.checkpointer.save(state, progress, stage_end=stage_end, networks=self.networks)
         self.decisions.saved()
         logging.info("Checkpoint at %d images shown.", progress.images_shown)
 
@@ -344,12 +352,13 @@ class Trainer:
 
                     if steps % config.logging.log_every_steps == 0:
                         self.flush_metrics(progress, phase, alpha)
-                    if _crossed(before, progress.images_shown, config.logging.sample_every_images):
+                    if crossed(before, progress.images_shown, config.logging.sample_every_images):
                         self.write_samples(state, progress, stage, alpha)
-                    if _crossed(before, progress.images_shown, config.eval.swd_every_images):
-                        self.write_swd(state, progress, stage, alpha)
+                    due = self.evals.due(before, progress.images_shown)
+                    if due:
+                        self.evaluate(state, progress, phase, alpha, due)
                     stopping, timed = self.decisions(steps)
-                    if stopping or timed or _crossed(before, progress.images_shown, every):
+                    if stopping or timed or crossed(before, progress.images_shown, every):
                         self.save(state, progress, phase, alpha)
                     if stopping:
                         self.checkpointer.wait()
@@ -362,7 +371,7 @@ class Trainer:
         finally:
             profiler.stop()
             self.report.close()
-            self.periodic_swd.close()
+            self.evals.close()
             self.checkpointer.close()
             if self.lease is not None:  # held by process 0
                 self.lease.release()
@@ -387,18 +396,13 @@ def tensorboard_tags(scalars: dict[str, float]) -> dict[str, float]:
     return {f"{group_of.get(name, 'metrics')}/{name}": value for name, value in scalars.items()}
 
 
-def _crossed(before: int, after: int, every: int) -> bool:
-    """Whether a multiple of `every` lies in (before, after]."""
-    return every > 0 and after // every > before // every
-
-
 def _scalar(value):
     """A TensorBoard hparam value: a number, string or bool as it is, anything else as text."""
     return value if isinstance(value, int | float | str | bool) else str(value)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains (or resumes) the run in `workdir` to the end of its schedule (periodic SWD on the
-    way, `eval.swd_every_images`); SIGTERM stops it at the next safe point."""
+    """Trains (or resumes) the run in `workdir` to the end of its schedule (with the evaluators
+    that have a cadence on the way); SIGTERM stops it at the next safe point."""
     with interrupt.sigterm_requests_stop():
         return Trainer(config, workdir).run()

@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
-from progan_jax import checkpointing, parallel
+from progan_jax import checkpointing, parallel, trained
 from progan_jax import gan as gan_lib
 from tests.runs import final_state
 
@@ -92,7 +92,7 @@ def test_load_generator_reads_only_the_ema_parameters(tmp_path, tiny_config):
     checkpointer.save(odd, checkpointing.Progress(8, 0, stage=1, alpha=0.5))
     checkpointer.close()
 
-    generator = checkpointing.load_generator(tiny_config, str(tmp_path), None)
+    generator = trained.load_generator(tiny_config, str(tmp_path), None)
     assert (generator.stage, generator.alpha, generator.images_shown) == (1, 0.5, 8)
     for got, want in zip(
         jax.tree.leaves(generator.params), jax.tree.leaves(state.generator_ema_params), strict=True
@@ -134,7 +134,7 @@ def test_checkpoints_with_the_earlier_field_names_restore(tmp_path, tiny_config)
             jax.tree.leaves(getattr(restored, name)), jax.tree.leaves(want), strict=True
         ):
             np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
-    generator = checkpointing.load_generator(tiny_config, str(tmp_path), 8)
+    generator = trained.load_generator(tiny_config, str(tmp_path), 8)
     for got, expected in zip(
         jax.tree.leaves(generator.params), jax.tree.leaves(earlier["g_ema_params"]), strict=True
     ):

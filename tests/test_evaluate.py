@@ -3,7 +3,7 @@
 import pytest
 
 from configs import tiny
-from progan_jax import checkpointing, parallel
+from progan_jax import checkpointing, parallel, trained
 from progan_jax import gan as gan_lib
 
 
@@ -18,7 +18,7 @@ def test_evaluate_and_generate_use_the_checkpoints_alpha(tmp_path):
     checkpointer.save(state, progress)
     checkpointer.close()
     config.schedule.fade_images = 640  # today's schedule would put 224 images at alpha 0.05
-    generator = checkpointing.load_generator(config, str(tmp_path), None)
+    generator = trained.load_generator(config, str(tmp_path), None)
     assert (generator.stage, generator.alpha, generator.images_shown) == (2, 0.375, 224)
 
 
@@ -31,20 +31,27 @@ def test_a_conditional_generator_is_evaluated_overall_and_per_class(
 
     from progan_jax import evaluate
     from progan_jax.data import input_pipeline
-    from progan_jax.metrics import generator_swd
+    from progan_jax.metrics import evaluators
 
     tiny_config.model.label_size = 3
     tiny_config.data.labels = "skin_tone"
     tiny_config.data.cache_dir = str(tmp_path / "cache")
-    tiny_config.eval.checkpoint_images_shown = 0
-    tiny_config.eval.metrics = ("swd",)
+    tiny_config.checkpoint_images_shown = "untrained"
+    tiny_config.evals.evaluate = ("swd", "class_swd")
     asked = []
 
-    def swd_with_noise_floor(config, generator, reals):
-        asked.append((generator.label_frequencies, len(reals)))
-        return {"swd_x1e3_avg": float(len(asked))}
+    class Described:  # stands in for the reals' SWD descriptors
+        def __init__(self, config, reals, count, noise_floor):
+            self.reals, self.noise_floor = len(reals), {}
 
-    monkeypatch.setattr(generator_swd, "swd_with_noise_floor", swd_with_noise_floor)
+        def distances_to(self, generator, batch, seed):
+            asked.append((generator.label_frequencies, self.reals))
+            return {"swd_x1e3_avg": float(len(asked))}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(evaluators, "_DescribedReals", Described)
     results = evaluate.evaluate(tiny_config, str(tmp_path))
     labels = input_pipeline.labels_of(tiny_config)
     counts = labels.counts()
@@ -64,7 +71,7 @@ def test_a_conditional_generator_needs_labelled_data(tmp_path, tiny_config):
 
     tiny_config.model.label_size = 3
     tiny_config.data.cache_dir = str(tmp_path / "cache")
-    tiny_config.eval.checkpoint_images_shown = 0
+    tiny_config.checkpoint_images_shown = "untrained"
     with pytest.raises(errors.ConfigError, match=r"data\.labels: .* draws 3 classes"):
         evaluate.evaluate(tiny_config, str(tmp_path))
     assert not (tmp_path / "cache").exists()

@@ -156,7 +156,7 @@ def test_main_exports_a_chosen_checkpoint_to_a_chosen_folder(tmp_path, compile_c
         tmp_path / "run",
         compile_cache,
         "--mode=export",
-        f"--config.export.checkpoint_images_shown={IMAGES_SHOWN}",
+        f"--config.checkpoint_images_shown={IMAGES_SHOWN}",
         f"--config.export.output={output}",
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -51,7 +51,7 @@ def test_train_kill_resume_evaluate_generate_in_a_bucket(gcs, tmp_path, compile_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from" in resumed.stderr
 
-    small = ("--config.eval.swd_images=64", "--config.eval.ms_ssim_images=8")
+    small = ("--config.evals.swd.images=64", "--config.evals.ms_ssim.images=8")
     evaluated = run(workdir, compile_cache, "--mode=evaluate", *small, extra_env=env, cwd=cwd)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     generated = run(

@@ -41,14 +41,15 @@ def test_a_conditional_generator_draws_the_classes_asked_for(tmp_path, tiny_conf
     tiny_config.model.label_size = 3
     tiny_config.data.labels = "skin_tone"
     gen = tiny_config.generate
-    gen.checkpoint_images_shown, gen.num_images, gen.grid, gen.keyframes = 0, 4, 2, 1
+    tiny_config.checkpoint_images_shown = "untrained"
+    gen.num_images, gen.grid, gen.keyframes = 4, 2, 1
     gen.labels = (2,)
     gen.output = str(tmp_path / "out")
     result = generate.write_generated(tiny_config, str(tmp_path))
     assert result["labels"] == [2, 2, 2, 2]
-    from progan_jax import checkpointing
+    from progan_jax import trained
 
-    generator = checkpointing.load_generator(tiny_config, str(tmp_path), 0)
+    generator = trained.load_generator(tiny_config, str(tmp_path), "untrained")
     z = generate.latents(generator.gan, gen.seed, 4, None)
     want = sampling.generate_images(
         generator.gan, generator.params, z, generator.stage, 1.0, np.uint8, np.full(4, 2)
@@ -70,16 +71,17 @@ def test_latents_from_a_file_are_drawn_in_order_and_walked_through(tmp_path, tin
     through each of them in turn (its keyframes)."""
     from PIL import Image
 
-    from progan_jax import checkpointing
+    from progan_jax import trained
 
     gen = tiny_config.generate
-    gen.checkpoint_images_shown, gen.grid, gen.frames_per_keyframe = 0, 2, 2
+    tiny_config.checkpoint_images_shown = "untrained"
+    gen.grid, gen.frames_per_keyframe = 2, 2
     z = np.random.default_rng(0).normal(size=(3, tiny_config.model.latent_size))
     np.save(tmp_path / "z.npy", z.astype(np.float32))
     gen.latents, gen.output = str(tmp_path / "z.npy"), str(tmp_path / "out")
     result = generate.write_generated(tiny_config, str(tmp_path))
     assert result["images"] == 3 and result["frames"] == 3 * 2
-    generator = checkpointing.load_generator(tiny_config, str(tmp_path), 0)
+    generator = trained.load_generator(tiny_config, str(tmp_path), "untrained")
     want = sampling.generate_images(
         generator.gan, generator.params, z, generator.stage, 1.0, np.uint8
     )

@@ -61,7 +61,7 @@ def test_generate_draws_the_official_generators_images(imported, compile_cache, 
 
 def test_evaluate_summary_and_export_read_the_imported_networks(imported, compile_cache):
     workdir, *_ = imported
-    small = ("--config.eval.swd_images=64", "--config.eval.ms_ssim_images=8")
+    small = ("--config.evals.swd.images=64", "--config.evals.ms_ssim.images=8")
     evaluated = run(workdir, compile_cache, "--mode=evaluate", *small)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     metrics = _json_line(evaluated.stdout)

@@ -70,7 +70,7 @@ def _json_line(stdout: str) -> dict:
 
 def test_evaluate_reports_metrics_of_a_checkpoint(uninterrupted, compile_cache):
     workdir, _ = uninterrupted
-    small = ("--config.eval.swd_images=64", "--config.eval.ms_ssim_images=8")
+    small = ("--config.evals.swd.images=64", "--config.evals.ms_ssim.images=8")
     trained = run(workdir, compile_cache, "--mode=evaluate", *small)
     assert trained.returncode == 0, trained.stderr[-3000:]
     result = _json_line(trained.stdout)
@@ -79,13 +79,15 @@ def test_evaluate_reports_metrics_of_a_checkpoint(uninterrupted, compile_cache):
         assert np.isfinite(result[key]), key
     assert 0.0 < result["ms_ssim"] < 1.0
     untrained = run(
-        workdir, compile_cache, "--mode=evaluate", "--config.eval.checkpoint_images_shown=0", *small
+        workdir,
+        compile_cache,
+        "--mode=evaluate",
+        "--config.checkpoint_images_shown=untrained",
+        *small,
     )
     assert untrained.returncode == 0, untrained.stderr[-3000:]
     assert _json_line(untrained.stdout)["images_shown"] == 0
-    missing = run(
-        workdir, compile_cache, "--mode=evaluate", "--config.eval.checkpoint_images_shown=100"
-    )
+    missing = run(workdir, compile_cache, "--mode=evaluate", "--config.checkpoint_images_shown=100")
     assert missing.returncode == 1
     assert "No checkpoint at 100 images shown" in missing.stderr and "320" in missing.stderr
 
@@ -99,7 +101,7 @@ def test_generate_writes_what_it_says(uninterrupted, compile_cache, tmp_path):
         workdir,
         compile_cache,
         "--mode=generate",
-        "--config.generate.checkpoint_images_shown=192",  # a stage-end checkpoint: stage 1, 8x8
+        "--config.checkpoint_images_shown=192",  # a stage-end checkpoint: stage 1, 8x8
         "--config.generate.num_images=5",
         "--config.generate.grid=2",
         "--config.generate.keyframes=3",

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from progan_jax import checkpointing
 from progan_jax import gan as gan_lib
+from progan_jax import trained
 from progan_jax.errors import ConfigError, UserError
 from progan_jax.pretrained import importer, official, safe_pickle
 from progan_jax.pretrained.imported import UnsupportedNetworkError
@@ -386,7 +386,7 @@ def test_an_import_writes_a_workdir_at_the_pickles_stage_and_never_overwrites_on
     model_config = importer.model_config(
         config, summary_model := official.model_fields(*official.read_networks(str(path))[:2])
     )
-    generator = checkpointing.load_generator(model_config, str(workdir), None)
+    generator = trained.load_generator(model_config, str(workdir), None)
     assert (generator.stage, generator.alpha, generator.images_shown) == (1, 0.5, 96)
     assert summary_model["resolution"] == 16
     expected = importer.read_file(str(path)).generator_ema["to_rgb_8x8"]["kernel"]

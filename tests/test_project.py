@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from progan_jax import checkpointing, interrupt, parallel, project, sampling
+from progan_jax import checkpointing, interrupt, parallel, project, sampling, trained
 from progan_jax import gan as gan_lib
 from progan_jax.errors import ConfigError, MissingFileError
 from progan_jax.metrics import inception
@@ -31,7 +31,7 @@ def drawn(tmp_path_factory):
         state.replace(generator_ema_params=params), checkpointing.Progress(320, 4, 2, 1.0)
     )
     checkpointer.close()
-    generator = checkpointing.load_generator(config, str(root / "run"), None)
+    generator = trained.load_generator(config, str(root / "run"), None)
     z = np.random.default_rng(5).standard_normal((4, config.model.latent_size)).astype(np.float32)
     images = sampling.generate_images(generator.gan, generator.params, z, 2, 1.0, np.uint8)
     (root / "photos").mkdir()
@@ -136,7 +136,7 @@ def test_bad_input_is_named(drawn, tmp_path, problem):
         "grayscale": (project.ProjectionInputError, "gray.png is grayscale"),
         "gray_palette": (project.ProjectionInputError, "gray.gif is grayscale"),
         "no_checkpoint": (MissingFileError, "No checkpoint"),
-        "no_inception_weights": (Exception, "eval.fid_weights"),
+        "no_inception_weights": (Exception, "evals.fid_weights"),
     }[problem]
     with pytest.raises(expected[0], match=expected[1]):
         project.project_images(config, str(workdir))
@@ -198,7 +198,7 @@ def test_main_projects_with_the_perceptual_term_and_walks_through_the_latents(
         "--mode=project",
         f"--config.project.images={root / 'photos'}",
         f"--config.project.output={out}",
-        f"--config.eval.fid_weights={tmp_path / 'inception.npz'}",
+        f"--config.evals.fid_weights={tmp_path / 'inception.npz'}",
         "--config.project.perceptual_resolution=75",
         "--config.project.steps=2",  # Inception's backward pass, unoptimised (runs.env)
         "--config.project.restarts=1",

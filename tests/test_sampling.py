@@ -167,7 +167,8 @@ def test_only_process_0_writes_generated_files(tmp_path, tiny_config, monkeypatc
     from progan_jax import generate
 
     gen = tiny_config.generate
-    gen.checkpoint_images_shown, gen.num_images, gen.grid, gen.keyframes = 0, 4, 2, 2
+    tiny_config.checkpoint_images_shown = "untrained"
+    gen.num_images, gen.grid, gen.keyframes = 4, 2, 2
     gen.output = str(tmp_path / "out")
     monkeypatch.setattr(jax, "process_index", lambda: 1)
     result = generate.write_generated(tiny_config, str(tmp_path))

@@ -65,8 +65,8 @@ def test_tiny_run_in_process(tmp_path, tiny_config, caplog, monkeypatch):
     assert len(traces) == 1 and traces[0].stat().st_size > 0
     assert "Profiling 2 steps of stage 1" in caplog.text
 
-    config.eval.swd_images = 64
-    config.eval.ms_ssim_images = 16
+    config.evals.swd.images = 64
+    config.evals.ms_ssim.images = 16
     results = evaluate.evaluate(config, str(tmp_path))
     assert results["images_shown"] == total and results["resolution"] == 16
     assert all(np.isfinite(v) for k, v in results.items() if k.startswith(("swd", "ms_ssim")))
@@ -136,7 +136,7 @@ def spy_on_resets(monkeypatch) -> list[int]:
 def test_adam_is_reset_at_each_phase_boundary(tmp_path, tiny_config, monkeypatch, reset):
     config = tiny_config
     config.optimizer.reset_at_phase_boundary = reset
-    config.eval.swd_every_images = 0
+    config.evals.swd.every_images = 0
     config.checkpoint.every_images = 0
     steps = spy_on_resets(monkeypatch)
     state = train.Trainer(config, str(tmp_path)).run()

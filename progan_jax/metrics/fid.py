@@ -2,7 +2,7 @@
 
 Weights are read from a .npz (made by `python -m progan_jax.metrics.convert_fid_weights`; a
 local path or a bucket URL); nothing is downloaded. The reals' statistics are cached per data
-set, resolution, count and mirroring, in `eval.fid_stats_dir` (which may be a bucket) or the
+set, resolution, count and mirroring, in `evals.fid_stats_dir` (which may be a bucket) or the
 data cache. With `data.mirror_augment` the reals are mirrored as in training
 (`generator_swd.real_minibatches`): the official FID statistics use mirror augment when on.
 """
@@ -37,7 +37,7 @@ HOW_TO_GET_WEIGHTS = (
     "or, with torch, from pytorch-fid's pt_inception-2015-12-05-6726825d.pth:\n"
     "  python -m progan_jax.metrics.convert_fid_weights --pth pt_inception-2015-12-05-6726825d.pth "
     "--out inception_fid.npz\n"
-    "then pass --config.eval.fid_weights=inception_fid.npz."
+    "then pass --config.evals.fid_weights=inception_fid.npz."
 )
 
 
@@ -116,10 +116,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 
 
 def _reference_path(config: ml_collections.ConfigDict, resolution: int, count: int) -> epath.Path:
-    """Where the reals' statistics are cached: `eval.fid_stats_dir` (may be a bucket) or the
+    """Where the reals' statistics are cached: `evals.fid_stats_dir` (may be a bucket) or the
     data cache, under the key of the images they describe (this process's shard, if sharded)."""
     data = config.data
-    root = paths.resolve(config.eval.fid_stats_dir or sources.cache_dir(data))
+    root = paths.resolve(config.evals.fid_stats_dir or sources.cache_dir(data))
     shard = input_pipeline.process_shard(data)
     key = sources.cache_key(data, config.model.resolution, config.model.num_channels, shard)
     mirrored = "_mirrored" if data.mirror_augment else ""
@@ -148,35 +148,43 @@ def _save_statistics(path: epath.Path, mu: np.ndarray, sigma: np.ndarray) -> Non
     partial.rename(path)
 
 
-def evaluate_fid(config: ml_collections.ConfigDict, generator, reals: np.ndarray) -> dict:
-    ev = config.eval
-    if not ev.fid_weights:
-        raise MissingFileError(f"eval.fid_weights is not set. {HOW_TO_GET_WEIGHTS}")
-    params = load_weights(ev.fid_weights)
-    count = min(ev.fid_images, len(reals))
-    path = _reference_path(config, generator.resolution, count)
+def weights_path(config: ml_collections.ConfigDict) -> str:
+    """`evals.fid_weights`, or an error that says how to make them."""
+    if not config.evals.fid_weights:
+        raise MissingFileError(f"evals.fid_weights is not set. {HOW_TO_GET_WEIGHTS}")
+    return config.evals.fid_weights
+
+
+def real_statistics(
+    config: ml_collections.ConfigDict, params, reals: np.ndarray, resolution: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of the Inception features of `evals.fid.images` reals (all if fewer), read
+    from their cache file or computed and cached by process 0."""
+    ev = config.evals
+    count = min(ev.fid.images, len(reals))
+    path = _reference_path(config, resolution, count)
     cached = _cached_statistics(path)
     if cached is not None:
-        mu_real, sigma_real = cached
-    else:
-        logging.info("FID statistics of %d reals (cached in %s).", count, path)
-        reals_seed = seeds.seed_of(config.seed, seeds.Stream.REALS)
-        order = np.random.default_rng(reals_seed).permutation(len(reals))[:count]
-        batches = generator_swd.real_minibatches(
-            reals,
-            np.sort(order),
-            ev.batch_size,
-            mirror=config.data.mirror_augment,
-            seed=reals_seed,
-        )
-        mu_real, sigma_real = statistics(features(params, batches))
-        if jax.process_index() == 0:
-            _save_statistics(path, mu_real, sigma_real)
-    fakes = generator.fake_minibatches(
-        ev.fid_images, ev.batch_size, seeds.seed_of(config.seed, seeds.Stream.FID_FAKES)
+        return cached
+    logging.info("FID statistics of %d reals (cached in %s).", count, path)
+    reals_seed = seeds.seed_of(config.seed, seeds.Stream.REALS)
+    order = np.random.default_rng(reals_seed).permutation(len(reals))[:count]
+    batches = generator_swd.real_minibatches(
+        reals, np.sort(order), ev.batch_size, mirror=config.data.mirror_augment, seed=reals_seed
     )
+    mu, sigma = statistics(features(params, batches))
+    if jax.process_index() == 0:
+        _save_statistics(path, mu, sigma)
+    return mu, sigma
+
+
+def generated_fid(
+    config: ml_collections.ConfigDict, params, generator, mu_real, sigma_real
+) -> float:
+    """FID of `evals.fid.images` generated images (latents fixed by the run's seed) against the
+    reals' statistics."""
+    ev = config.evals
+    seed = seeds.seed_of(config.seed, seeds.Stream.FID_FAKES)
+    fakes = generator.fake_minibatches(ev.fid.images, ev.batch_size, seed)
     mu_fake, sigma_fake = statistics(features(params, fakes))
-    return {
-        "fid": frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake),
-        "fid_images": ev.fid_images,
-    }
+    return frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake)

@@ -1,17 +1,15 @@
-"""SWD of a generator against reals: once for `--mode=evaluate`, periodically while training.
+"""SWD of a generator against reals: the pieces of the SWD evaluators (`evaluators.SWD`).
 
-Both describe the reals and the generated images into temporary files per pyramid level
+They describe the reals and the generated images into temporary files per pyramid level
 (`swd.describe`), so memory does not grow with the number of images. Reals are mirrored as in
 training when `data.mirror_augment` is on (`real_minibatches`), as the official evaluation does.
 """
 
-import contextlib
 from collections.abc import Iterator
 
-import ml_collections
 import numpy as np
 
-from progan_jax import seeds, tracking
+from progan_jax import tracking
 from progan_jax.data import input_pipeline
 from progan_jax.metrics import swd
 from progan_jax.sampling import GeneratorSnapshot
@@ -81,80 +79,3 @@ def generated_swd(
     """SWD (x1e3 per level and average) between `count` generated images and described reals."""
     with describe_generated(generator, count, batch, seed) as fakes:
         return swd.distances(real_desc, [fakes])[0]
-
-
-def swd_with_noise_floor(
-    config: ml_collections.ConfigDict, generator: GeneratorSnapshot, reals: np.ndarray
-) -> dict[str, float]:
-    """SWD of generated images against a draw of the reals and, with eval.noise_floor, of a
-    second draw against the first (`swd_noise_floor_*`), on the same directions: the sets are
-    described first, then compared one pyramid level at a time."""
-    ev, mirror = config.eval, config.data.mirror_augment
-    draw, second = draw_reals(reals, ev.swd_images, seeds.seed_of(config.seed, seeds.Stream.REALS))
-    with contextlib.ExitStack() as stack:
-        real_desc = stack.enter_context(
-            describe_reals(reals, draw, ev.batch_size, seeds.Coins.SWD_REALS, mirror=mirror)
-        )
-        others = [
-            stack.enter_context(
-                describe_generated(
-                    generator,
-                    len(draw),
-                    ev.batch_size,
-                    seeds.seed_of(config.seed, seeds.Stream.SWD_FAKES),
-                )
-            )
-        ]
-        if ev.noise_floor:
-            second_desc = describe_reals(
-                reals, second, ev.batch_size, seeds.Coins.SWD_NOISE_FLOOR_REALS, mirror=mirror
-            )
-            others.append(stack.enter_context(second_desc))
-        swds = swd.distances(real_desc, others)
-    results = swds[0]
-    if ev.noise_floor:
-        results.update({k.replace("swd", "swd_noise_floor"): v for k, v in swds[1].items()})
-    return results
-
-
-class PeriodicSWD:
-    """SWD of G_ema while training, against one fixed draw of the current stage's reals.
-
-    The reals are described once per stage (their descriptors wait in temporary files, deleted
-    by `close()` or when the next stage's replace them). Every process computes the same
-    numbers (the generator runs on the global mesh); the caller's writer keeps process 0's.
-    """
-
-    def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
-        self._stage: int | None = None
-        self._reals: swd.Descriptors | None = None
-        self._count = 0
-
-    def __call__(self, generator: GeneratorSnapshot) -> dict[str, float] | None:
-        if generator.resolution < swd.MIN_SIZE:
-            return None
-        cfg = self.config
-        if generator.stage != self._stage:
-            self.close()
-            reals = input_pipeline.stage_images(
-                cfg.data, cfg.model.resolution, cfg.model.num_channels, generator.stage
-            )
-            draw, _ = draw_reals(
-                reals, cfg.eval.swd_train_images, seeds.seed_of(cfg.seed, seeds.Stream.REALS)
-            )
-            self._reals = describe_reals(
-                reals,
-                draw,
-                cfg.eval.batch_size,
-                seeds.Coins.SWD_REALS,
-                mirror=cfg.data.mirror_augment,
-            )
-            self._stage, self._count = generator.stage, len(draw)
-        fakes_seed = seeds.seed_of(cfg.seed, seeds.Stream.SWD_FAKES)
-        return generated_swd(generator, self._reals, self._count, cfg.eval.batch_size, fakes_seed)
-
-    def close(self) -> None:
-        if self._reals is not None:
-            self._reals.close()
-        self._stage, self._reals = None, None

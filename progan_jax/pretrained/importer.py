@@ -127,11 +127,12 @@ def import_networks(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     # Nothing was written until here; the checkpoint, last, marks a complete import.
     root.mkdir(parents=True, exist_ok=True)
-    (root / "config.json").write_text(config.to_json_best_effort(indent=2))
+    checkpointing.write_config(root, config)
     (root / PROVENANCE).write_text(json.dumps(provenance, indent=2))
     checkpointer = checkpointing.Checkpointer(root)
     try:
-        checkpointer.save(state, progress, stage_end=True)  # kept for good, as stage ends
+        networks = checkpointing.Networks.of(config)
+        checkpointer.save(state, progress, stage_end=True, networks=networks)  # kept for good
     finally:
         checkpointer.close()
     return dict(
