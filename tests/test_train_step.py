@@ -268,9 +268,10 @@ def test_penalty_scales_agree_only_at_the_last_stage(gan_and_state, stage, ratio
     at the last stage, and a penalised norm half the native one a stage earlier."""
     gan, state = gan_and_state
     reals = train_step.fade_reals(_reals(8, 4 * 2**stage), stage, 0.5)
+    native = dataclasses.replace(gan, loss=dataclasses.replace(gan.loss, gp_scale="native"))
     results = [
         train_step.critic_gradients(g, state, reals, jax.random.key(5), stage, 0.5)
-        for g in (gan, dataclasses.replace(gan, gp_scale="native"))
+        for g in (gan, native)
     ]
     (official_grads, official), (native_grads, native) = results
     np.testing.assert_allclose(
@@ -364,7 +365,6 @@ def test_a_conditional_step_labels_fakes_like_the_reals_and_draws_gs_from_the_da
     drawn from the data set's class shares (`get_random_labels`): with all the data in one
     class, G is asked for that class alone."""
     from configs import tiny
-    from progan_jax import losses
 
     config = tiny.get_config()
     config.model.label_size = 3
@@ -378,15 +378,12 @@ def test_a_conditional_step_labels_fakes_like_the_reals_and_draws_gs_from_the_da
     _, parts = train_step.critic_gradients(gan, state, reals, key, stage, alpha, labels)
     z_key, mix_key = jax.random.split(key)
     fakes = gan.generate(state.generator_params, gan.sample_latents(z_key, 4), stage, alpha, labels)
-    _, want = losses.critic_loss(
+    _, want = gan.loss.critic_loss(
         gan.critic_fn(state.critic_params, stage, alpha),
         reals,
         fakes,
         mix_key,
-        gan.gp_weight,
-        gan.gp_target,
-        gan.drift_weight,
-        gan.gp_norm_scale(stage),
+        gan.loss.gp_norm_scale(stage, gan.generator.num_stages - 1),
         gan.one_hot(labels),
     )
     for name in ("critic_loss", "label_penalty_reals", "label_penalty_fakes"):
@@ -403,5 +400,5 @@ def test_a_conditional_step_labels_fakes_like_the_reals_and_draws_gs_from_the_da
         asked = jnp.full(4, c)
         fakes = gan.generate(state.generator_params, z, stage, alpha, asked)
         critic = gan.critic_fn(state.critic_params, stage, alpha)
-        want = losses.generator_loss(critic, fakes, gan.one_hot(asked), gan.cond_weight)
+        want = gan.loss.generator_loss(critic, fakes, gan.one_hot(asked))
         np.testing.assert_allclose(generator_loss(only(c)), want, rtol=1e-5)
