@@ -172,8 +172,9 @@ def train_step(
     """One critic and one generator update on this device's shard of the batch.
 
     `images_shown` (int32) counts the images shown before this step; alpha follows from it
-    (`schedule.alpha`). With `axis_name`, gradients and metrics are averaged over that mapped
-    axis.
+    (`schedule.alpha`) and is returned among the metrics: the value train.py logs, so the log
+    shows the fade the step ran at. With `axis_name`, gradients and the losses' metrics are
+    averaged over that mapped axis.
     """
     mean = (lambda t: jax.lax.pmean(t, axis_name)) if axis_name else (lambda t: t)
     device_index = jax.lax.axis_index(axis_name) if axis_name else 0

@@ -180,9 +180,13 @@ def test_one_compile_per_stage_as_alpha_moves_on_the_device(gan_and_state):
     for _ in range(4):
         current, shown, metrics = step(current, batch, shown)
         alphas.append(float(metrics["alpha"]))
-    assert len(compiles) == 1
     assert int(current.step) == 4 and int(shown) == 32
-    np.testing.assert_allclose(alphas, [0.0, 0.008, 0.016, 0.024], rtol=1e-6)
+    for count in (500, 1000, 1200):  # mid-fade, its end and past it
+        count = jax.device_put(jnp.int32(count), parallel.replicated(mesh))
+        current, _, metrics = step(current, batch, count)
+        alphas.append(float(metrics["alpha"]))  # the value train.py logs
+    assert len(compiles) == 1
+    np.testing.assert_allclose(alphas, [0.0, 0.008, 0.016, 0.024, 0.5, 1.0, 1.0], rtol=1e-6)
 
 
 @pytest.mark.slow
