@@ -229,16 +229,7 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
         )
     if not 0.0 <= config.ema_decay < 1.0:
         _fail("ema_decay", f"must be in [0, 1), got {config.ema_decay}")
-    for field in ("gp_weight", "drift_weight"):
-        if config.loss[field] < 0:
-            _fail(f"loss.{field}", f"must be >= 0, got {config.loss[field]}")
-    if config.loss.gp_target <= 0:
-        _fail("loss.gp_target", f"must be positive, got {config.loss.gp_target}")
-    if config.loss.gp_scale not in losses.GP_SCALES:
-        _fail(
-            "loss.gp_scale",
-            f"must be one of {', '.join(losses.GP_SCALES)}, got {config.loss.gp_scale!r}",
-        )
+    losses.WGANGP.from_config(config.loss)  # the loss checks its own settings
 
     if data.source not in sources.SOURCES:
         _fail("data.source", f"must be one of {', '.join(sources.SOURCES)}, got {data.source!r}")

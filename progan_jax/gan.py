@@ -1,4 +1,4 @@
-"""The GAN being trained: its static parts (`GAN`: networks, optimizer, loss weights) and its
+"""The GAN being trained: its static parts (`GAN`: networks, optimizer, loss) and its
 state (`TrainState`: parameters, optimizer moments, EMA, RNG), and how a run sets both up."""
 
 import dataclasses
@@ -30,18 +30,13 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class GAN:
-    """The static parts of training: networks, optimizer and loss weights."""
+    """The static parts of training: networks, optimizer and loss."""
 
     generator: models.Generator
     critic: models.Critic
     optimizer: optax.GradientTransformation
-    gp_weight: float = 10.0
-    gp_target: float = 1.0
-    drift_weight: float = 1e-3
-    gp_scale: str = "official"  # one of losses.GP_SCALES
+    loss: losses.WGANGP
     ema_decay: float = 0.999
-    cond_weight: float = 1.0  # the class terms' weight (conditional networks only)
-    cond_fakes: bool = True  # the critic's class term covers the fakes too (officially)
     # Recompute each network's activations in its backward passes instead of keeping them
     # (jax.checkpoint): less device memory for about a third more critic FLOPs.
     rematerialize: bool = False
@@ -53,13 +48,8 @@ class GAN:
             generator=models.make_generator(config.model),
             critic=models.make_critic(config.model),
             optimizer=optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
-            gp_weight=config.loss.gp_weight,
-            gp_target=config.loss.gp_target,
-            drift_weight=config.loss.drift_weight,
-            gp_scale=config.loss.gp_scale,
+            loss=losses.WGANGP.from_config(config.loss),
             ema_decay=config.ema_decay,
-            cond_weight=config.loss.cond_weight,
-            cond_fakes=config.loss.cond_fakes,
             rematerialize=config.model.rematerialize,
         )
 
@@ -98,21 +88,6 @@ class GAN:
             )
 
         return self._maybe_remat(apply)(generator_params, z, alpha, self.one_hot(labels))
-
-    def gp_norm_scale(self, stage: int) -> float:
-        """Factor on the critic's input-gradient norm inside the penalty at `stage`.
-
-        The official critic always receives full-resolution images: G's output and the reals
-        nearest-upscaled by f = 2**(last stage - stage), average-pooled back inside D. Its
-        gradient w.r.t. that input is the native one spread over f*f pixels and divided by
-        f*f, so its norm is the native norm / f: the native penalty would be f times too
-        strong early on (32x at 4x4 in a 128x128 run). 'official' scales instead of upscaling.
-        """
-        if self.gp_scale not in losses.GP_SCALES:
-            raise ValueError(f"gp_scale must be one of {losses.GP_SCALES}, got {self.gp_scale!r}")
-        if self.gp_scale == "native":
-            return 1.0
-        return 2.0 ** (stage - (self.generator.num_stages - 1))
 
     def critic_fn(self, critic_params: Params, stage: int, alpha) -> losses.CriticFn:
         def apply(params, alpha, images):

@@ -255,13 +255,17 @@ class Trainer:
             self.writer.write_scalars(progress.images_shown, tensorboard_tags(results))
         record = self.evals.improved(results, generator)
         if record is not None:
-            self.flush_metrics(progress, phase, alpha)  # never keep a broken state
+            self.flush_metrics(progress, phase)  # never keep a broken state
             progress = dataclasses.replace(progress, stage=phase.stage, alpha=float(alpha))
             self.checkpointer.save_best(state, progress, self.networks, record)
 
     @_transfers_intended
-    def flush_metrics(self, progress: Progress, phase: schedule.Phase, alpha: float) -> None:
-        """Writes the mean metrics since the last call; stops the run if any is not finite."""
+    def flush_metrics(self, progress: Progress, phase: schedule.Phase) -> None:
+        """Writes the mean metrics since the last call; stops the run if any is not finite.
+
+        Alpha is among them: the mean of the values the steps faded with, computed on the
+        device, so the log shows the fade the losses were computed at, not the host's copy.
+        """
         if not self.interval.metrics:
             return
         scalars, self.interval = self.interval.summary(), _Interval()
@@ -276,7 +280,6 @@ class Trainer:
             )
         seconds_left = self.report.estimate.seconds_left(progress.images_shown)
         scalars.update(
-            alpha=alpha,
             stage=phase.stage,
             resolution=stages.stage_resolution(phase.stage),
             batch_size=self.schedule.batch_size(phase.stage),
@@ -290,7 +293,7 @@ class Trainer:
     @_transfers_intended
     def save(self, state, progress: Progress, phase, alpha, *, stage_end: bool = False) -> None:
         """Checks the metrics not yet logged (never checkpoint a broken state), then saves."""
-        self.flush_metrics(progress, phase, alpha)
+        self.flush_metrics(progress, phase)
         progress = dataclasses.replace(progress, stage=phase.stage, alpha=float(alpha))
         self.checkpointer.save(state, progress, stage_end=stage_end, networks=self.networks)
         self.decisions.saved()
@@ -351,7 +354,7 @@ class Trainer:
                     self.report.update(progress.images_shown, phase, alpha)
 
                     if steps % config.logging.log_every_steps == 0:
-                        self.flush_metrics(progress, phase, alpha)
+                        self.flush_metrics(progress, phase)
                     if crossed(before, progress.images_shown, config.logging.sample_every_images):
                         self.write_samples(state, progress, stage, alpha)
                     due = self.evals.due(before, progress.images_shown)

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
-from progan_jax import losses, models, parallel
+from progan_jax import models, parallel
 from progan_jax.data import input_pipeline
 from progan_jax.gan import GAN, Params, TrainState
 from progan_jax.layers import at_least_float32, downsample2x, fade, upsample2x
@@ -87,20 +87,11 @@ def critic_gradients(
     fakes = gan.generate(state.generator_params, z, stage, alpha, labels)
     active, frozen = split_active(state.critic_params, stage)
 
+    norm_scale = gan.loss.gp_norm_scale(stage, gan.generator.num_stages - 1)
+
     def loss_fn(critic_active):
-        return losses.critic_loss(
-            gan.critic_fn({**frozen, **critic_active}, stage, alpha),
-            reals,
-            fakes,
-            mix_key,
-            gan.gp_weight,
-            gan.gp_target,
-            gan.drift_weight,
-            gan.gp_norm_scale(stage),
-            gan.one_hot(labels),
-            gan.cond_weight,
-            gan.cond_fakes,
-        )
+        critic = gan.critic_fn({**frozen, **critic_active}, stage, alpha)
+        return gan.loss.critic_loss(critic, reals, fakes, mix_key, norm_scale, gan.one_hot(labels))
 
     return jax.grad(loss_fn, has_aux=True)(active)
 
@@ -129,7 +120,7 @@ def generator_gradients(
     def loss_fn(generator_active):
         fakes = gan.generate({**frozen, **generator_active}, z, stage, alpha, labels)
         critic = gan.critic_fn(critic_params, stage, alpha)
-        return losses.generator_loss(critic, fakes, gan.one_hot(labels), gan.cond_weight)
+        return gan.loss.generator_loss(critic, fakes, gan.one_hot(labels))
 
     loss, grads = jax.value_and_grad(loss_fn)(active)
     return grads, loss
@@ -181,8 +172,9 @@ def train_step(
     """One critic and one generator update on this device's shard of the batch.
 
     `images_shown` (int32) counts the images shown before this step; alpha follows from it
-    (`schedule.alpha`). With `axis_name`, gradients and metrics are averaged over that mapped
-    axis.
+    (`schedule.alpha`) and is returned among the metrics: the value train.py logs, so the log
+    shows the fade the step ran at. With `axis_name`, gradients and the losses' metrics are
+    averaged over that mapped axis.
     """
     mean = (lambda t: jax.lax.pmean(t, axis_name)) if axis_name else (lambda t: t)
     device_index = jax.lax.axis_index(axis_name) if axis_name else 0

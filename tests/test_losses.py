@@ -7,8 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import default
 from progan_jax import config_checks, losses
 from progan_jax.gan import GAN, create_train_state
+
+
+def _loss(**settings) -> losses.WGANGP:
+    """The default config's loss, but for `settings`."""
+    return dataclasses.replace(losses.WGANGP.from_config(default.get_config().loss), **settings)
 
 
 def _coupled_linear_critic(w, v, c):
@@ -30,7 +36,8 @@ def test_critic_loss_parts_match_closed_form():
     reals = rng.normal(size=(n, *shape)).astype(np.float32)
     fakes = rng.normal(size=(n, *shape)).astype(np.float32)
     critic = _coupled_linear_critic(jnp.asarray(w, jnp.float32), jnp.asarray(v, jnp.float32), c)
-    loss, parts = losses.critic_loss(critic, reals, fakes, jax.random.key(0), 10.0, 1.0, 1e-3)
+    wgan_gp = _loss(gp_weight=10.0, gp_target=1.0, drift_weight=1e-3)
+    loss, parts = wgan_gp.critic_loss(critic, reals, fakes, jax.random.key(0), 1.0)
 
     score = lambda x: x.reshape(n, -1) @ w + c * np.mean(x.reshape(n, -1) @ v)
     real_s, fake_s = score(reals), score(fakes)
@@ -88,7 +95,7 @@ def test_penalty_of_the_real_critic_matches_finite_differences(tiny_config):
 def test_generator_loss_is_negative_mean_score():
     critic = _coupled_linear_critic(jnp.ones(4), jnp.zeros(4), 0.0)
     fakes = jnp.arange(8.0).reshape(2, 1, 2, 2)
-    np.testing.assert_allclose(losses.generator_loss(critic, fakes), -np.mean([6.0, 22.0]))
+    np.testing.assert_allclose(_loss().generator_loss(critic, fakes), -np.mean([6.0, 22.0]))
 
 
 def test_mixing_factor_is_drawn_per_sample():
@@ -99,7 +106,7 @@ def test_mixing_factor_is_drawn_per_sample():
     dim = int(np.prod(shape))
     critic = lambda x: jnp.sum(jnp.square(x.reshape(x.shape[0], -1)), axis=1) / (2 * dim**0.5)
     reals, fakes = jnp.zeros((n, *shape)), jnp.ones((n, *shape))
-    _, parts = losses.critic_loss(critic, reals, fakes, jax.random.key(3))
+    _, parts = _loss(gp_target=1.0).critic_loss(critic, reals, fakes, jax.random.key(3), 1.0)
     mean_u = float(parts["gradient_norm"])
     var_u = float(parts["gradient_penalty"]) - (mean_u - 1.0) ** 2
     assert 0.06 < var_u < 0.11, var_u
@@ -122,7 +129,8 @@ def test_official_penalty_scale_equals_upscaling_and_pooling(tiny_config, stage,
     w.r.t. its input has the native norm / f, and the 'official' loss is the native loss of
     that critic on the upscaled batch (the real ProGAN critic of a 16x16 run)."""
     gan = GAN.from_config(tiny_config)
-    assert gan.gp_scale == "official" and gan.gp_norm_scale(stage) == 1.0 / f
+    last = gan.generator.num_stages - 1
+    assert gan.loss.gp_scale == "official" and gan.loss.gp_norm_scale(stage, last) == 1.0 / f
     params = create_train_state(gan, jax.random.key(0)).critic_params
     critic = gan.critic_fn(params, stage, 0.3)
     full_res = lambda x: critic(_avgpool(x, f))
@@ -136,29 +144,52 @@ def test_official_penalty_scale_equals_upscaling_and_pooling(tiny_config, stage,
     np.testing.assert_allclose(upscaled, native / f, rtol=1e-5)
 
     key = jax.random.key(4)
-    loss, parts = losses.critic_loss(critic, reals, fakes, key, gp_norm_scale=1.0 / f)
-    want_loss, want_parts = losses.critic_loss(
-        full_res, _upscale(reals, f), _upscale(fakes, f), key
+    loss, parts = gan.loss.critic_loss(critic, reals, fakes, key, 1.0 / f)
+    want_loss, want_parts = gan.loss.critic_loss(
+        full_res, _upscale(reals, f), _upscale(fakes, f), key, 1.0
     )
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
     for name, value in want_parts.items():
         np.testing.assert_allclose(parts[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_penalty_scale_is_one_at_the_last_stage_and_native_is_unscaled(tiny_config):
-    gan = GAN.from_config(tiny_config)
-    native = dataclasses.replace(gan, gp_scale="native")
-    assert [gan.gp_norm_scale(s) for s in range(3)] == [0.25, 0.5, 1.0]
-    assert [native.gp_norm_scale(s) for s in range(3)] == [1.0, 1.0, 1.0]
-    with pytest.raises(ValueError, match="gp_scale"):
-        dataclasses.replace(gan, gp_scale="upscaled").gp_norm_scale(0)
+def test_penalty_scale_is_one_at_the_last_stage_and_native_is_unscaled():
+    official, native = _loss(gp_scale="official"), _loss(gp_scale="native")
+    assert [official.gp_norm_scale(s, 2) for s in range(3)] == [0.25, 0.5, 1.0]
+    assert [native.gp_norm_scale(s, 2) for s in range(3)] == [1.0, 1.0, 1.0]
 
 
-def test_config_validation_rejects_an_unknown_penalty_scale(tiny_config):
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("gp_scale", "upscaled", "must be one of official, native, got 'upscaled'"),
+        ("gp_weight", -1.0, "must be >= 0, got -1.0"),
+        ("drift_weight", -0.5, "must be >= 0, got -0.5"),
+        ("gp_target", 0.0, "must be positive, got 0.0"),
+    ],
+)
+def test_an_invalid_setting_is_refused_naming_its_field(tiny_config, field, value, message):
+    """By the config check before a run, and by the loss itself however it is built."""
     config_checks.validate(tiny_config, devices=1)
-    tiny_config.loss.gp_scale = "upscaled"
-    with pytest.raises(config_checks.ConfigError, match=r"loss\.gp_scale: .*official, native"):
+    tiny_config.loss[field] = value
+    want = f"config.loss.{field}: {message}"
+    with pytest.raises(config_checks.ConfigError) as error:
         config_checks.validate(tiny_config, devices=1)
+    assert str(error.value) == want
+    with pytest.raises(config_checks.ConfigError) as error:
+        _loss(**{field: value})
+    assert str(error.value) == want
+
+
+def test_the_loss_takes_its_settings_from_the_config_alone(tiny_config):
+    """Every field of `config.loss` and nothing else: a setting the loss does not know is an
+    error, not silently ignored."""
+    loss = losses.WGANGP.from_config(tiny_config.loss)
+    assert dataclasses.asdict(loss) == tiny_config.loss.to_dict()
+    assert hash(loss) == hash(losses.WGANGP.from_config(tiny_config.loss))  # a static constant
+    tiny_config.loss.unknown_weight = 1.0
+    with pytest.raises(TypeError, match="unknown_weight"):
+        losses.WGANGP.from_config(tiny_config.loss)
 
 
 def _softmax_cross_entropy(logits: np.ndarray, one_hot: np.ndarray) -> np.ndarray:
@@ -186,9 +217,8 @@ def test_conditional_critic_loss_adds_the_class_terms_of_reals_and_fakes():
     fakes = rng.normal(size=(n, *shape)).astype(np.float32)
     labels = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, n)]
     critic = _linear_conditional_critic(jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32))
-    loss, parts = losses.critic_loss(
-        critic, reals, fakes, jax.random.key(0), 10.0, 1.0, 1e-3, labels=labels, cond_weight=0.5
-    )
+    wgan_gp = _loss(gp_weight=10.0, gp_target=1.0, drift_weight=1e-3, cond_weight=0.5)
+    loss, parts = wgan_gp.critic_loss(critic, reals, fakes, jax.random.key(0), 1.0, labels)
 
     flat = lambda x: x.reshape(n, -1).astype(np.float64)
     real_s, fake_s = flat(reals) @ w, flat(fakes) @ w
@@ -201,10 +231,9 @@ def test_conditional_critic_loss_adds_the_class_terms_of_reals_and_fakes():
     np.testing.assert_allclose(float(parts["label_penalty_fakes"]), fake_ce.mean(), rtol=1e-5)
     np.testing.assert_allclose(float(parts["gradient_penalty"]), penalty, rtol=1e-5)
 
-    reals_only, parts = losses.critic_loss(
-        critic, reals, fakes, jax.random.key(0), 10.0, 1.0, 1e-3,
-        labels=labels, cond_weight=0.5, cond_fakes=False,
-    )  # fmt: skip
+    reals_only, parts = dataclasses.replace(wgan_gp, cond_fakes=False).critic_loss(
+        critic, reals, fakes, jax.random.key(0), 1.0, labels
+    )
     np.testing.assert_allclose(float(reals_only), want - 0.5 * fake_ce.mean(), rtol=1e-5)
     np.testing.assert_allclose(float(parts["label_penalty_fakes"]), fake_ce.mean(), rtol=1e-5)
 
@@ -217,10 +246,10 @@ def test_conditional_generator_loss_adds_the_class_term_of_the_fakes():
     fakes = rng.normal(size=(n, *shape)).astype(np.float32)
     labels = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, n)]
     critic = _linear_conditional_critic(jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32))
-    got = losses.generator_loss(critic, fakes, labels, cond_weight=2.0)
+    got = _loss(cond_weight=2.0).generator_loss(critic, fakes, labels)
 
     flat = fakes.reshape(n, -1).astype(np.float64)
     want = np.mean(-(flat @ w) + 2.0 * _softmax_cross_entropy(flat @ m, labels))
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
-    unconditional = losses.generator_loss(lambda x: critic(x)[0], fakes)
+    unconditional = _loss(cond_weight=2.0).generator_loss(lambda x: critic(x)[0], fakes)
     np.testing.assert_allclose(float(unconditional), np.mean(-(flat @ w)), rtol=1e-5)

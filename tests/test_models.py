@@ -205,14 +205,12 @@ def test_label_gradients_reach_the_generators_input_layer(conditional):
     """The class term of G's loss trains G's label inputs: the first layer's rows of the
     classes asked for get gradients, those of classes not asked for none."""
     config, gan, state = conditional
-    from progan_jax import losses
-
     labels = jnp.array([1, 1, 3, 3])
 
     def loss(params):
         fakes = gan.generate(params, _latents(4, config.model.latent_size), 1, 0.5, labels)
         critic = gan.critic_fn(state.critic_params, 1, 0.5)
-        return losses.generator_loss(critic, fakes, gan.one_hot(labels), cond_weight=1.0)
+        return gan.loss.generator_loss(critic, fakes, gan.one_hot(labels))
 
     grads = jax.grad(loss)(state.generator_params)["dense_4x4"]["kernel"]
     label_rows = np.abs(np.asarray(grads[config.model.latent_size :])).reshape(5, -1).sum(axis=1)

@@ -7,6 +7,7 @@ tests/test_multihost.py); everything else about a run is checked here, where it 
 
 import json
 import logging
+import types
 
 import jax
 import numpy as np
@@ -115,6 +116,29 @@ def test_the_host_runs_at_most_two_steps_ahead_of_the_device(monkeypatch):
         interval.add(metrics, 16)
     assert [id(m) for m in awaited] == [id(m) for m in steps[:3]]
     assert interval.metrics == steps and interval.images == 80
+
+
+def test_the_logged_alpha_is_the_steps_own(tiny_config):
+    """`schedule/alpha` is the mean of the alphas the interval's steps returned, computed on the
+    device from their count of images shown, not a value the host works out on its own."""
+    sched = schedule.Schedule.from_config(tiny_config)
+    phase = sched.phase_at(80)  # stage 1's fade: 64 to 128 images
+    assert phase.fading and phase.alpha(112) == 0.75
+    interval = train._Interval()
+    for alpha in (0.25, 0.5, 0.75):  # three steps, as the device computed them
+        interval.add({"critic_loss": np.float32(1.0), "alpha": np.float32(alpha)}, 16)
+    written = []
+    trainer = types.SimpleNamespace(
+        interval=interval,
+        schedule=sched,
+        report=types.SimpleNamespace(estimate=types.SimpleNamespace(seconds_left=lambda n: None)),
+        writer=types.SimpleNamespace(write_scalars=lambda step, s: written.append((step, s))),
+    )
+    progress = checkpointing.Progress(images_shown=112, phase_index=phase.index)
+    train.Trainer.flush_metrics(trainer, progress, phase)
+    [(step, scalars)] = written
+    assert step == 112 and scalars["schedule/alpha"] == pytest.approx(0.5)
+    assert scalars["schedule/stage"] == 1 and scalars["loss/critic_loss"] == 1.0
 
 
 def spy_on_resets(monkeypatch) -> list[int]:

@@ -180,9 +180,13 @@ def test_one_compile_per_stage_as_alpha_moves_on_the_device(gan_and_state):
     for _ in range(4):
         current, shown, metrics = step(current, batch, shown)
         alphas.append(float(metrics["alpha"]))
-    assert len(compiles) == 1
     assert int(current.step) == 4 and int(shown) == 32
-    np.testing.assert_allclose(alphas, [0.0, 0.008, 0.016, 0.024], rtol=1e-6)
+    for count in (500, 1000, 1200):  # mid-fade, its end and past it
+        count = jax.device_put(jnp.int32(count), parallel.replicated(mesh))
+        current, _, metrics = step(current, batch, count)
+        alphas.append(float(metrics["alpha"]))  # the value train.py logs
+    assert len(compiles) == 1
+    np.testing.assert_allclose(alphas, [0.0, 0.008, 0.016, 0.024, 0.5, 1.0, 1.0], rtol=1e-6)
 
 
 @pytest.mark.slow
@@ -268,9 +272,10 @@ def test_penalty_scales_agree_only_at_the_last_stage(gan_and_state, stage, ratio
     at the last stage, and a penalised norm half the native one a stage earlier."""
     gan, state = gan_and_state
     reals = train_step.fade_reals(_reals(8, 4 * 2**stage), stage, 0.5)
+    native = dataclasses.replace(gan, loss=dataclasses.replace(gan.loss, gp_scale="native"))
     results = [
         train_step.critic_gradients(g, state, reals, jax.random.key(5), stage, 0.5)
-        for g in (gan, dataclasses.replace(gan, gp_scale="native"))
+        for g in (gan, native)
     ]
     (official_grads, official), (native_grads, native) = results
     np.testing.assert_allclose(
@@ -364,7 +369,6 @@ def test_a_conditional_step_labels_fakes_like_the_reals_and_draws_gs_from_the_da
     drawn from the data set's class shares (`get_random_labels`): with all the data in one
     class, G is asked for that class alone."""
     from configs import tiny
-    from progan_jax import losses
 
     config = tiny.get_config()
     config.model.label_size = 3
@@ -378,15 +382,12 @@ def test_a_conditional_step_labels_fakes_like_the_reals_and_draws_gs_from_the_da
     _, parts = train_step.critic_gradients(gan, state, reals, key, stage, alpha, labels)
     z_key, mix_key = jax.random.split(key)
     fakes = gan.generate(state.generator_params, gan.sample_latents(z_key, 4), stage, alpha, labels)
-    _, want = losses.critic_loss(
+    _, want = gan.loss.critic_loss(
         gan.critic_fn(state.critic_params, stage, alpha),
         reals,
         fakes,
         mix_key,
-        gan.gp_weight,
-        gan.gp_target,
-        gan.drift_weight,
-        gan.gp_norm_scale(stage),
+        gan.loss.gp_norm_scale(stage, gan.generator.num_stages - 1),
         gan.one_hot(labels),
     )
     for name in ("critic_loss", "label_penalty_reals", "label_penalty_fakes"):
@@ -403,5 +404,5 @@ def test_a_conditional_step_labels_fakes_like_the_reals_and_draws_gs_from_the_da
         asked = jnp.full(4, c)
         fakes = gan.generate(state.generator_params, z, stage, alpha, asked)
         critic = gan.critic_fn(state.critic_params, stage, alpha)
-        want = losses.generator_loss(critic, fakes, gan.one_hot(asked), gan.cond_weight)
+        want = gan.loss.generator_loss(critic, fakes, gan.one_hot(asked))
         np.testing.assert_allclose(generator_loss(only(c)), want, rtol=1e-5)
