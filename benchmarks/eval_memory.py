@@ -109,7 +109,9 @@ def prepare_data(args: argparse.Namespace) -> None:
 
     config = make_config(args)
     start = time.perf_counter()
-    images = sources.load_images(config.data, config.model.resolution, config.model.num_channels)
+    images = sources.resolve(
+        config.data, config.model.resolution, config.model.num_channels
+    ).load_images()
     print(
         json.dumps(
             {

@@ -43,8 +43,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ev = config.eval
     generator = checkpointing.load_generator(config, workdir, ev.checkpoint_images_shown)
     res = generator.resolution
-    data = config.data
-    labels = input_pipeline.labels_of(config)
+    data, model = config.data, config.model
+    source = input_pipeline.source_of(data, model.resolution, model.num_channels)
+    labels = input_pipeline.labels_of(source, model.label_size)
     if generator.gan.label_size and labels is None:
         raise ConfigError(
             f"data.labels: the checkpoint's generator draws {generator.gan.label_size} classes; "
@@ -54,9 +55,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if labels is not None:
         frequencies = input_pipeline.class_frequencies(labels, data)
         generator = dataclasses.replace(generator, label_frequencies=frequencies)
-    reals = input_pipeline.stage_images(
-        data, config.model.resolution, config.model.num_channels, generator.stage
-    )
+    reals = input_pipeline.stage_images(source, generator.stage)
     results: dict = {
         "images_shown": generator.images_shown,
         "stage": generator.stage,

@@ -310,8 +310,10 @@ class Trainer:
             steps = int(jax.device_get(state.step))  # counted on the host from here on
             with metric_writers.ensure_flushes(self.writer), jax.transfer_guard("disallow"):
                 first_stage = sched.phase_at(progress.images_shown).stage
-                input_pipeline.prepare_all_stages(config, first_stage)  # no box filter mid-run
-                self.labels = input_pipeline.labels_of(config)
+                model = config.model  # the data named once: a folder's name stats every file
+                source = input_pipeline.source_of(config.data, model.resolution, model.num_channels)
+                input_pipeline.prepare_all_stages(source, first_stage)  # no box filter mid-run
+                self.labels = input_pipeline.labels_of(source, model.label_size)
                 if self.labels is not None:
                     frequencies = input_pipeline.class_frequencies(self.labels, config.data)
                     self.label_frequencies = frequencies
@@ -329,7 +331,7 @@ class Trainer:
                         res = stages.stage_resolution(stage)
                         logging.info("Stage %d: %dx%d, batch %d.", stage, res, res, batch)
                         local = input_pipeline.stage_train_batches(
-                            config, stage, progress.images_shown, batch, self.labels
+                            config, source, stage, progress.images_shown, batch, self.labels
                         )
                         batches = input_pipeline.prefetch_to_mesh(local, self.mesh)
                         shown = self.images_shown_on_mesh(progress.images_shown)

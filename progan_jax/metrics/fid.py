@@ -118,10 +118,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 def _reference_path(config: ml_collections.ConfigDict, resolution: int, count: int) -> epath.Path:
     """Where the reals' statistics are cached: `eval.fid_stats_dir` (may be a bucket) or the
     data cache, under the key of the images they describe (this process's shard, if sharded)."""
-    data = config.data
+    data, model = config.data, config.model
     root = paths.resolve(config.eval.fid_stats_dir or sources.cache_dir(data))
-    shard = input_pipeline.process_shard(data)
-    key = sources.cache_key(data, config.model.resolution, config.model.num_channels, shard)
+    key = input_pipeline.source_of(data, model.resolution, model.num_channels).key
     mirrored = "_mirrored" if data.mirror_augment else ""
     return root / key / f"fid_stats_{resolution}px_{count}{mirrored}.npz"
 

@@ -137,9 +137,9 @@ class PeriodicSWD:
         cfg = self.config
         if generator.stage != self._stage:
             self.close()
-            reals = input_pipeline.stage_images(
-                cfg.data, cfg.model.resolution, cfg.model.num_channels, generator.stage
-            )
+            model = cfg.model
+            source = input_pipeline.source_of(cfg.data, model.resolution, model.num_channels)
+            reals = input_pipeline.stage_images(source, generator.stage)
             draw, _ = draw_reals(
                 reals, cfg.eval.swd_train_images, seeds.seed_of(cfg.seed, seeds.Stream.REALS)
             )
