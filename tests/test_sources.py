@@ -310,3 +310,48 @@ def test_synthetic_faces_have_skin_tone_classes(data):
     means = [centres[labels.ids == c].mean() for c in range(3)]
     assert means[0] > means[1] > means[2], means
     assert (labels.counts() > 0).all()
+
+
+@pytest.mark.parametrize(
+    "fields, want",
+    [
+        ({"source": "synthetic"}, "synthetic-16px-3ch-6199592a4b42"),
+        ({"source": "synthetic", "max_images": 7}, "synthetic-16px-3ch-b4bb193fef0b"),
+        ({"source": "image_folder", "path": "faces"}, "image_folder-16px-3ch-38aa0a691d41"),
+        ({"source": "celeb_a"}, "celeb_a-16px-3ch-94b844e27b74"),
+        ({"source": "celeb_a_hq", "tfds_mock_examples": 10}, "celeb_a_hq-16px-3ch-bd9c8bc36ccb"),
+        (
+            {"source": "tfds", "tfds_name": "mnist", "image_key": "image", "split": "test"},
+            "tfds-16px-3ch-7afcef6e1cb5",
+        ),
+    ],
+)
+def test_cache_keys_stay_the_same(fields, want, tmp_path, monkeypatch):
+    """Keys as the code before `Source` named them: existing caches must still be found. The
+    folder is relative and its files' sizes and times fixed, so its fingerprint is too."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "faces" / "cats").mkdir(parents=True)
+    for i, name in enumerate(["a.png", "b.jpg", "c.PNG"]):
+        path = tmp_path / "faces" / "cats" / name
+        path.write_bytes(b"x" * (10 + i))
+        os.utime(path, ns=(1_600_000_000_000_000_000 + i,) * 2)
+    data = tiny.get_config().data
+    data.update(fields)
+    assert sources.resolve(data, 16, 3).key == want
+    assert sources.resolve(data, 16, 3, sources.Shard(1, 2)).key == f"{want}-shard1of2"
+
+
+def test_a_folder_is_listed_and_fingerprinted_once_per_source(folder, monkeypatch):
+    """Naming a folder's caches stats every file: a run that keeps its source does it once,
+    however many stages and labels it reads."""
+    for name in ("cats", "dogs"):
+        (pathlib.Path(folder.path) / name).mkdir()
+        Image.new("RGB", (16, 16), RED).save(pathlib.Path(folder.path) / name / "a.png")
+    folder.labels = "subfolders"
+    listed = counting(monkeypatch, sources, "_find_images")
+    source = sources.resolve(folder, 16, 3)
+    assert source.load_labels().names == ("cats", "dogs")
+    source.load_images()
+    for size in (16, 8, 4):
+        source.cache_path(size)
+    assert len(listed) == 1
