@@ -78,11 +78,12 @@ def labelled_images(path: pathlib.Path, cache_dir: pathlib.Path) -> tuple[np.nda
     from progan_jax.data import input_pipeline
 
     config = labelled_config(path, cache_dir)
-    labels = input_pipeline.labels_of(config)
+    source = input_pipeline.source_of(config.data, quality.RESOLUTION, 3)
+    labels = input_pipeline.labels_of(source, config.model.label_size)
     if labels.names != tuple(f"{i}-{name}" for i, name in enumerate(CLASSES)):
         raise SystemExit(f"{path}: class folders {labels.names}; write them with `prepare`")
     last = stages.num_stages(config.model.resolution) - 1
-    images = input_pipeline.stage_images(config.data, quality.RESOLUTION, 3, last)
+    images = input_pipeline.stage_images(source, last)
     return np.asarray(images), labels.ids
 
 

@@ -4,13 +4,13 @@
     python benchmarks/eval_memory.py --cases=ms_ssim:2000,ms_ssim:20000
 
 Each case runs `evaluate.evaluate` (the `--mode=evaluate` path) on an untrained generator
-(`eval.checkpoint_images_shown=0`) of a narrow 256x256 network built from configs/tiny.py, in
+(`checkpoint_images_shown=untrained`) of a narrow 256x256 network built from configs/tiny.py, in
 a fresh process so that peak RSS (`ru_maxrss`) belongs to that case alone, and prints one JSON
 line: seconds of the `evaluate` call (compilation included), the process's peak RSS, and the
 metrics. Case names:
 
-    ms_ssim:N            eval.metrics=(ms_ssim,), eval.ms_ssim_images=N
-    swd:N                eval.metrics=(swd,), eval.swd_images=N, with the noise floor
+    ms_ssim:N            evals.evaluate=(ms_ssim,), evals.ms_ssim.images=N
+    swd:N                evals.evaluate=(swd,), evals.swd.images=N, with the noise floor
     evaluate:N:M         both in one run, N SWD images and M MS-SSIM images
 
 The synthetic data set (`--synthetic_size` faces at 256x256, drawn once into `--cache_dir`) is
@@ -38,7 +38,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--fmap_base", type=int, default=128, help="smallest valid at 256: 128")
     parser.add_argument("--fmap_max", type=int, default=4)
-    parser.add_argument("--batch_size", type=int, default=64, help="eval.batch_size")
+    parser.add_argument("--batch_size", type=int, default=64, help="evals.batch_size")
     parser.add_argument("--synthetic_size", type=int, default=4096)
     parser.add_argument(
         "--cache_dir",
@@ -63,9 +63,9 @@ def make_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     config.schedule.batch_sizes = (8,) * count
     config.data.synthetic_size = args.synthetic_size
     config.data.cache_dir = args.cache_dir
-    config.eval.checkpoint_images_shown = 0
-    config.eval.batch_size = args.batch_size
-    config.eval.noise_floor = True
+    config.checkpoint_images_shown = "untrained"
+    config.evals.batch_size = args.batch_size
+    config.evals.swd.noise_floor = True
     config_checks.validate(config, devices=1)
     return config
 
@@ -74,12 +74,12 @@ def configure_case(config: ml_collections.ConfigDict, case: str) -> None:
     kind, *counts = case.split(":")
     counts = [int(c) for c in counts]
     if kind == "ms_ssim" and len(counts) == 1:
-        config.eval.metrics, config.evals.ms_ssim.images = ("ms_ssim",), counts[0]
+        config.evals.evaluate, config.evals.ms_ssim.images = ("ms_ssim",), counts[0]
     elif kind == "swd" and len(counts) == 1:
-        config.eval.metrics, config.evals.swd.images = ("swd",), counts[0]
+        config.evals.evaluate, config.evals.swd.images = ("swd",), counts[0]
     elif kind == "evaluate" and len(counts) == 2:
-        config.eval.metrics = ("swd", "ms_ssim")
-        config.eval.swd_images, config.evals.ms_ssim.images = counts
+        config.evals.evaluate = ("swd", "ms_ssim")
+        config.evals.swd.images, config.evals.ms_ssim.images = counts
     else:
         raise ValueError(f"unknown case {case!r}; use ms_ssim:N, swd:N or evaluate:N:M")
 
@@ -109,7 +109,9 @@ def prepare_data(args: argparse.Namespace) -> None:
 
     config = make_config(args)
     start = time.perf_counter()
-    images = sources.load_images(config.data, config.model.resolution, config.model.num_channels)
+    images = sources.resolve(
+        config.data, config.model.resolution, config.model.num_channels
+    ).load_images()
     print(
         json.dumps(
             {

@@ -90,7 +90,8 @@ def decoded(path: pathlib.Path, cache_dir: pathlib.Path) -> np.ndarray:
 
     config = folder_config(path, cache_dir)
     last = stages.num_stages(config.model.resolution) - 1  # per-stage tuples may run longer
-    return np.asarray(input_pipeline.stage_images(config.data, RESOLUTION, 3, last))
+    source = input_pipeline.source_of(config.data, RESOLUTION, 3)
+    return np.asarray(input_pipeline.stage_images(source, last))
 
 
 # ------------------------------------------------------------------------- progan_jax

@@ -97,7 +97,7 @@ def mid_fade(plan: schedule.StageSchedule, alpha: float) -> int:
 
 
 def benchmark_train_step(config: ml_collections.ConfigDict) -> Iterator[dict]:
-    config_checks.validate(config, jax.device_count(), jax.process_count())
+    config_checks.validate(config, jax.device_count(), jax.process_count(), reads_data=False)
     mesh = parallel.make_mesh()
     gan, state = gan_lib.initialize(config, mesh)
     peak = gemm_peak()
@@ -163,13 +163,14 @@ def benchmark_input(config: ml_collections.ConfigDict) -> Iterator[dict]:
     config_checks.validate(config, jax.device_count(), jax.process_count())
     model, bench = config.model, config.benchmark
     run_schedule = schedule.Schedule.from_config(config)
+    source = input_pipeline.source_of(config.data, model.resolution, model.num_channels)
     for stage in benchmark_stages(config):
         batch = bench.batch_size or run_schedule.batch_size(stage)
         start = time.perf_counter()
-        input_pipeline.stage_images(config.data, model.resolution, model.num_channels, stage)
+        input_pipeline.stage_images(source, stage)
         prepare_s = time.perf_counter() - start
         with contextlib.closing(
-            input_pipeline.stage_train_batches(config, stage, 0, batch)
+            input_pipeline.stage_train_batches(config, source, stage, 0, batch)
         ) as stream:
             for _ in range(bench.warmup_steps):
                 next(stream)
@@ -178,7 +179,7 @@ def benchmark_input(config: ml_collections.ConfigDict) -> Iterator[dict]:
                 next(stream)
             elapsed = time.perf_counter() - start
         yield {
-            "source": config.data.source,
+            "source": source.name,
             "stage": stage,
             "resolution": stages.stage_resolution(stage),
             "batch": batch,

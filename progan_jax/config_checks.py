@@ -5,7 +5,7 @@ Every error names the field (`config.schedule.batch_sizes: ...`) and says what w
 
 import ml_collections
 
-from progan_jax import conv, losses, models, paths, schedule, stages
+from progan_jax import conv, losses, models, schedule, stages
 from progan_jax.data import sources
 from progan_jax.errors import ConfigError
 from progan_jax.metrics import evaluators
@@ -94,30 +94,20 @@ def _check_batch_sizes(config, count: int, devices: int, processes: int) -> None
         )
 
 
-def _check_labels(model: ml_collections.ConfigDict, data: ml_collections.ConfigDict) -> None:
-    """A conditional run has classes and labelled data from where its source keeps them."""
-    if data.labels is None:
-        if model.label_size:
-            _fail(
-                "data.labels",
-                f"model.label_size={model.label_size} needs labelled data: set data.labels to "
-                f"one of {', '.join(sources.LABEL_SOURCES)}, or model.label_size=0",
-            )
-        return
-    if data.labels not in sources.LABEL_SOURCES:
-        _fail(
-            "data.labels", f"must be one of {', '.join(sources.LABEL_SOURCES)}, got {data.labels!r}"
-        )
-    if data.source not in sources.LABEL_SOURCES[data.labels]:
+def validate_data(config: ml_collections.ConfigDict) -> sources.Source:
+    """Raises ConfigError for the first invalid `data` field (the source checks its own) or a
+    count of classes that the data's labels cannot give; returns the resolved source."""
+    model, data = config.model, config.data
+    if data.labels is None and model.label_size:
         _fail(
             "data.labels",
-            f"{data.labels!r} labels {' or '.join(sources.LABEL_SOURCES[data.labels])} data, "
-            f"not data.source={data.source!r}",
+            f"model.label_size={model.label_size} needs labelled data: set data.labels to "
+            f"one of {', '.join(sources.LABEL_SOURCES)}, or model.label_size=0",
         )
-    if model.label_size < 1:
+    source = sources.resolve(data, model.resolution, model.num_channels)
+    if data.labels is not None and model.label_size < 1:
         _fail("model.label_size", "data.labels is set: give the number of classes (>= 1)")
-    if not model.label_scale > 0:
-        _fail("model.label_scale", f"must be positive (the official 1), got {model.label_scale}")
+    return source
 
 
 def validate_model(config: ml_collections.ConfigDict) -> None:
@@ -155,6 +145,8 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
         )
     if model.compute_dtype not in ("float32", "bfloat16"):
         _fail("model.compute_dtype", f"must be float32 or bfloat16, got {model.compute_dtype!r}")
+    if model.label_size and not model.label_scale > 0:
+        _fail("model.label_scale", f"must be positive (the official 1), got {model.label_scale}")
     if model.conv_gradients not in ("auto", *conv.GRADIENT_RULES):
         _fail(
             "model.conv_gradients",
@@ -163,16 +155,12 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
 
 
 def validate_data_resolution(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError if the data source has no images at the networks' resolution."""
-    res, source = config.model.resolution, config.data.source
-    if source == "celeb_a" and res > sources.CELEBA_CROP:
-        _fail(
-            "model.resolution",
-            f"data.source celeb_a crops are 128x128, the networks are {res}x{res}; use "
-            "resolution <= 128 or celeb_a_hq",
-        )
-    if source == "celeb_a_hq" and res > 1024:
-        _fail("model.resolution", f"data.source celeb_a_hq goes up to 1024x1024, got {res}x{res}")
+    """Raises ConfigError if the data source has no images at the networks' resolution: for
+    networks made for the data without reading it (`--mode=import`), so nothing else of
+    `data` is checked."""
+    kind = sources.KINDS.get(config.data.source)
+    if kind is not None:
+        kind.check_resolution(config.model.resolution)
 
 
 def validate_schedule_lengths(config: ml_collections.ConfigDict) -> None:
@@ -195,11 +183,16 @@ def validate_schedule_lengths(config: ml_collections.ConfigDict) -> None:
         _fail("schedule.final_stabilize_images", "must be >= 0")
 
 
-def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1) -> None:
-    """Raises ConfigError for the first invalid value."""
-    model, sched, data = config.model, config.schedule, config.data
+def validate(
+    config: ml_collections.ConfigDict, devices: int, processes: int = 1, *, reads_data: bool = True
+) -> None:
+    """Raises ConfigError for the first invalid value. A mode that reads no data (the step's
+    benchmark and plan run on random images) passes `reads_data=False`: its `data` section
+    need not name a data set."""
+    model, sched = config.model, config.schedule
     validate_model(config)
-    _check_labels(model, data)
+    if reads_data:
+        validate_data(config)
     res = model.resolution
     count = stages.num_stages(res)
 
@@ -230,24 +223,6 @@ def validate(config: ml_collections.ConfigDict, devices: int, processes: int = 1
     if not 0.0 <= config.ema_decay < 1.0:
         _fail("ema_decay", f"must be in [0, 1), got {config.ema_decay}")
     losses.WGANGP.from_config(config.loss)  # the loss checks its own settings
-
-    if data.source not in sources.SOURCES:
-        _fail("data.source", f"must be one of {', '.join(sources.SOURCES)}, got {data.source!r}")
-    if data.source == "image_folder" and not data.path:
-        _fail("data.path", "set the image folder, e.g. --config.data.path=/data/faces")
-    if data.source == "tfds" and not data.tfds_name:
-        _fail("data.tfds_name", "name the TFDS data set, e.g. --config.data.tfds_name=lsun/bedroom")
-    validate_data_resolution(config)
-    if data.source == "synthetic" and data.synthetic_size < 1:
-        _fail("data.synthetic_size", f"must be positive, got {data.synthetic_size}")
-    if data.max_images is not None and data.max_images < 1:
-        _fail("data.max_images", f"must be positive, got {data.max_images}")
-    if data.cache_dir and paths.is_remote(data.cache_dir):
-        _fail(
-            "data.cache_dir",
-            f"must be a local or mounted folder (the cache is memory-mapped), got "
-            f"{data.cache_dir!r}; the workdir may be a bucket, the data cache may not",
-        )
 
     ckpt, logs = config.checkpoint, config.logging
     for field in (

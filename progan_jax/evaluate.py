@@ -26,7 +26,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     proportions."""
     evaluators.validate(config)
     generator = trained.load_generator(config, workdir, config.checkpoint_images_shown)
-    labels = input_pipeline.labels_of(config)
+    model = config.model
+    source = input_pipeline.source_of(config.data, model.resolution, model.num_channels)
+    labels = input_pipeline.labels_of(source, model.label_size)
     if generator.gan.label_size and labels is None:
         raise ConfigError(
             f"data.labels: the checkpoint's generator draws {generator.gan.label_size} classes; "
@@ -41,7 +43,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "stage": generator.stage,
         "resolution": generator.resolution,
     }
-    chosen = evaluators.build(config, config.evals.evaluate)
+    chosen = evaluators.build(config, config.evals.evaluate, source)
     try:
         results.update(evaluators.run(chosen, generator, quiet=False))
     finally:

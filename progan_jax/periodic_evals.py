@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from progan_jax.data import sources
 from progan_jax.metrics import evaluators
 from progan_jax.sampling import GeneratorSnapshot
 
@@ -22,8 +23,10 @@ def crossed(before: int, after: int, every: int) -> bool:
 
 
 class PeriodicEvals:
-    def __init__(self, config: ml_collections.ConfigDict, best: dict | None):
-        self.evaluators = evaluators.build(config, evaluators.in_training(config))
+    def __init__(
+        self, config: ml_collections.ConfigDict, source: sources.Source, best: dict | None
+    ):
+        self.evaluators = evaluators.build(config, evaluators.in_training(config), source)
         self.metric = config.checkpoint.best_metric
         self.best = best  # the best checkpoint's record, from an earlier part of the run
 

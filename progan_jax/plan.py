@@ -315,7 +315,7 @@ def plan(config: ml_collections.ConfigDict) -> Iterator[dict]:
     would."""
     target = make_target(config.plan.topology)
     devices = len(target.devices)
-    config_checks.validate(config, devices, jax.process_count())
+    config_checks.validate(config, devices, jax.process_count(), reads_data=False)
     budget = memory_budget(config, target)
     auto = schedule.is_auto(config.schedule.batch_sizes)
     if auto and budget is None:

@@ -154,7 +154,9 @@ class Trainer:
             donate_argnums=0,
         )
         self.networks = checkpointing.Networks.of(config)  # with the classes, once read
-        self.evals = periodic_evals.PeriodicEvals(config, self.checkpointer.best())
+        model = config.model  # the data named once: a folder's name stats every file
+        self.source = input_pipeline.source_of(config.data, model.resolution, model.num_channels)
+        self.evals = periodic_evals.PeriodicEvals(config, self.source, self.checkpointer.best())
         self.interval = _Interval()
         self.report = reporting.RunReport(self.schedule)
         self.decisions = _Decisions(
@@ -321,8 +323,9 @@ class Trainer:
             steps = int(jax.device_get(state.step))  # counted on the host from here on
             with metric_writers.ensure_flushes(self.writer), jax.transfer_guard("disallow"):
                 first_stage = sched.phase_at(progress.images_shown).stage
-                input_pipeline.prepare_all_stages(config, first_stage)  # no box filter mid-run
-                self.labels = input_pipeline.labels_of(config)
+                source = self.source
+                input_pipeline.prepare_all_stages(source, first_stage)  # no box filter mid-run
+                self.labels = input_pipeline.labels_of(source, config.model.label_size)
                 if self.labels is not None:
                     frequencies = input_pipeline.class_frequencies(self.labels, config.data)
                     self.label_frequencies = frequencies
@@ -340,7 +343,7 @@ class Trainer:
                         res = stages.stage_resolution(stage)
                         logging.info("Stage %d: %dx%d, batch %d.", stage, res, res, batch)
                         local = input_pipeline.stage_train_batches(
-                            config, stage, progress.images_shown, batch, self.labels
+                            config, source, stage, progress.images_shown, batch, self.labels
                         )
                         batches = input_pipeline.prefetch_to_mesh(local, self.mesh)
                         shown = self.images_shown_on_mesh(progress.images_shown)

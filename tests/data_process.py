@@ -67,14 +67,14 @@ def main(port: str, index: str, mode: str, cache_dir: str, out: str) -> None:
     config = _config(mode, cache_dir)
     draws = _record_calls(synthetic, "draw_face", lambda index, *_: index)
     filtered = _record_calls(sources, "box_downsample", lambda images, factor: len(images))
-    input_pipeline.prepare_all_stages(config)
-    data = config.data
-    stream = input_pipeline.stage_train_batches(config, 1, 0, BATCH)
-    resumed = input_pipeline.stage_train_batches(config, 1, RESUME_AT * BATCH, BATCH)
+    source = input_pipeline.source_of(config.data, 16, 3)
+    input_pipeline.prepare_all_stages(source)
+    stream = input_pipeline.stage_train_batches(config, source, 1, 0, BATCH)
+    resumed = input_pipeline.stage_train_batches(config, source, 1, RESUME_AT * BATCH, BATCH)
     np.savez(
         out,
-        images=input_pipeline.stage_images(data, 16, 3, 2),
-        stage1=input_pipeline.stage_images(data, 16, 3, 1),
+        images=input_pipeline.stage_images(source, 2),
+        stage1=input_pipeline.stage_images(source, 1),
         stream=_decoded(stream, BATCHES),
         resumed=_decoded(resumed, BATCHES - RESUME_AT),
         draws=np.array(draws, np.int64),

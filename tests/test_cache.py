@@ -29,11 +29,11 @@ def small_chunks(data_config, monkeypatch):
 
 
 def _folder(data) -> pathlib.Path:
-    return sources.cache_path(data, 16, 3).parent
+    return sources.resolve(data, 16, 3).cache_path().parent
 
 
 def test_caches_are_npy_files_that_numpy_reads(data):
-    stage = input_pipeline.stage_images(data, 16, 3, 1)
+    stage = input_pipeline.stage_images(input_pipeline.source_of(data, 16, 3), 1)
     folder = _folder(data)
     assert sorted(p.name for p in folder.iterdir()) == [".lock", "images_16.npy", "images_8.npy"]
     np.testing.assert_array_equal(np.load(folder / "images_8.npy"), stage)
@@ -44,7 +44,7 @@ def test_caches_are_npy_files_that_numpy_reads(data):
 def _uninterrupted(config, tmp_path, stage: int = 2) -> np.ndarray:
     clean = config.data.copy_and_resolve_references()
     clean.cache_dir = str(tmp_path / "uninterrupted")
-    return np.array(input_pipeline.stage_images(clean, 16, 3, stage))
+    return np.array(input_pipeline.stage_images(input_pipeline.source_of(clean, 16, 3), stage))
 
 
 @pytest.mark.parametrize(
@@ -72,10 +72,12 @@ def test_sigterm_stops_preparation_promptly_and_a_restart_reuses_complete_chunks
     data = small_chunks.data
     want = _uninterrupted(small_chunks, tmp_path, stage)
     if stage != 2:
-        input_pipeline.stage_images(data, 16, 3, 2)  # the base is decoded; box filtering stops
+        input_pipeline.stage_images(
+            input_pipeline.source_of(data, 16, 3), 2
+        )  # the base is decoded; box filtering stops
     calls = counting(monkeypatch, module, function, sigterm_at(signal_at))
     with pytest.raises(interrupt.Interrupted):
-        input_pipeline.stage_images(data, 16, 3, stage)
+        input_pipeline.stage_images(input_pipeline.source_of(data, 16, 3), stage)
     assert len(calls) == signal_at  # stopped at the signal, not at the end of the set
     cache_root = pathlib.Path(data.cache_dir)
     left = leftovers(cache_root)
@@ -85,7 +87,7 @@ def test_sigterm_stops_preparation_promptly_and_a_restart_reuses_complete_chunks
     assert partial.stat().st_size == cache._partial_size((res, res, 3), committed)
 
     interrupt.reset()
-    got = input_pipeline.stage_images(data, 16, 3, stage)
+    got = input_pipeline.stage_images(input_pipeline.source_of(data, 16, 3), stage)
     assert len(calls) == signal_at + calls_left
     np.testing.assert_array_equal(got, want)
     assert leftovers(cache_root) == {"temp": [], "partial": [], "progress": []}
@@ -97,11 +99,11 @@ def test_a_resumed_tfds_build_skips_the_committed_examples(
     data = small_chunks.data
     data.source, data.tfds_mock_examples = "celeb_a_hq", 10  # the same 10 examples every read
     want = _uninterrupted(small_chunks, tmp_path)
-    calls = counting(monkeypatch, sources, "_fit_tfds_image", sigterm_at(6))
+    calls = counting(monkeypatch, sources.Tfds, "_fit", sigterm_at(6))
     with pytest.raises(interrupt.Interrupted):
-        sources.load_images(data, 16, 3)
+        sources.resolve(data, 16, 3).load_images()
     interrupt.reset()
-    got = sources.load_images(data, 16, 3).images
+    got = sources.resolve(data, 16, 3).load_images().images
     assert len(calls) == 6 + (10 - CHUNK)  # resumed after the first chunk
     np.testing.assert_array_equal(got, want)
 
@@ -111,7 +113,9 @@ def test_processes_sharing_a_cache_folder_build_it_once(small_chunks, tmp_path, 
     (its locks belong to open files)."""
     calls = counting(monkeypatch, synthetic, "draw_face", delay=0.01)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        results = [pool.submit(sources.load_images, small_chunks.data, 16, 3) for _ in range(2)]
+        results = [
+            pool.submit(sources.resolve(small_chunks.data, 16, 3).load_images) for _ in range(2)
+        ]
         loaded = [np.array(r.result().images) for r in results]
     assert len(calls) == SMALL_SET  # one built, the other waited and read
     for images in loaded:
@@ -125,13 +129,13 @@ def test_an_error_mid_decode_leaves_no_temp_files(small_chunks, tmp_path, monkey
 
     counting(monkeypatch, synthetic, "draw_face", fail)
     with pytest.raises(RuntimeError, match="a decoder crashed"):
-        sources.load_images(small_chunks.data, 16, 3)
+        sources.resolve(small_chunks.data, 16, 3).load_images()
     cache_root = pathlib.Path(small_chunks.data.cache_dir)
     left = leftovers(cache_root)
     assert left["temp"] == []
     assert [p.stat().st_size for p in left["partial"]] == [cache._partial_size((16, 16, 3), 8)]
     monkeypatch.undo()
-    got = sources.load_images(small_chunks.data, 16, 3).images
+    got = sources.resolve(small_chunks.data, 16, 3).load_images().images
     np.testing.assert_array_equal(got, _uninterrupted(small_chunks, tmp_path))
 
 
@@ -154,7 +158,7 @@ def stalling_draw(index, *args):
 
 
 synthetic.draw_face = stalling_draw
-sources.load_images(config.data, 16, 3)
+sources.resolve(config.data, 16, 3).load_images()
 """
 
 
@@ -184,7 +188,7 @@ def test_a_killed_build_leaves_nothing_stale_after_the_next_start(
     (key / "images_16.npy.otherhost.7.0123abcd.tmp").write_bytes(b"a killed writer's temp file")
 
     calls = counting(monkeypatch, synthetic, "draw_face")
-    got = sources.load_images(data, 16, 3).images
+    got = sources.resolve(data, 16, 3).load_images().images
     assert leftovers(cache_root) == {"temp": [], "partial": [], "progress": []}
     assert 0 < len(calls) < SMALL_SET  # the killed build's complete chunks were kept
     np.testing.assert_array_equal(got, _uninterrupted(small_chunks, tmp_path))

@@ -21,7 +21,7 @@ OLD_DAYS = 40  # more than the default data.stale_cache_days
 
 
 def _folder(data) -> pathlib.Path:
-    return sources.cache_path(data, 16, 3).parent
+    return sources.resolve(data, 16, 3).cache_path().parent
 
 
 def _age(folder: pathlib.Path, days: float) -> None:
@@ -33,11 +33,11 @@ def _age(folder: pathlib.Path, days: float) -> None:
 def _stale_setup(data) -> tuple[pathlib.Path, pathlib.Path, set[pathlib.Path]]:
     """Fresh caches (16x16 and 8x8), a cache unused for `OLD_DAYS`, and leftovers: the two
     folders and the files that are stale."""
-    input_pipeline.stage_images(data, 16, 3, 1)
+    input_pipeline.stage_images(input_pipeline.source_of(data, 16, 3), 1)
     fresh = _folder(data)
     old_data = data.copy_and_resolve_references()
     old_data.synthetic_seed = 1
-    sources.load_images(old_data, 16, 3)
+    sources.resolve(old_data, 16, 3).load_images()
     old = _folder(old_data)
     _age(old, OLD_DAYS)
     leftovers = {
@@ -84,7 +84,7 @@ def test_listing_shows_each_file_and_why_it_is_stale(data):
 def test_removal_frees_the_stale_files_and_keeps_the_rest(data, monkeypatch):
     fresh, old, stale = _stale_setup(data)
     stale_bytes = sum(path.stat().st_size for path in stale)
-    kept = np.array(input_pipeline.stage_images(data, 16, 3, 1))
+    kept = np.array(input_pipeline.stage_images(input_pipeline.source_of(data, 16, 3), 1))
     data.remove_stale_caches = True
     *lines, summary = cache_management.cache_report(data)
     assert summary["removed"] == len(stale) and summary["bytes_freed"] == stale_bytes
@@ -95,14 +95,16 @@ def test_removal_frees_the_stale_files_and_keeps_the_rest(data, monkeypatch):
     assert sorted(p.name for p in fresh.iterdir()) == [".lock", "images_16.npy", "images_8.npy"]
     assert (fresh.parent / "xla" / "entry").exists()
     monkeypatch.setattr(synthetic, "draw_face", None)  # the kept caches need no decoding
-    np.testing.assert_array_equal(input_pipeline.stage_images(data, 16, 3, 1), kept)
+    np.testing.assert_array_equal(
+        input_pipeline.stage_images(input_pipeline.source_of(data, 16, 3), 1), kept
+    )
 
 
 def test_a_cache_a_run_reads_is_not_stale(data):
-    sources.load_images(data, 16, 3)
+    sources.resolve(data, 16, 3).load_images()
     _age(_folder(data), OLD_DAYS)
     assert all(f.stale for f in cache_management.list_caches(data))
-    sources.load_images(data, 16, 3)  # a run reads it
+    sources.resolve(data, 16, 3).load_images()  # a run reads it
     assert not any(f.stale for f in cache_management.list_caches(data))
 
 
@@ -128,14 +130,14 @@ def test_a_builder_that_waited_on_a_removed_folder_builds_in_a_new_one(data, cap
     """The clean-up removed the folder and its lock file while a builder waited on that file."""
     partial = _partial_build(data)
     folder = partial.parent
-    want = np.array(sources.load_images(_other_cache_dir(data), 16, 3).images)
+    want = np.array(sources.resolve(_other_cache_dir(data), 16, 3).load_images().images)
     with (
         caplog.at_level(logging.INFO),
         concurrent.futures.ThreadPoolExecutor(1) as pool,
         open(folder / ".lock", "ab") as lock,
     ):
         fcntl.flock(lock, fcntl.LOCK_EX)  # the clean-up holds the folder
-        builder = pool.submit(sources.load_images, data, 16, 3)
+        builder = pool.submit(sources.resolve(data, 16, 3).load_images)
         deadline = time.monotonic() + 60
         while "Waiting for another process" not in caplog.text and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -165,7 +167,7 @@ def test_mode_caches_prints_the_listing_and_removes_with_the_flag(tmp_path):
     """The command line: `runs` points the data cache at tmp_path / 'data_cache'."""
     data = tiny.get_config().data
     data.cache_dir = str(tmp_path / "data_cache")
-    sources.load_images(data, 16, 3)
+    sources.resolve(data, 16, 3).load_images()
     (_folder(data) / "images_16.npy.host.1.ab.tmp").write_bytes(b"left by a killed writer")
     flag = "--config.data.remove_stale_caches=True"
     result = runs.run(tmp_path / "workdir", tmp_path / "xla", "--mode=caches", flag)

@@ -131,3 +131,29 @@ def test_labels_must_suit_the_source_and_the_networks():
     config = tiny.get_config()
     config.data.labels, config.model.label_size = "skin_tone", 3
     config_checks.validate(config, devices=1)
+
+
+class _Validated(Exception):
+    """Raised by the first step after a mode's checks: the checks passed."""
+
+
+def _stop(*args, **kwargs):
+    raise _Validated
+
+
+@pytest.mark.parametrize("mode", ["benchmark", "plan"])
+def test_modes_that_read_no_data_do_not_ask_for_it(mode, monkeypatch):
+    """`--mode=benchmark` times the step on random images and `--mode=plan` compiles it: an
+    image folder that is not set yet (configs/short_budget.py) must not stop them."""
+    from progan_jax import benchmark, plan
+
+    config = tiny.get_config()
+    config.data.source, config.data.path = "image_folder", ""
+    if mode == "benchmark":
+        monkeypatch.setattr(benchmark.parallel, "make_mesh", _stop)
+        run = benchmark.benchmark_train_step
+    else:
+        monkeypatch.setattr(plan, "memory_budget", _stop)
+        run = plan.plan
+    with pytest.raises(_Validated):
+        list(run(config))

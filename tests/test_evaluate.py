@@ -53,7 +53,9 @@ def test_a_conditional_generator_is_evaluated_overall_and_per_class(
 
     monkeypatch.setattr(evaluators, "_DescribedReals", Described)
     results = evaluate.evaluate(tiny_config, str(tmp_path))
-    labels = input_pipeline.labels_of(tiny_config)
+    model = tiny_config.model
+    source = input_pipeline.source_of(tiny_config.data, model.resolution, model.num_channels)
+    labels = input_pipeline.labels_of(source, model.label_size)
     counts = labels.counts()
     np.testing.assert_allclose(asked[0][0], counts / counts.sum())
     assert asked[0][1] == counts.sum()

@@ -113,8 +113,9 @@ def test_process_shares_are_disjoint_and_make_up_the_global_batch():
 
 def test_stage_batches_are_sharded_over_eight_devices(data_config):
     mesh = parallel.make_mesh()
-    local = input_pipeline.stage_train_batches(data_config, stage=1, start=0, batch_size=16)
-    want = next(input_pipeline.stage_train_batches(data_config, stage=1, start=0, batch_size=16))
+    source = input_pipeline.source_of(data_config.data, 16, 3)
+    local = input_pipeline.stage_train_batches(data_config, source, 1, start=0, batch_size=16)
+    want = next(input_pipeline.stage_train_batches(data_config, source, 1, 0, batch_size=16))
     batch = next(input_pipeline.prefetch_to_mesh(local, mesh))
     assert batch["images"].shape == (16, 8, 8, 3) and batch["images"].dtype == np.uint8
     assert batch["mirror"].shape == (16,) and batch["mirror"].dtype == bool
@@ -127,8 +128,8 @@ def test_stage_batches_are_sharded_over_eight_devices(data_config):
     reals = jax.jit(train_step.decode_reals)(batch)
     np.testing.assert_array_equal(reals, train_step.decode_reals(want, np))
     # The stage's images are the box-filtered base images.
-    base = sources.load_images(data_config.data, 16, 3).images
-    stage = input_pipeline.stage_images(data_config.data, 16, 3, 1)
+    base = source.load_images().images
+    stage = input_pipeline.stage_images(source, 1)
     np.testing.assert_array_equal(stage, sources.box_downsample(np.asarray(base), 2))
 
 
@@ -137,15 +138,16 @@ def test_prepare_all_stages_caches_every_stage_once(data_config, monkeypatch):
     want = [sources.box_downsample(faces, 4 // 2**stage) for stage in range(3)]
     drawn = counting(monkeypatch, synthetic, "draw_face")
     filtered = counting(monkeypatch, sources, "box_downsample")
-    input_pipeline.prepare_all_stages(data_config, first_stage=1)
+    source = input_pipeline.source_of(data, 16, 3)
+    input_pipeline.prepare_all_stages(source, first_stage=1)
     (key,) = pathlib.Path(data.cache_dir).iterdir()
     assert sorted(p.name for p in key.glob("*.npy")) == ["images_16.npy", "images_8.npy"]
-    input_pipeline.prepare_all_stages(data_config)
+    input_pipeline.prepare_all_stages(source)
     assert sorted(p.name for p in key.glob("*.npy")) == [f"images_{r}.npy" for r in (16, 4, 8)]
     done = len(drawn), len(filtered)
-    input_pipeline.prepare_all_stages(data_config)  # all cached: opened, nothing built
+    input_pipeline.prepare_all_stages(source)  # all cached: opened, nothing built
     for stage in range(3):  # each stage's images are read from its cache
-        np.testing.assert_array_equal(input_pipeline.stage_images(data, 16, 3, stage), want[stage])
+        np.testing.assert_array_equal(input_pipeline.stage_images(source, stage), want[stage])
     assert (len(drawn), len(filtered)) == done
 
 
@@ -184,14 +186,14 @@ def test_labels_travel_with_their_images_and_resume_with_them():
 def test_the_data_sets_classes_must_be_the_networks(data_config):
     data_config.data.labels = "skin_tone"
     data_config.model.label_size = 3
-    labels = input_pipeline.labels_of(data_config)
+    source = input_pipeline.source_of(data_config.data, 16, 3)
+    labels = input_pipeline.labels_of(source, 3)
     np.testing.assert_allclose(
         input_pipeline.class_frequencies(labels, data_config.data),
         labels.counts() / labels.counts().sum(),
     )
-    data_config.model.label_size = 4
     with pytest.raises(
         config_checks.ConfigError,
         match=r"model\.label_size: 4, but data\.labels='skin_tone' gives 3",
     ):
-        input_pipeline.labels_of(data_config)
+        input_pipeline.labels_of(source, 4)

@@ -66,24 +66,24 @@ def test_celeba_through_tfds(data_config):
     data_config.data.source = "celeb_a"
     data_config.model.resolution = 16  # 128 crop -> 16 by 8x8 box filtering
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-        images = sources.load_images(data_config.data, 16, 3).images
+        images = sources.resolve(data_config.data, 16, 3).load_images().images
     assert images.shape == (3, 16, 16, 3)
     want = _numpy_box_pyramid(sources.celeba_crop(marker), 3)
     np.testing.assert_array_equal(images[0], want)
     # Cached: a second load needs no TFDS at all.
-    again = sources.load_images(data_config.data, 16, 3).images
+    again = sources.resolve(data_config.data, 16, 3).load_images().images
     np.testing.assert_array_equal(again, images)
 
 
 def test_celeba_hq_and_other_tfds_sets_with_mock_data(data_config):
     data_config.data.source = "celeb_a_hq"
     with tfds.testing.mock_data(num_examples=5):
-        hq = sources.load_images(data_config.data, 16, 3).images
+        hq = sources.resolve(data_config.data, 16, 3).load_images().images
     assert hq.shape == (5, 16, 16, 3)
     data_config.data.source = "tfds"
     data_config.data.tfds_name = "mnist"  # 28x28 grayscale, resized up to 32, to RGB
     with tfds.testing.mock_data(num_examples=6):
-        digits = sources.load_images(data_config.data, 32, 3).images
+        digits = sources.resolve(data_config.data, 32, 3).load_images().images
     assert digits.shape == (6, 32, 32, 3)
     np.testing.assert_array_equal(digits[..., 0], digits[..., 2])
 
@@ -91,7 +91,7 @@ def test_celeba_hq_and_other_tfds_sets_with_mock_data(data_config):
 def test_missing_celeba_says_where_to_put_the_files(data_config):
     data_config.data.source = "celeb_a"
     with pytest.raises(errors.DataSetMissingError) as error:
-        sources.load_images(data_config.data, 16, 3)
+        sources.resolve(data_config.data, 16, 3).load_images()
     message = str(error.value)
     assert "img_align_celeba.zip" in message and "list_eval_partition.txt" in message
     assert str(pathlib.Path(data_config.data.data_dir) / "downloads" / "manual") in message
@@ -121,7 +121,7 @@ def test_image_folder_handles_odd_and_corrupt_files(data_config, tmp_path):
 
     data_config.data.source = "image_folder"
     data_config.data.path = str(root)
-    loaded = sources.load_images(data_config.data, 16, 3)
+    loaded = sources.resolve(data_config.data, 16, 3).load_images()
     assert loaded.images.shape == (5, 16, 16, 3)
     assert len(loaded.skipped) == 2
     assert any("broken.jpg" in s for s in loaded.skipped)
@@ -132,7 +132,7 @@ def test_image_folder_handles_odd_and_corrupt_files(data_config, tmp_path):
     assert (by_name["rgba"] == (227, 127, 127)).all()  # half-transparent red on white
     assert by_name["wide"].min() > 200  # centre-cropped: only the white square remains
     np.testing.assert_array_equal(by_name["small"], 30)  # 4x4 resized up
-    gray = sources.load_images(data_config.data, 16, 1).images
+    gray = sources.resolve(data_config.data, 16, 1).load_images().images
     assert gray.shape == (5, 16, 16, 1)
     np.testing.assert_array_equal(gray[0], 77)
 
@@ -144,10 +144,10 @@ def test_image_folder_without_usable_images_is_an_error(data_config, tmp_path):
     data_config.data.source = "image_folder"
     data_config.data.path = str(root)
     with pytest.raises(errors.DataSetMissingError, match="no usable image"):
-        sources.load_images(data_config.data, 16, 3)
+        sources.resolve(data_config.data, 16, 3).load_images()
     data_config.data.path = str(tmp_path / "nowhere")
     with pytest.raises(errors.DataSetMissingError, match="not a directory"):
-        sources.load_images(data_config.data, 16, 3)
+        sources.resolve(data_config.data, 16, 3).load_images()
 
 
 def test_sigterm_stops_the_decoding_threads(data_config, tmp_path, monkeypatch, sigterm_handler):
@@ -164,7 +164,7 @@ def test_sigterm_stops_the_decoding_threads(data_config, tmp_path, monkeypatch, 
 
     calls = counting(monkeypatch, decode, "decode_file", on_call, delay=0.02)
     with pytest.raises(interrupt.Interrupted):
-        sources.load_images(data_config.data, 16, 3)
+        sources.resolve(data_config.data, 16, 3).load_images()
     stopped_at = len(calls)
     # Every thread that decoded has ended (its pool was shut down), so none can decode on.
     assert decoders and not [thread for thread in decoders if thread.is_alive()]
@@ -190,7 +190,7 @@ def test_files_with_other_extensions_are_named_in_a_warning(folder, caplog):
     for name in ("notes.txt", "photo.heic", "clip.heic"):
         (root / name).write_bytes(b"not read")
     with caplog.at_level(logging.WARNING):
-        assert len(sources.load_images(folder, 16, 3).images) == 1
+        assert len(sources.resolve(folder, 16, 3).load_images().images) == 1
     (warning,) = [r.getMessage() for r in caplog.records if "Ignoring" in r.getMessage()]
     assert "3 file(s)" in warning and ".heic: 2" in warning and ".txt: 1" in warning
 
@@ -205,16 +205,18 @@ def _folder_of(root: pathlib.Path, good: int, broken: int) -> None:
 def test_a_folder_where_most_files_fail_is_an_error(folder):
     _folder_of(pathlib.Path(folder.path), good=2, broken=3)
     with pytest.raises(errors.DataSetMissingError, match="3 of 5 files") as error:
-        sources.load_images(folder, 16, 3)
+        sources.resolve(folder, 16, 3).load_images()
     assert "broken0.jpg" in str(error.value)
     assert not list(pathlib.Path(folder.cache_dir).rglob("*.npy*"))  # nothing cached
 
 
 def test_a_folder_where_half_the_files_fail_is_used(folder):
     _folder_of(pathlib.Path(folder.path), good=2, broken=2)
-    loaded = sources.load_images(folder, 16, 3)
+    loaded = sources.resolve(folder, 16, 3).load_images()
     assert len(loaded.images) == 2 and len(loaded.skipped) == 2
-    again = sources.load_images(folder, 16, 3)  # from the cache, the skipped files still known
+    again = sources.resolve(
+        folder, 16, 3
+    ).load_images()  # from the cache, the skipped files still known
     assert again.skipped == loaded.skipped
 
 
@@ -230,7 +232,7 @@ def test_decoding_reports_n_of_the_folders_files(folder, monkeypatch, caplog, ma
     caplog.set_level(logging.INFO)
     _folder_of(pathlib.Path(folder.path), good=5, broken=0)
     folder.max_images = max_images
-    sources.load_images(folder, 16, 3)
+    sources.resolve(folder, 16, 3).load_images()
     assert f"decoding image_folder: 2 of {total}" in caplog.text
 
 
@@ -247,8 +249,8 @@ def test_subfolders_label_each_image_by_its_class_folder(folder):
             Image.new("RGB", (16, 16), colour).save(root / name / "deeper" / f"{i}.png")
     (root / "cats" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     folder.labels = "subfolders"
-    labels = sources.load_labels(folder, 16, 3)
-    images = sources.load_images(folder, 16, 3).images
+    labels = sources.resolve(folder, 16, 3).load_labels()
+    images = sources.resolve(folder, 16, 3).load_images().images
     assert labels.names == ("cats", "dogs")
     assert len(labels.ids) == len(images) == 5
     red = images[:, 0, 0, 0] > 128
@@ -256,7 +258,7 @@ def test_subfolders_label_each_image_by_its_class_folder(folder):
     np.testing.assert_array_equal(labels.counts(), [2, 3])
     cached = list(pathlib.Path(folder.cache_dir).rglob("labels_subfolders.npz"))
     assert len(cached) == 1  # beside the images; a second call reads it
-    assert sources.load_labels(folder, 16, 3).names == ("cats", "dogs")
+    assert sources.resolve(folder, 16, 3).load_labels().names == ("cats", "dogs")
 
 
 def test_images_outside_a_class_folder_are_an_error(folder):
@@ -267,7 +269,7 @@ def test_images_outside_a_class_folder_are_an_error(folder):
     folder.labels = "subfolders"
     no_class = r"have no class folder, e\.g\. stray\.png"
     with pytest.raises(errors.DataSetMissingError, match=no_class):
-        sources.load_labels(folder, 16, 3)
+        sources.resolve(folder, 16, 3).load_labels()
 
 
 def test_tfds_labels_come_from_the_feature_and_follow_the_images(data_config):
@@ -275,8 +277,8 @@ def test_tfds_labels_come_from_the_feature_and_follow_the_images(data_config):
     data.source, data.tfds_name, data.labels = "tfds", "mnist", "feature"
     data.max_images = 5
     with tfds.testing.mock_data(num_examples=8):
-        labels = sources.load_labels(data, 32, 1)
-        images = sources.load_images(data, 32, 1).images
+        labels = sources.resolve(data, 32, 1).load_labels()
+        images = sources.resolve(data, 32, 1).load_images().images
     assert len(labels.ids) == len(images) == 5
     assert labels.names == tuple(str(d) for d in range(10))
     assert ((labels.ids >= 0) & (labels.ids < 10)).all()
@@ -287,15 +289,15 @@ def test_tfds_labels_come_from_the_feature_and_follow_the_images(data_config):
             errors.DataSetMissingError, match="no feature 'digit'; its features are image, label"
         ),
     ):
-        sources.load_labels(data, 32, 1)
+        sources.resolve(data, 32, 1).load_labels()
 
 
 def test_synthetic_faces_have_skin_tone_classes(data):
     """Darker classes have darker faces: the class is the skin colour the face is drawn with."""
     data.synthetic_size = 60
     data.labels = "skin_tone"
-    labels = sources.load_labels(data, 32, 3)
-    images = sources.load_images(data, 32, 3).images
+    labels = sources.resolve(data, 32, 3).load_labels()
+    images = sources.resolve(data, 32, 3).load_images().images
     assert labels.names == ("light", "medium", "dark")
     # The face's centre is skin (eyes above, mouth below it).
     centres = []
@@ -308,3 +310,48 @@ def test_synthetic_faces_have_skin_tone_classes(data):
     means = [centres[labels.ids == c].mean() for c in range(3)]
     assert means[0] > means[1] > means[2], means
     assert (labels.counts() > 0).all()
+
+
+@pytest.mark.parametrize(
+    "fields, want",
+    [
+        ({"source": "synthetic"}, "synthetic-16px-3ch-6199592a4b42"),
+        ({"source": "synthetic", "max_images": 7}, "synthetic-16px-3ch-b4bb193fef0b"),
+        ({"source": "image_folder", "path": "faces"}, "image_folder-16px-3ch-38aa0a691d41"),
+        ({"source": "celeb_a"}, "celeb_a-16px-3ch-94b844e27b74"),
+        ({"source": "celeb_a_hq", "tfds_mock_examples": 10}, "celeb_a_hq-16px-3ch-bd9c8bc36ccb"),
+        (
+            {"source": "tfds", "tfds_name": "mnist", "image_key": "image", "split": "test"},
+            "tfds-16px-3ch-7afcef6e1cb5",
+        ),
+    ],
+)
+def test_cache_keys_stay_the_same(fields, want, tmp_path, monkeypatch):
+    """Keys as the code before `Source` named them: existing caches must still be found. The
+    folder is relative and its files' sizes and times fixed, so its fingerprint is too."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "faces" / "cats").mkdir(parents=True)
+    for i, name in enumerate(["a.png", "b.jpg", "c.PNG"]):
+        path = tmp_path / "faces" / "cats" / name
+        path.write_bytes(b"x" * (10 + i))
+        os.utime(path, ns=(1_600_000_000_000_000_000 + i,) * 2)
+    data = tiny.get_config().data
+    data.update(fields)
+    assert sources.resolve(data, 16, 3).key == want
+    assert sources.resolve(data, 16, 3, sources.Shard(1, 2)).key == f"{want}-shard1of2"
+
+
+def test_a_folder_is_listed_and_fingerprinted_once_per_source(folder, monkeypatch):
+    """Naming a folder's caches stats every file: a run that keeps its source does it once,
+    however many stages and labels it reads."""
+    for name in ("cats", "dogs"):
+        (pathlib.Path(folder.path) / name).mkdir()
+        Image.new("RGB", (16, 16), RED).save(pathlib.Path(folder.path) / name / "a.png")
+    folder.labels = "subfolders"
+    listed = counting(monkeypatch, sources, "_find_images")
+    source = sources.resolve(folder, 16, 3)
+    assert source.load_labels().names == ("cats", "dogs")
+    source.load_images()
+    for size in (16, 8, 4):
+        source.cache_path(size)
+    assert len(listed) == 1

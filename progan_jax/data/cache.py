@@ -1,7 +1,7 @@
 """The resumable, locked build of a `.npy` cache of uint8 images, and reading it back.
 
 A cache is one array `[N, R, R, C]` of uint8 on disk, a `.npy` file (its header holds shape and
-dtype: `numpy.load` reads it, no sidecar) read through a memory map. `sources.load_images`
+dtype: `numpy.load` reads it, no sidecar) read through a memory map. `sources.Source.load_images`
 caches a source's decoded images with it, `input_pipeline.stage_images` their box-filtered
 stages.
 

@@ -49,9 +49,13 @@ def process_shard(data: ml_collections.ConfigDict) -> sources.Shard:
     return sources.Shard(jax.process_index(), count) if sharded else sources.WHOLE
 
 
-def stage_images(
-    data: ml_collections.ConfigDict, resolution: int, channels: int, stage: int
-) -> np.ndarray:
+def source_of(data: ml_collections.ConfigDict, resolution: int, channels: int) -> sources.Source:
+    """This process's share of `data` at the networks' `resolution`, checked. A run resolves it
+    once and passes it on, so its caches are named once (a folder's name stats every file)."""
+    return sources.resolve(data, resolution, channels, process_shard(data))
+
+
+def stage_images(source: sources.Source, stage: int) -> np.ndarray:
     """This process's images at stage `stage`'s resolution, uint8 [N, r, r, C] (cached on disk).
 
     In shard mode these are this process's shard only, so evaluation (SWD, FID reals) in a
@@ -59,15 +63,14 @@ def stage_images(
     the whole set on every process, process 0 builds the cache while the others wait at a
     barrier, then all read it.
     """
-    shard = process_shard(data)
-    prepare = functools.partial(_cached_stage, data, resolution, channels, stage, shard)
+    prepare = functools.partial(_cached_stage, source, stage)
     together = functools.partial(collectives.together, "data preparation", DataPreparationError)
-    if data.shared_cache and shard == sources.WHOLE and jax.process_count() > 1:
+    if source.data.shared_cache and source.shard == sources.WHOLE and jax.process_count() > 1:
         together(prepare if jax.process_index() == 0 else lambda: None)  # 0 builds, all wait
     return together(prepare)  # builds this process's cache, or reads what process 0 built
 
 
-def prepare_all_stages(config: ml_collections.ConfigDict, first_stage: int = 0) -> None:
+def prepare_all_stages(source: sources.Source, first_stage: int = 0) -> None:
     """Caches this process's images of every stage from `first_stage` to the last, now.
 
     Box-filtering a large set takes minutes per stage: done when a stage starts, it leaves the
@@ -76,29 +79,23 @@ def prepare_all_stages(config: ml_collections.ConfigDict, first_stage: int = 0) 
     cached are only opened, so a resumed run or a second call builds nothing. Every process
     calls it with the same stages (see `stage_images`: one collective per stage).
     """
-    model = config.model
-    for stage in range(first_stage, stages.num_stages(model.resolution)):
-        stage_images(config.data, model.resolution, model.num_channels, stage)
+    for stage in range(first_stage, stages.num_stages(source.resolution)):
+        stage_images(source, stage)
 
 
-def labels_of(config: ml_collections.ConfigDict) -> sources.Labels | None:
+def labels_of(source: sources.Source, label_size: int) -> sources.Labels | None:
     """This process's labels of its images (`data.labels`), or None for an unconditional run.
 
     The classes must be the networks' (`model.label_size`): a count that differs is a config
     error naming both.
     """
-    data, model = config.data, config.model
-    if data.labels is None:
+    spec = source.data.labels
+    if spec is None:
         return None
-    shard = process_shard(data)
-    labels = collectives.together(
-        "reading labels",
-        DataPreparationError,
-        lambda: sources.load_labels(data, model.resolution, model.num_channels, shard),
-    )
-    if len(labels.names) != model.label_size:
+    labels = collectives.together("reading labels", DataPreparationError, source.load_labels)
+    if len(labels.names) != label_size:
         raise ConfigError(
-            f"config.model.label_size: {model.label_size}, but data.labels={data.labels!r} "
+            f"config.model.label_size: {label_size}, but data.labels={spec!r} "
             f"gives {len(labels.names)} classes ({', '.join(labels.names)})"
         )
     return labels
@@ -113,16 +110,10 @@ def class_frequencies(labels: sources.Labels, data: ml_collections.ConfigDict) -
     return (counts / counts.sum()).astype(np.float32)
 
 
-def _cached_stage(
-    data: ml_collections.ConfigDict,
-    resolution: int,
-    channels: int,
-    stage: int,
-    shard: sources.Shard,
-) -> np.ndarray:
+def _cached_stage(source: sources.Source, stage: int) -> np.ndarray:
     """The shard's images box-filtered to the stage's resolution, built once (resumably)."""
-    base = sources.load_images(data, resolution, channels, shard).images
-    res = stages.stage_resolution(stage)
+    base = source.load_images().images
+    resolution, res = source.resolution, stages.stage_resolution(stage)
     if res == resolution:
         return base
     chunk = cache.chunk_items(base.shape[1:])
@@ -134,9 +125,9 @@ def _cached_stage(
 
     what = f"box-filtering {len(base)} images to {res}x{res}"
     images, _ = cache.cached_array(
-        sources.cache_path(data, resolution, channels, shard, res),
+        source.cache_path(res),
         cache.reported(read, lambda: len(base), what),
-        (res, res, channels),
+        (res, res, source.channels),
         chunk=chunk,
         what=what,
     )
@@ -291,19 +282,19 @@ def train_batches(
 
 def stage_train_batches(
     config: ml_collections.ConfigDict,
+    source: sources.Source,
     stage: int,
     start: int,
     batch_size: int,
     labels: sources.Labels | None = None,
 ) -> Iterator[Batch]:
-    """`train_batches` of the configured data set at `stage`, for this process (with each
-    image's class when `labels`, of `labels_of`, are given).
+    """`train_batches` of `source` (`source_of` the config's data) at `stage`, for this process
+    (with each image's class when `labels`, of `labels_of`, are given).
 
     Logs the number of images over all processes after checking that they agree.
     """
-    data = config.data
-    shard = process_shard(data)
-    images = stage_images(data, config.model.resolution, config.model.num_channels, stage)
+    data, shard = source.data, source.shard
+    images = stage_images(source, stage)
     total = agreed_count(len(images), shard)
     index, count = jax.process_index(), jax.process_count()
     first, last = local_rows(batch_size, index, count)

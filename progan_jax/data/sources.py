@@ -6,10 +6,14 @@ built-in synthetic faces) ends up as one array `[N, R, R, C]` of uint8 on disk, 
 once, not once per stage or per epoch; the per-stage arrays are box-filtered from it
 (`input_pipeline.stage_images`). A process may decode only its `Shard` of the source (1/N of
 it: per-host caches on a pod). Image files are decoded by `decode`; a folder where more than
-`cache.MAX_SKIPPED_FRACTION` of them fail is an error. This module names each source's cache
-(`cache_key`, `cache_path`); `cache_management` lists and cleans the caches (`--mode=caches`).
+`cache.MAX_SKIPPED_FRACTION` of them fail is an error.
+
+`resolve` turns `config.data` into one `Source` (a class per kind of source): it checks the
+fields, names the cache (`Source.key`, computed once), reads the images and their labels.
+`cache_management` lists and cleans the caches (`--mode=caches`).
 """
 
+import abc
 import collections
 import concurrent.futures
 import contextlib
@@ -21,13 +25,15 @@ import logging
 import os
 import pathlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import ClassVar
 
 import ml_collections
 import numpy as np
 from PIL import Image
 
+from progan_jax import paths
 from progan_jax.data import cache, decode, synthetic
-from progan_jax.errors import DataSetMissingError
+from progan_jax.errors import ConfigError, DataSetMissingError
 
 CELEBA_CROP_CENTER = (121, 89)  # (row, column) of the official 128x128 crop, dataset_tool.py
 CELEBA_CROP = 128
@@ -38,8 +44,6 @@ CELEBA_FILES = (
     "list_landmarks_align_celeba.txt",
     "identity_CelebA.txt",
 )
-SOURCES = ("synthetic", "celeb_a", "celeb_a_hq", "tfds", "image_folder")
-TFDS_SOURCES = ("celeb_a", "celeb_a_hq", "tfds")
 # Decoding threads: each may hold an image of up to Image.MAX_IMAGE_PIXELS (several hundred MB
 # as RGBA), so many cores must not mean many huge images in memory at once.
 MAX_DECODE_WORKERS = 8
@@ -116,15 +120,7 @@ def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).convert("L"), np.uint8)[..., None]
 
 
-# --------------------------------------------------------------------------------- sources
-
-
-def _synthetic(
-    data: ml_collections.ConfigDict, resolution: int, channels: int, shard: Shard, start: int
-) -> Iterator[np.ndarray]:
-    first, last = shard.bounds(data.synthetic_size)
-    for i in range(first + start, last):
-        yield _to_channels(synthetic.draw_face(i, resolution, data.synthetic_seed), channels)
+# --------------------------------------------------------------------------- reading helpers
 
 
 def _find_images(root: pathlib.Path) -> list[pathlib.Path]:
@@ -171,37 +167,6 @@ def _parallel_map(fn: Callable, items: Sequence, workers: int) -> Iterator:
                 future.cancel()
 
 
-def _image_folder(
-    data: ml_collections.ConfigDict, resolution: int, channels: int, shard: Shard, start: int
-) -> Iterator[np.ndarray | str]:
-    if not data.path:
-        raise ValueError("data.path: set the image folder, e.g. --config.data.path=/data/faces")
-    root = pathlib.Path(data.path).expanduser()
-    if not root.is_dir():
-        raise DataSetMissingError(f"data.path: {root} is not a directory.")
-    paths = _find_images(root)
-    if not paths:
-        raise DataSetMissingError(
-            f"data.path: no image files ({', '.join(decode.IMAGE_SUFFIXES)}) under {root}."
-        )
-    if not start:  # once per build, not again when it resumes
-        _warn_about_other_files(root)
-    first, last = shard.bounds(len(paths))
-    read = functools.partial(decode.decode_file, resolution=resolution, channels=channels)
-    workers = min(MAX_DECODE_WORKERS, os.cpu_count() or 1)
-    yield from _parallel_map(read, paths[first + start : last], workers)
-
-
-def _tfds_name(data: ml_collections.ConfigDict, resolution: int) -> str:
-    if data.source == "celeb_a":
-        return "celeb_a"
-    if data.source == "celeb_a_hq":
-        return f"celeb_a_hq/{resolution}"
-    if not data.tfds_name:
-        raise ValueError("data.tfds_name: name the TFDS data set, e.g. 'lsun/bedroom'.")
-    return data.tfds_name
-
-
 def _missing_message(name: str, data_dir: str, manual_dir: str) -> str:
     if name == "celeb_a":
         return (
@@ -225,114 +190,7 @@ def _missing_message(name: str, data_dir: str, manual_dir: str) -> str:
     )
 
 
-def _tfds(
-    data: ml_collections.ConfigDict, resolution: int, channels: int, shard: Shard, start: int
-) -> Iterator[np.ndarray]:
-    import tensorflow_datasets as tfds
-
-    mock = data.tfds_mock_examples
-    with tfds.testing.mock_data(num_examples=mock) if mock else contextlib.nullcontext():
-        yield from _read_tfds(data, resolution, channels, shard, start)
-
-
-def _read_tfds(
-    data: ml_collections.ConfigDict, resolution: int, channels: int, shard: Shard, start: int
-) -> Iterator[np.ndarray]:
-    """The split (in shard mode `tfds.even_splits(split, n)[i]`) from example `start` on.
-
-    The images are decoded after the skip: a resumed build reads the skipped records' bytes
-    but does not decode them again.
-    """
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-
-    name = _tfds_name(data, resolution)
-    builder = tfds.builder(name, data_dir=data.data_dir)
-    data_dir = builder.data_dir_root
-    manual_dir = data.manual_dir or os.path.join(str(data_dir), "downloads", "manual")
-    if data.download and not builder.is_prepared():
-        config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-        try:
-            builder.download_and_prepare(download_config=config)
-        except Exception as error:  # network, quota, checksum or missing manual files
-            raise DataSetMissingError(_missing_message(name, data_dir, manual_dir)) from error
-    split = (
-        tfds.even_splits(data.split, shard.count)[shard.index] if shard.count > 1 else data.split
-    )
-    key = data.image_key
-    try:
-        dataset = builder.as_dataset(
-            split=split, shuffle_files=False, decoders={key: tfds.decode.SkipDecoding()}
-        )
-    except (AssertionError, FileNotFoundError, ValueError) as error:
-        raise DataSetMissingError(_missing_message(name, data_dir, manual_dir)) from error
-
-    feature = builder.info.features[key]
-    dataset = dataset.skip(start).map(
-        lambda ex: feature.decode_example(ex[key]), num_parallel_calls=tf.data.AUTOTUNE
-    )
-    for image in dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
-        yield _fit_tfds_image(image, data.source == "celeb_a", resolution, channels)
-
-
-def _fit_tfds_image(image: np.ndarray, celeb_a: bool, resolution: int, channels: int) -> np.ndarray:
-    """A TFDS image at `resolution` x `resolution` x `channels` (CelebA: the official crop)."""
-    if celeb_a:
-        crop = celeba_crop(image)
-        return box_downsample(_to_channels(crop, channels)[None], CELEBA_CROP // resolution)[0]
-    if image.shape == (resolution, resolution, channels):
-        return image
-    return decode.fit(
-        Image.fromarray(np.squeeze(image, -1) if image.shape[-1] == 1 else image),
-        resolution,
-        channels,
-    )
-
-
-_READERS: dict[str, Callable] = {
-    "synthetic": _synthetic,
-    "image_folder": _image_folder,
-    "celeb_a": _tfds,
-    "celeb_a_hq": _tfds,
-    "tfds": _tfds,
-}
-
-
 # ------------------------------------------------------------------------- cache locations
-
-
-def _folder_fingerprint(path: str) -> str:
-    """Changes when files under the folder are added, removed or modified."""
-    digest = hashlib.sha1()
-    for p in _find_images(pathlib.Path(path).expanduser()):
-        stat = p.stat()
-        digest.update(f"{p}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()
-
-
-def cache_key(
-    data: ml_collections.ConfigDict, resolution: int, channels: int, shard: Shard = WHOLE
-) -> str:
-    """A directory name that changes whenever the decoded images would."""
-    fields = {
-        "source": data.source,
-        "name": data.tfds_name if data.source == "tfds" else "",
-        "split": data.split if data.source in ("celeb_a", "celeb_a_hq", "tfds") else "",
-        "key": data.image_key if data.source == "tfds" else "",
-        "folder": _folder_fingerprint(data.path) if data.source == "image_folder" else "",
-        "synthetic": [data.synthetic_size, data.synthetic_seed]
-        if data.source == "synthetic"
-        else [],
-        "max_images": data.max_images,
-        "mock": data.tfds_mock_examples if data.source in ("celeb_a", "celeb_a_hq", "tfds") else 0,
-        "resolution": resolution,
-        "channels": channels,
-    }
-    if data.source == "image_folder":  # (a new field here would change every source's key)
-        fields["decoding"] = decode.RULES_VERSION
-    digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
-    key = f"{data.source}-{resolution}px-{channels}ch-{digest}"
-    return key if shard == WHOLE else f"{key}-shard{shard.index}of{shard.count}"
 
 
 def cache_dir(data: ml_collections.ConfigDict) -> pathlib.Path:
@@ -342,65 +200,11 @@ def cache_dir(data: ml_collections.ConfigDict) -> pathlib.Path:
     return pathlib.Path(base) / "progan_jax"
 
 
-def cache_path(
-    data: ml_collections.ConfigDict,
-    resolution: int,
-    channels: int,
-    shard: Shard = WHOLE,
-    size: int | None = None,
-) -> pathlib.Path:
-    """The cache file of `shard`'s images at `size` x `size` (default: `resolution`)."""
-    key = cache_key(data, resolution, channels, shard)
-    return cache_dir(data) / key / f"images_{size or resolution}.npy"
+def _fail(field: str, message: str) -> None:
+    raise ConfigError(f"config.{field}: {message}")
 
 
-def _item_count(data: ml_collections.ConfigDict, shard: Shard) -> int | None:
-    """Items the shard's reader yields (files, for a folder), capped by `data.max_images`;
-    None where only reading tells (TFDS)."""
-    if data.source == "synthetic":
-        count = data.synthetic_size
-    elif data.source == "image_folder" and data.path:
-        count = len(_find_images(pathlib.Path(data.path).expanduser()))  # 0: the reader says why
-    else:
-        return None
-    first, last = shard.bounds(count)
-    limit = shard.limit(data.max_images)
-    return last - first if limit is None else min(last - first, limit)
-
-
-def load_images(
-    data: ml_collections.ConfigDict, resolution: int, channels: int, shard: Shard = WHOLE
-) -> CachedImages:
-    """The source's images (`shard`'s share) at `resolution`, decoded once into the cache."""
-    if data.source not in _READERS:
-        raise ValueError(f"data.source must be one of {SOURCES}, got {data.source!r}")
-    shape = (resolution, resolution, channels)
-    what = f"decoding {data.source}"
-    read = functools.partial(_READERS[data.source], data, resolution, channels, shard)
-    images, skipped = cache.cached_array(
-        cache_path(data, resolution, channels, shard),
-        cache.reported(read, functools.partial(_item_count, data, shard), what),
-        shape,
-        chunk=cache.chunk_items(shape),
-        limit=shard.limit(data.max_images),
-        what=what,
-    )
-    if skipped:
-        logging.warning(
-            "Skipped %d file(s) that could not be decoded, e.g. %s",
-            len(skipped),
-            "; ".join(skipped[:3]),
-        )
-    return CachedImages(images=images, skipped=tuple(skipped))
-
-
-# ---------------------------------------------------------------------------------- labels
-
-LABEL_SOURCES = {
-    "subfolders": ("image_folder",),
-    "feature": TFDS_SOURCES,
-    "skin_tone": ("synthetic",),
-}
+# --------------------------------------------------------------------------------- sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -412,102 +216,452 @@ class Labels:
         return np.bincount(self.ids, minlength=len(self.names))
 
 
-def _folder_labels(
-    data: ml_collections.ConfigDict, shard: Shard, cached: CachedImages
-) -> tuple[list[str], list[str]]:
-    """The first-level subfolder of each cached image, and the sorted subfolder names."""
-    root = pathlib.Path(data.path).expanduser()
-    paths = _find_images(root)
-    outside = [p for p in paths if p.parent == root]
-    if outside:
-        raise DataSetMissingError(
-            f"data.labels='subfolders': {len(outside)} image(s) directly under {root} have no "
-            f"class folder, e.g. {outside[0].name}; put each class's images into a subfolder "
-            "of its own (root/<class>/...), or train without labels."
+@dataclasses.dataclass(frozen=True)
+class Source(abc.ABC):
+    """`config.data` resolved for one run's images (`shard`'s share at `resolution`), by
+    `resolve`, which checks it first.
+
+    A subclass per kind of source says what differs: the fields that name its images, how
+    many there are, how to read them and their labels. The cache key is computed once per
+    object (for a folder it stats every file), so a run that keeps its `Source` names its
+    caches once.
+    """
+
+    data: ml_collections.ConfigDict
+    resolution: int
+    channels: int
+    shard: Shard = WHOLE
+
+    name: ClassVar[str]  # `data.source`
+    labels: ClassVar[str]  # the kind of `data.labels` it has
+
+    @classmethod  # noqa: B027 (not abstract: most sources fit any resolution)
+    def check_resolution(cls, resolution: int) -> None:
+        """Raises ConfigError if the source has no images at `resolution`."""
+
+    def validate(self) -> None:
+        """Raises ConfigError for the first `data` field this source cannot work with."""
+        data = self.data
+        self.check_resolution(self.resolution)
+        if data.labels is not None:
+            if data.labels not in LABEL_SOURCES:
+                _fail(
+                    "data.labels", f"must be one of {', '.join(LABEL_SOURCES)}, got {data.labels!r}"
+                )
+            if data.labels != self.labels:
+                _fail(
+                    "data.labels",
+                    f"{data.labels!r} labels {' or '.join(LABEL_SOURCES[data.labels])} data, "
+                    f"not data.source={self.name!r}",
+                )
+        if data.max_images is not None and data.max_images < 1:
+            _fail("data.max_images", f"must be positive, got {data.max_images}")
+        if data.cache_dir and paths.is_remote(data.cache_dir):
+            _fail(
+                "data.cache_dir",
+                f"must be a local or mounted folder (the cache is memory-mapped), got "
+                f"{data.cache_dir!r}; the workdir may be a bucket, the data cache may not",
+            )
+
+    # What each kind of source defines.
+
+    @abc.abstractmethod
+    def _key_fields(self) -> dict:
+        """The cache key's fields that name this source's images (see `key`)."""
+
+    @abc.abstractmethod
+    def _total(self) -> int | None:
+        """Items in the whole source (files, for a folder); None where only reading tells."""
+
+    @abc.abstractmethod
+    def _read(self, start: int) -> Iterator[np.ndarray | str]:
+        """The shard's images from its item `start` on (a file that fails: its error)."""
+
+    @abc.abstractmethod
+    def _label_ids(self, cached: CachedImages) -> tuple[list[int], list[str]]:
+        """The class of each cached image, and the class names."""
+
+    # What every source shares.
+
+    @functools.cached_property
+    def key(self) -> str:
+        """A directory name that changes whenever the decoded images would."""
+        fields = {
+            "source": self.name,
+            "name": "",
+            "split": "",
+            "key": "",
+            "folder": "",
+            "synthetic": [],
+            "max_images": self.data.max_images,
+            "mock": 0,
+            "resolution": self.resolution,
+            "channels": self.channels,
+            **self._key_fields(),
+        }
+        digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+        key = f"{self.name}-{self.resolution}px-{self.channels}ch-{digest}"
+        shard = self.shard
+        return key if shard == WHOLE else f"{key}-shard{shard.index}of{shard.count}"
+
+    def cache_path(self, size: int | None = None) -> pathlib.Path:
+        """The cache file of the images at `size` x `size` (default: `resolution`)."""
+        return cache_dir(self.data) / self.key / f"images_{size or self.resolution}.npy"
+
+    def count(self) -> int | None:
+        """Items the shard's reader yields, capped by `data.max_images`; None for TFDS."""
+        total = self._total()
+        if total is None:
+            return None
+        first, last = self.shard.bounds(total)
+        limit = self.shard.limit(self.data.max_images)
+        return last - first if limit is None else min(last - first, limit)
+
+    def load_images(self) -> CachedImages:
+        """The shard's images at `resolution`, decoded once into the cache."""
+        shape = (self.resolution, self.resolution, self.channels)
+        what = f"decoding {self.name}"
+        images, skipped = cache.cached_array(
+            self.cache_path(),
+            cache.reported(self._read, self.count, what),
+            shape,
+            chunk=cache.chunk_items(shape),
+            limit=self.shard.limit(self.data.max_images),
+            what=what,
         )
-    classes = sorted({p.relative_to(root).parts[0] for p in paths})
-    skipped = {s.split(": ", 1)[0] for s in cached.skipped}
-    first, last = shard.bounds(len(paths))
-    used = [p for p in paths[first:last] if str(p) not in skipped][: len(cached.images)]
-    return [p.relative_to(root).parts[0] for p in used], classes
-
-
-def _feature_labels(
-    data: ml_collections.ConfigDict, resolution: int, shard: Shard, count: int
-) -> tuple[list[int], list[str]]:
-    """The TFDS feature `data.label_key` of the first `count` examples of the shard's split
-    (read without decoding the images) and the feature's class names."""
-    import tensorflow_datasets as tfds
-
-    mock = data.tfds_mock_examples
-    with tfds.testing.mock_data(num_examples=mock) if mock else contextlib.nullcontext():
-        name = _tfds_name(data, resolution)
-        builder = tfds.builder(name, data_dir=data.data_dir)
-        features = builder.info.features
-        if data.label_key not in features:
-            raise DataSetMissingError(
-                f"data.label_key: {name} has no feature {data.label_key!r}; its features are "
-                f"{', '.join(sorted(features))}."
+        if skipped:
+            logging.warning(
+                "Skipped %d file(s) that could not be decoded, e.g. %s",
+                len(skipped),
+                "; ".join(skipped[:3]),
             )
-        feature = features[data.label_key]
-        if not hasattr(feature, "names"):
+        return CachedImages(images=images, skipped=tuple(skipped))
+
+    def load_labels(self) -> Labels:
+        """The class of each of the shard's cached images (`data.labels`), cached beside them.
+
+        Labels follow the images' order (files skipped as undecodable, `data.max_images`), so
+        the stream draws an image and its label by the same index.
+        """
+        data = self.data
+        spec = data.label_key if data.labels == "feature" else data.labels
+        path = self.cache_path().parent / f"labels_{spec}.npz"
+        if path.exists():
+            with np.load(path) as stored:
+                return Labels(stored["ids"], tuple(str(n) for n in stored["names"]))
+        cached = self.load_images()
+        count = len(cached.images)
+        ids, names = self._label_ids(cached)
+        if len(ids) != count:
             raise DataSetMissingError(
-                f"data.label_key: feature {data.label_key!r} of {name} is not a class label."
+                f"data.labels: {len(ids)} labels for {count} cached images under {path.parent}; "
+                "remove that folder (--mode=caches) and run again."
             )
-        split = (
+        labels = Labels(np.asarray(ids, np.int32), tuple(names))
+        temp = path.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(temp, ids=labels.ids, names=np.asarray(labels.names))
+        os.replace(temp, path)
+        balance = ", ".join(f"{n}: {c}" for n, c in zip(labels.names, labels.counts(), strict=True))
+        logging.info(
+            "Labels (%s): %d classes; images per class: %s.", data.labels, len(names), balance
+        )
+        return labels
+
+
+@dataclasses.dataclass(frozen=True)
+class Synthetic(Source):
+    """The built-in synthetic faces (`synthetic.draw_face`), labelled by skin tone."""
+
+    name: ClassVar[str] = "synthetic"
+    labels: ClassVar[str] = "skin_tone"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.data.synthetic_size < 1:
+            _fail("data.synthetic_size", f"must be positive, got {self.data.synthetic_size}")
+
+    def _key_fields(self) -> dict:
+        return {"synthetic": [self.data.synthetic_size, self.data.synthetic_seed]}
+
+    def _total(self) -> int:
+        return self.data.synthetic_size
+
+    def _read(self, start: int) -> Iterator[np.ndarray]:
+        first, last = self.shard.bounds(self.data.synthetic_size)
+        for i in range(first + start, last):
+            face = synthetic.draw_face(i, self.resolution, self.data.synthetic_seed)
+            yield _to_channels(face, self.channels)
+
+    def _label_ids(self, cached: CachedImages) -> tuple[list[int], list[str]]:
+        first, _ = self.shard.bounds(self.data.synthetic_size)
+        seed = self.data.synthetic_seed
+        ids = [synthetic.skin_tone(first + i, seed) for i in range(len(cached.images))]
+        return ids, list(synthetic.SKIN_TONES)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolder(Source):
+    """The image files under `data.path` in path order, labelled by their class subfolder."""
+
+    name: ClassVar[str] = "image_folder"
+    labels: ClassVar[str] = "subfolders"
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.data.path:
+            _fail("data.path", "set the image folder, e.g. --config.data.path=/data/faces")
+
+    @property
+    def root(self) -> pathlib.Path:
+        return pathlib.Path(self.data.path).expanduser()
+
+    @functools.cached_property
+    def files(self) -> list[pathlib.Path]:
+        """The folder's image files, listed once: the key, the count and the reader agree."""
+        return _find_images(self.root)
+
+    def _key_fields(self) -> dict:
+        # Changes when files are added, removed or modified. ("decoding" is only in a folder's
+        # key: a new field in every source's would change every key.)
+        digest = hashlib.sha1()
+        for p in self.files:
+            stat = p.stat()
+            digest.update(f"{p}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+        return {"folder": digest.hexdigest(), "decoding": decode.RULES_VERSION}
+
+    def _total(self) -> int:
+        return len(self.files)  # 0: the reader says why
+
+    def _read(self, start: int) -> Iterator[np.ndarray | str]:
+        root = self.root
+        if not root.is_dir():
+            raise DataSetMissingError(f"data.path: {root} is not a directory.")
+        if not self.files:
+            raise DataSetMissingError(
+                f"data.path: no image files ({', '.join(decode.IMAGE_SUFFIXES)}) under {root}."
+            )
+        if not start:  # once per build, not again when it resumes
+            _warn_about_other_files(root)
+        first, last = self.shard.bounds(len(self.files))
+        read = functools.partial(
+            decode.decode_file, resolution=self.resolution, channels=self.channels
+        )
+        workers = min(MAX_DECODE_WORKERS, os.cpu_count() or 1)
+        yield from _parallel_map(read, self.files[first + start : last], workers)
+
+    def _label_ids(self, cached: CachedImages) -> tuple[list[int], list[str]]:
+        """The first-level subfolder of each cached image, among the sorted subfolders."""
+        root = self.root
+        outside = [p for p in self.files if p.parent == root]
+        if outside:
+            raise DataSetMissingError(
+                f"data.labels='subfolders': {len(outside)} image(s) directly under {root} have "
+                f"no class folder, e.g. {outside[0].name}; put each class's images into a "
+                "subfolder of its own (root/<class>/...), or train without labels."
+            )
+        classes = sorted({p.relative_to(root).parts[0] for p in self.files})
+        skipped = {s.split(": ", 1)[0] for s in cached.skipped}
+        first, last = self.shard.bounds(len(self.files))
+        used = [p for p in self.files[first:last] if str(p) not in skipped]
+        return [
+            classes.index(p.relative_to(root).parts[0]) for p in used[: len(cached.images)]
+        ], classes
+
+
+@dataclasses.dataclass(frozen=True)
+class Tfds(Source):
+    """Any TFDS image data set (`data.tfds_name`), labelled by a class feature."""
+
+    name: ClassVar[str] = "tfds"
+    labels: ClassVar[str] = "feature"
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.tfds_name:
+            _fail(
+                "data.tfds_name",
+                "name the TFDS data set, e.g. --config.data.tfds_name=lsun/bedroom",
+            )
+
+    @property
+    def tfds_name(self) -> str:
+        return self.data.tfds_name
+
+    def _key_fields(self) -> dict:
+        data = self.data
+        return {
+            "name": data.tfds_name,
+            "split": data.split,
+            "key": data.image_key,
+            "mock": data.tfds_mock_examples,
+        }
+
+    def _total(self) -> None:
+        return None
+
+    def _mocked(self) -> contextlib.AbstractContextManager:
+        import tensorflow_datasets as tfds
+
+        mock = self.data.tfds_mock_examples
+        return tfds.testing.mock_data(num_examples=mock) if mock else contextlib.nullcontext()
+
+    def _split(self) -> str:
+        """The split (in shard mode `tfds.even_splits(split, n)[i]`)."""
+        import tensorflow_datasets as tfds
+
+        data, shard = self.data, self.shard
+        return (
             tfds.even_splits(data.split, shard.count)[shard.index]
             if shard.count > 1
             else data.split
         )
-        dataset = builder.as_dataset(
-            split=split,
-            shuffle_files=False,
-            decoders={data.image_key: tfds.decode.SkipDecoding()},
+
+    def _read(self, start: int) -> Iterator[np.ndarray]:
+        """The split from example `start` on.
+
+        The images are decoded after the skip: a resumed build reads the skipped records' bytes
+        but does not decode them again.
+        """
+        import tensorflow as tf
+        import tensorflow_datasets as tfds
+
+        data, name = self.data, self.tfds_name
+        with self._mocked():
+            builder = tfds.builder(name, data_dir=data.data_dir)
+            data_dir = builder.data_dir_root
+            manual_dir = data.manual_dir or os.path.join(str(data_dir), "downloads", "manual")
+            if data.download and not builder.is_prepared():
+                config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+                try:
+                    builder.download_and_prepare(download_config=config)
+                except Exception as error:  # network, quota, checksum or missing manual files
+                    raise DataSetMissingError(
+                        _missing_message(name, data_dir, manual_dir)
+                    ) from error
+            key = data.image_key
+            try:
+                dataset = builder.as_dataset(
+                    split=self._split(),
+                    shuffle_files=False,
+                    decoders={key: tfds.decode.SkipDecoding()},
+                )
+            except (AssertionError, FileNotFoundError, ValueError) as error:
+                raise DataSetMissingError(_missing_message(name, data_dir, manual_dir)) from error
+
+            feature = builder.info.features[key]
+            dataset = dataset.skip(start).map(
+                lambda ex: feature.decode_example(ex[key]), num_parallel_calls=tf.data.AUTOTUNE
+            )
+            for image in dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+                yield self._fit(image)
+
+    def _fit(self, image: np.ndarray) -> np.ndarray:
+        """A TFDS image at `resolution` x `resolution` x `channels`."""
+        res, channels = self.resolution, self.channels
+        if image.shape == (res, res, channels):
+            return image
+        return decode.fit(
+            Image.fromarray(np.squeeze(image, -1) if image.shape[-1] == 1 else image), res, channels
         )
-        ids = [int(ex[data.label_key]) for ex in dataset.take(count).as_numpy_iterator()]
-        return ids, list(feature.names)
+
+    def _label_ids(self, cached: CachedImages) -> tuple[list[int], list[str]]:
+        """The feature `data.label_key` of the first cached examples of the shard's split
+        (read without decoding the images) and the feature's class names."""
+        import tensorflow_datasets as tfds
+
+        data, name = self.data, self.tfds_name
+        with self._mocked():
+            builder = tfds.builder(name, data_dir=data.data_dir)
+            features = builder.info.features
+            if data.label_key not in features:
+                raise DataSetMissingError(
+                    f"data.label_key: {name} has no feature {data.label_key!r}; its features are "
+                    f"{', '.join(sorted(features))}."
+                )
+            feature = features[data.label_key]
+            if not hasattr(feature, "names"):
+                raise DataSetMissingError(
+                    f"data.label_key: feature {data.label_key!r} of {name} is not a class label."
+                )
+            dataset = builder.as_dataset(
+                split=self._split(),
+                shuffle_files=False,
+                decoders={data.image_key: tfds.decode.SkipDecoding()},
+            )
+            examples = dataset.take(len(cached.images)).as_numpy_iterator()
+            return [int(ex[data.label_key]) for ex in examples], list(feature.names)
 
 
-def _labels_path(data: ml_collections.ConfigDict, images_path: pathlib.Path) -> pathlib.Path:
-    spec = data.label_key if data.labels == "feature" else data.labels
-    return images_path.parent / f"labels_{spec}.npz"
+@dataclasses.dataclass(frozen=True)
+class NamedTfds(Tfds):
+    """A TFDS set this library names (`tfds_name`), so `data.tfds_name` and `data.image_key`
+    are not part of its key."""
+
+    def _key_fields(self) -> dict:
+        return {"split": self.data.split, "mock": self.data.tfds_mock_examples}
 
 
-def load_labels(
-    data: ml_collections.ConfigDict,
-    resolution: int,
-    channels: int,
-    shard: Shard = WHOLE,
-) -> Labels:
-    """The class of each of the shard's cached images (`data.labels`), cached beside them.
+@dataclasses.dataclass(frozen=True)
+class CelebA(NamedTfds):
+    """TFDS CelebA through the official 128x128 crop, box-filtered to `resolution`."""
 
-    Labels follow the images' order (files skipped as undecodable, `data.max_images`), so
-    the stream draws an image and its label by the same index.
-    """
-    path = _labels_path(data, cache_path(data, resolution, channels, shard))
-    if path.exists():  # read before the images: naming a folder's cache stats all its files
-        with np.load(path) as stored:
-            return Labels(stored["ids"], tuple(str(n) for n in stored["names"]))
-    cached = load_images(data, resolution, channels, shard)
-    count = len(cached.images)
-    if data.labels == "subfolders":
-        folders, names = _folder_labels(data, shard, cached)
-        ids = [names.index(f) for f in folders]
-    elif data.labels == "skin_tone":
-        first, _ = shard.bounds(data.synthetic_size)
-        ids = [synthetic.skin_tone(first + i, data.synthetic_seed) for i in range(count)]
-        names = list(synthetic.SKIN_TONES)
-    else:
-        ids, names = _feature_labels(data, resolution, shard, count)
-    if len(ids) != count:
-        raise DataSetMissingError(
-            f"data.labels: {len(ids)} labels for {count} cached images under {path.parent}; "
-            "remove that folder (--mode=caches) and run again."
-        )
-    labels = Labels(np.asarray(ids, np.int32), tuple(names))
-    temp = path.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(temp, ids=labels.ids, names=np.asarray(labels.names))
-    os.replace(temp, path)
-    balance = ", ".join(f"{n}: {c}" for n, c in zip(labels.names, labels.counts(), strict=True))
-    logging.info("Labels (%s): %d classes; images per class: %s.", data.labels, len(names), balance)
-    return labels
+    name: ClassVar[str] = "celeb_a"
+
+    @classmethod
+    def check_resolution(cls, resolution: int) -> None:
+        if resolution > CELEBA_CROP:
+            _fail(
+                "model.resolution",
+                f"data.source celeb_a crops are 128x128, the networks are "
+                f"{resolution}x{resolution}; use resolution <= 128 or celeb_a_hq",
+            )
+
+    @property
+    def tfds_name(self) -> str:
+        return "celeb_a"
+
+    def _fit(self, image: np.ndarray) -> np.ndarray:
+        crop = _to_channels(celeba_crop(image), self.channels)
+        return box_downsample(crop[None], CELEBA_CROP // self.resolution)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class CelebAHQ(NamedTfds):
+    """TFDS CelebA-HQ, whose configs hold each resolution up to 1024x1024."""
+
+    name: ClassVar[str] = "celeb_a_hq"
+
+    @classmethod
+    def check_resolution(cls, resolution: int) -> None:
+        if resolution > 1024:
+            _fail(
+                "model.resolution",
+                f"data.source celeb_a_hq goes up to 1024x1024, got {resolution}x{resolution}",
+            )
+
+    @property
+    def tfds_name(self) -> str:
+        return f"celeb_a_hq/{self.resolution}"
+
+
+KINDS: dict[str, type[Source]] = {
+    kind.name: kind for kind in (Synthetic, CelebA, CelebAHQ, Tfds, ImageFolder)
+}
+SOURCES = tuple(KINDS)
+LABEL_SOURCES = {
+    spec: tuple(name for name, kind in KINDS.items() if kind.labels == spec)
+    for spec in ("subfolders", "feature", "skin_tone")
+}
+
+
+def resolve(
+    data: ml_collections.ConfigDict, resolution: int, channels: int, shard: Shard = WHOLE
+) -> Source:
+    """`data` as the source of `shard`'s images at `resolution`; ConfigError naming the field
+    if it cannot work. Touches no files: reading and naming the caches do."""
+    kind = KINDS.get(data.source)
+    if kind is None:
+        _fail("data.source", f"must be one of {', '.join(SOURCES)}, got {data.source!r}")
+    source = kind(data, resolution, channels, shard)
+    source.validate()
+    return source

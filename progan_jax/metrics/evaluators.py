@@ -13,6 +13,7 @@ on its own rows); the writers keep process 0's.
 """
 
 import abc
+import functools
 import logging
 from collections.abc import Sequence
 from typing import ClassVar
@@ -21,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from progan_jax import seeds
-from progan_jax.data import input_pipeline
+from progan_jax.data import input_pipeline, sources
 from progan_jax.errors import ConfigError
 from progan_jax.metrics import generator_swd, ms_ssim, swd
 from progan_jax.sampling import GeneratorSnapshot
@@ -29,21 +30,23 @@ from progan_jax.sampling import GeneratorSnapshot
 
 class StageReals:
     """This process's reals at one stage's resolution (a memory-mapped cache), opened once per
-    stage and shared by the evaluators."""
+    stage and shared by the evaluators, and their labels (a conditional run's)."""
 
-    def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
+    def __init__(self, source: sources.Source, label_size: int):
+        self.source = source
+        self.label_size = label_size
         self._stage: int | None = None
         self._images: np.ndarray | None = None
 
     def __call__(self, stage: int) -> np.ndarray:
         if stage != self._stage:
-            model = self.config.model
-            self._images = input_pipeline.stage_images(
-                self.config.data, model.resolution, model.num_channels, stage
-            )
+            self._images = input_pipeline.stage_images(self.source, stage)
             self._stage = stage
         return self._images
+
+    @functools.cached_property
+    def labels(self) -> sources.Labels | None:
+        return input_pipeline.labels_of(self.source, self.label_size)
 
 
 class Evaluator(abc.ABC):
@@ -123,8 +126,7 @@ class SWD(Evaluator):
         if (stage, label) not in self._described:
             reals = self.reals(stage)
             if label is not None:
-                labels = input_pipeline.labels_of(self.config)
-                reals = reals[np.flatnonzero(labels.ids == label)]
+                reals = reals[np.flatnonzero(self.reals.labels.ids == label)]
             self._described[stage, label] = _DescribedReals(
                 self.config, reals, self.settings.images, self.settings.noise_floor
             )
@@ -157,7 +159,7 @@ class ClassSWD(SWD):
         return super().skip_reason(generator)
 
     def __call__(self, generator: GeneratorSnapshot) -> dict[str, float]:
-        names = input_pipeline.labels_of(self.config).names
+        names = self.reals.labels.names
         results = {}
         for label, name in enumerate(names):
             swds = self.distances(generator.of_class(label), label)
@@ -195,7 +197,9 @@ class FID(Evaluator):
         fid, stage = self._fid, generator.stage
         if self._statistics is None or self._statistics[0] != stage:
             reals = self.reals(stage)
-            stats = fid.real_statistics(self.config, self._weights, reals, generator.resolution)
+            stats = fid.real_statistics(
+                self.config, self._weights, self.reals.source, reals, generator.resolution
+            )
             self._statistics = stage, stats
         return {
             "fid": fid.generated_fid(self.config, self._weights, generator, *self._statistics[1])
@@ -242,9 +246,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def build(config: ml_collections.ConfigDict, names: Sequence[str]) -> list[Evaluator]:
-    """The named evaluators, sharing one reader of the reals."""
-    reals = StageReals(config)
+def build(
+    config: ml_collections.ConfigDict, names: Sequence[str], source: sources.Source
+) -> list[Evaluator]:
+    """The named evaluators, sharing one reader of `source`'s reals."""
+    reals = StageReals(source, config.model.label_size)
     return [EVALUATORS[name](config, reals) for name in names]
 
 

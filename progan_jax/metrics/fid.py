@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 from scipy import linalg
 
 from progan_jax import parallel, paths, seeds
-from progan_jax.data import input_pipeline, sources
+from progan_jax.data import sources
 from progan_jax.errors import MissingFileError
 from progan_jax.metrics import generator_swd, inception
 
@@ -115,15 +115,15 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
-def _reference_path(config: ml_collections.ConfigDict, resolution: int, count: int) -> epath.Path:
+def _reference_path(
+    config: ml_collections.ConfigDict, source: sources.Source, resolution: int, count: int
+) -> epath.Path:
     """Where the reals' statistics are cached: `evals.fid_stats_dir` (may be a bucket) or the
     data cache, under the key of the images they describe (this process's shard, if sharded)."""
     data = config.data
     root = paths.resolve(config.evals.fid_stats_dir or sources.cache_dir(data))
-    shard = input_pipeline.process_shard(data)
-    key = sources.cache_key(data, config.model.resolution, config.model.num_channels, shard)
     mirrored = "_mirrored" if data.mirror_augment else ""
-    return root / key / f"fid_stats_{resolution}px_{count}{mirrored}.npz"
+    return root / source.key / f"fid_stats_{resolution}px_{count}{mirrored}.npz"
 
 
 def _cached_statistics(path: epath.Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -156,13 +156,18 @@ def weights_path(config: ml_collections.ConfigDict) -> str:
 
 
 def real_statistics(
-    config: ml_collections.ConfigDict, params, reals: np.ndarray, resolution: int
+    config: ml_collections.ConfigDict,
+    params,
+    source: sources.Source,
+    reals: np.ndarray,
+    resolution: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of the Inception features of `evals.fid.images` reals (all if fewer), read
+    """(mu, sigma) of the Inception features of `evals.fid.images` of `source`'s `reals` at
+    `resolution` (all if fewer), read
     from their cache file or computed and cached by process 0."""
     ev = config.evals
     count = min(ev.fid.images, len(reals))
-    path = _reference_path(config, resolution, count)
+    path = _reference_path(config, source, resolution, count)
     cached = _cached_statistics(path)
     if cached is not None:
         return cached
