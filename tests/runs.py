@@ -109,3 +109,16 @@ def assert_same_state(a, b, atol=0.0) -> None:
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
             x, y = jax.random.key_data(x), jax.random.key_data(y)
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0.0, atol=atol)
+
+
+def random_inception_weights(path) -> None:
+    """An Inception .npz in the converter's layout (dotted module paths), random weights."""
+    from progan_jax.metrics import inception
+
+    x = jax.numpy.zeros((1, 75, 75, 3))
+    params = inception.InceptionV3().init(jax.random.key(0), x)["params"]
+    flat = {
+        ".".join(str(getattr(k, "key", k)) for k in path_): np.asarray(leaf)
+        for path_, leaf in jax.tree_util.tree_leaves_with_path(params)
+    }
+    np.savez(path, **flat)

@@ -139,3 +139,89 @@ def test_checkpoints_with_the_earlier_field_names_restore(tmp_path, tiny_config)
         jax.tree.leaves(generator.params), jax.tree.leaves(earlier["g_ema_params"]), strict=True
     ):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_a_checkpoint_that_is_not_there_is_an_error_not_a_fresh_generator(tmp_path, tiny_config):
+    """`0` asks for the checkpoint at 0 images shown, which this workdir lacks: an error that
+    lists what there is; an untrained generator is asked for by name."""
+    from progan_jax.errors import MissingFileError
+
+    _, state = gan_lib.initialize(tiny_config, parallel.make_mesh())
+    checkpointer = checkpointing.Checkpointer(tmp_path)
+    checkpointer.save(state, checkpointing.Progress(8, 0, stage=1, alpha=0.5))
+    checkpointer.close()
+    with pytest.raises(MissingFileError, match=r"No checkpoint at 0 images shown.*\[8\]"):
+        trained.load_generator(tiny_config, str(tmp_path), 0)
+    with pytest.raises(MissingFileError, match="No best checkpoint"):
+        trained.load_generator(tiny_config, str(tmp_path), "best")
+    with pytest.raises(checkpointing.ConfigError, match="checkpoint_images_shown: 'lastest'"):
+        trained.load_generator(tiny_config, str(tmp_path), "lastest")
+    fresh = trained.load_generator(tiny_config, str(tmp_path), "untrained")
+    assert (fresh.images_shown, fresh.stage, fresh.alpha) == (0, 2, 1.0)
+
+
+def _conditional(config, label_size: int = 3):
+    config.model.label_size, config.data.labels = label_size, "skin_tone"
+    return config
+
+
+def test_a_checkpoint_names_its_networks_and_classes(tmp_path, tiny_config):
+    """A checkpoint keeps its model fields and classes: drawn from a command line without
+    them (and without config.json), it restores the conditional G it holds."""
+    trained_config = _conditional(tiny.get_config())
+    _, state = gan_lib.initialize(trained_config, parallel.make_mesh())
+    classes = {"names": ["b", "a", "c"], "shares": {"b": 0.5, "a": 0.25, "c": 0.25}}
+    checkpointer = checkpointing.Checkpointer(tmp_path)
+    networks = checkpointing.Networks.of(trained_config, classes)
+    checkpointer.save(state, checkpointing.Progress(8, 0, 1, 1.0), networks=networks)
+    checkpointer.close()
+    assert not (tmp_path / "config.json").exists()
+
+    assert checkpointing.trained_networks(tmp_path) == networks
+    assert checkpointing.trained_networks(tmp_path).class_names == ("b", "a", "c")
+    generator = trained.load_generator(tiny_config, str(tmp_path), None)  # label_size 0 here
+    assert generator.gan.label_size == 3 and tiny_config.model.label_size == 0
+
+
+def test_an_old_workdir_reads_its_networks_from_config_json(tmp_path, tiny_config):
+    """A checkpoint from before `networks` was kept (state and progress only) is drawn in the
+    networks its run's config.json names, with classes.json's classes."""
+    run = _conditional(tiny.get_config())
+    _, state = gan_lib.initialize(run, parallel.make_mesh())
+    checkpointer = checkpointing.Checkpointer(tmp_path)
+    checkpointer._periodic.save(
+        8,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeSave(state),
+            progress=ocp.args.JsonSave({"images_shown": 8, "phase_index": 0}),
+        ),
+    )
+    checkpointer.close()
+    (tmp_path / "config.json").write_text(run.to_json_best_effort())
+    classes = {"names": ["x", "y", "z"], "shares": {"x": 0.2, "y": 0.3, "z": 0.5}}
+    checkpointing.write_classes(tmp_path, classes)
+
+    networks = checkpointing.trained_networks(tmp_path)
+    assert networks.model["label_size"] == 3 and networks.class_names == ("x", "y", "z")
+    generator = trained.load_generator(tiny_config, str(tmp_path), 8)
+    assert generator.gan.label_size == 3 and generator.images_shown == 8
+
+
+def test_the_best_checkpoint_replaces_the_previous_best(tmp_path, tiny_config):
+    _, state = gan_lib.initialize(tiny_config, parallel.make_mesh())
+    networks = checkpointing.Networks.of(tiny_config)
+    checkpointer = checkpointing.Checkpointer(tmp_path)
+    assert checkpointer.best() is None
+    for images_shown, value in ((8, 5.0), (16, 4.0)):
+        record = dict(metric="fid", value=value, images_shown=images_shown, stage=2)
+        progress = checkpointing.Progress(images_shown, 0, 2, 1.0)
+        checkpointer.save_best(state, progress, networks, record)
+    checkpointer.close()
+    assert [p.name for p in (tmp_path / checkpointing.BEST).iterdir()] == ["16"]
+    checkpointer = checkpointing.Checkpointer(tmp_path)
+    try:
+        assert checkpointer.best()["value"] == 4.0
+    finally:
+        checkpointer.close()
+    assert checkpointing.holds_checkpoints(tmp_path)
+    assert trained.load_generator(tiny_config, str(tmp_path), "best").images_shown == 16

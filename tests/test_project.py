@@ -170,27 +170,16 @@ def test_the_perceptual_distance_compares_inception_features():
     assert np.abs(np.asarray(jax.grad(distance)(images))).max() > 0
 
 
-def _random_inception_weights(path) -> None:
-    """An Inception .npz in the converter's layout (dotted module paths), random weights."""
-    x = jax.numpy.zeros((1, 75, 75, 3))
-    params = inception.InceptionV3().init(jax.random.key(0), x)["params"]
-    flat = {
-        ".".join(str(getattr(k, "key", k)) for k in path_): np.asarray(leaf)
-        for path_, leaf in jax.tree_util.tree_leaves_with_path(params)
-    }
-    np.savez(path, **flat)
-
-
 @pytest.mark.slow
 def test_main_projects_with_the_perceptual_term_and_walks_through_the_latents(
     drawn, tmp_path, compile_cache
 ):
     """Through main.py: a projection with the perceptual term (random Inception weights),
     then --mode=generate walking through the latents file it wrote."""
-    from tests.runs import run
+    from tests.runs import random_inception_weights, run
 
     root, _ = drawn
-    _random_inception_weights(tmp_path / "inception.npz")
+    random_inception_weights(tmp_path / "inception.npz")
     out = tmp_path / "projected"
     projected = run(
         root / "run",
@@ -218,3 +207,33 @@ def test_main_projects_with_the_perceptual_term_and_walks_through_the_latents(
     assert walked.returncode == 0, walked.stderr[-3000:]
     with Image.open(tmp_path / "walk" / "interpolation.gif") as gif:
         assert gif.n_frames == 4 * 3
+
+
+@pytest.mark.parametrize("kept_in", ["checkpoint", "classes_json"])
+def test_subfolder_classes_are_numbered_as_the_run_numbered_them(tmp_path, kept_in):
+    """With labels_from_subfolders, a subfolder's class id is its index among the run's
+    classes (here not in sorted order), whether the checkpoint names them or an older
+    workdir's classes.json does."""
+    names = ["zebra", "apple", "mango"]
+    classes = {"names": names, "shares": dict.fromkeys(names, 1 / 3)}
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    if kept_in == "checkpoint":
+        config = tiny.get_config()
+        _, state = gan_lib.initialize(config, parallel.make_mesh())
+        checkpointer = checkpointing.Checkpointer(workdir)
+        networks = checkpointing.Networks.of(config, classes)
+        checkpointer.save(state, checkpointing.Progress(8, 0, 2, 1.0), networks=networks)
+        checkpointer.close()
+    else:  # a workdir from before checkpoints kept their classes
+        checkpointing.write_config(workdir, tiny.get_config())
+        checkpointing.write_classes(workdir, classes)
+    photos = tmp_path / "photos"
+    files = []
+    for name in ("apple", "zebra", "mango", "apple"):
+        (photos / name).mkdir(parents=True, exist_ok=True)
+        files.append(photos / name / f"{len(files)}.png")
+    settings = tiny.get_config().project
+    settings.labels_from_subfolders = True
+    ids = project.image_labels(settings, files, photos, 3, str(workdir))
+    np.testing.assert_array_equal(ids, [1, 0, 2, 1])
