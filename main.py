@@ -18,7 +18,7 @@ Multi-host: pass --coordinator_address, --num_processes and --process_id (or --m
 TPU pods and SLURM, where JAX finds them itself). The workdir may be a bucket (gs://...).
 """
 
-from progan_jax import xla_flags
+from progan_jax.runtime import xla_flags
 
 xla_flags.set_default_flags()  # before JAX initialises its backends
 
@@ -32,7 +32,7 @@ import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from progan_jax import errors, interrupt  # noqa: E402
+from progan_jax.runtime import errors, interrupt  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Configuration file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
@@ -128,8 +128,9 @@ def _workdir() -> str:
 def _with_trained_networks(config: ml_collections.ConfigDict, workdir: str, imported_only: bool):
     """The config with the `model` fields of the workdir's checkpoint, if any; with
     `imported_only`, only of a workdir made by --mode=import, whose networks the file chose."""
-    from progan_jax import paths, trained
     from progan_jax.pretrained import importer
+    from progan_jax.runtime import paths
+    from progan_jax.training import trained
 
     if imported_only and not (paths.resolve(workdir) / importer.PROVENANCE).exists():
         return config
@@ -146,14 +147,14 @@ def _print_lines(lines: Iterable) -> None:
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
-    from progan_jax import train
+    from progan_jax.training import train
 
     train.train(config, workdir)
     return []
 
 
 def _evaluate(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
-    from progan_jax import evaluate
+    from progan_jax.modes import evaluate
 
     with interrupt.sigterm_requests_stop():  # stops between minibatches
         results = evaluate.evaluate(config, workdir)
@@ -162,13 +163,13 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
 
 
 def _generate(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
-    from progan_jax import generate
+    from progan_jax.modes import generate
 
     return [generate.write_generated(config, workdir)]
 
 
 def _export(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
-    from progan_jax import export
+    from progan_jax.modes import export
 
     return [export.export_generator(config, workdir)]
 
@@ -180,39 +181,39 @@ def _import(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
 
 
 def _project(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
-    from progan_jax import project
+    from progan_jax.modes import project
 
     with interrupt.sigterm_requests_stop():  # stops between batches; a restart resumes
         return [project.project_images(config, workdir)]
 
 
 def _plan(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
-    from progan_jax import plan
+    from progan_jax.training import plan
 
     return plan.plan(config)
 
 
 def _benchmark(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
-    from progan_jax import benchmark
+    from progan_jax.modes import timing
 
-    return benchmark.benchmark_train_step(config)
+    return timing.benchmark_train_step(config)
 
 
 def _benchmark_input(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
-    from progan_jax import benchmark
+    from progan_jax.modes import timing
 
-    return benchmark.benchmark_input(config)
+    return timing.benchmark_input(config)
 
 
 def _summary(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
-    from progan_jax import summary
+    from progan_jax.modes import summary
 
     return summary.summarize(config)
 
 
 def _caches(config: ml_collections.ConfigDict, workdir: str) -> Iterable:
-    from progan_jax import config_checks
     from progan_jax.data import cache_management
+    from progan_jax.training import config_checks
 
     config_checks.validate_cache_management(config.data)
     return cache_management.cache_report(config.data)
@@ -272,7 +273,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     _configure_jax()
     _initialize_distributed()
-    from progan_jax import accelerators, paths
+    from progan_jax.runtime import accelerators, paths
 
     mode, workdir = MODES[_MODE.value], _workdir()
     try:

@@ -27,7 +27,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from progan_jax import xla_flags  # noqa: E402
+from progan_jax.runtime import xla_flags  # noqa: E402
 
 xla_flags.set_default_flags()  # before JAX initialises its backends
 
@@ -35,8 +35,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import celeba_hq1024, tiny  # noqa: E402
-from progan_jax import accelerators, benchmark, checkpointing, parallel  # noqa: E402
-from progan_jax import gan as gan_lib  # noqa: E402
+from progan_jax.modes import timing  # noqa: E402
+from progan_jax.nets import gan as gan_lib  # noqa: E402
+from progan_jax.runtime import accelerators, parallel  # noqa: E402
+from progan_jax.training import checkpointing  # noqa: E402
 
 
 def _print(line: dict) -> None:
@@ -70,7 +72,7 @@ def step_lines(args) -> list[dict]:
             config.benchmark.batch_size = per_device * devices
             config.benchmark.warmup_steps = 2
             config.benchmark.steps = args.steps
-            for line in benchmark.benchmark_train_step(config):
+            for line in timing.benchmark_train_step(config):
                 lines.append({"check": "step", **line})
                 _print(lines[-1])
     return lines

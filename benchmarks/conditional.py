@@ -74,8 +74,8 @@ def labelled_config(path: pathlib.Path, cache_dir: pathlib.Path):
 
 def labelled_images(path: pathlib.Path, cache_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     """The folder's images as the GAN sees them (uint8 [N, 32, 32, 3]) and their class ids."""
-    from progan_jax import stages
     from progan_jax.data import input_pipeline
+    from progan_jax.runtime import stages
 
     config = labelled_config(path, cache_dir)
     source = input_pipeline.source_of(config.data, quality.RESOLUTION, 3)
@@ -224,14 +224,14 @@ def class_shares(params, images: np.ndarray) -> dict:
 
 def class_grid(images: np.ndarray, asked: np.ndarray, columns: int = 10) -> np.ndarray:
     """`columns` images of each class, one class per row."""
-    from progan_jax import sampling
+    from progan_jax.nets import sampling
 
     rows = [images[asked == label][:columns] for label in range(len(CLASSES))]
     return sampling.image_grid(np.concatenate(rows), columns, 64)
 
 
 def run(args: argparse.Namespace) -> None:
-    from progan_jax import sampling
+    from progan_jax.nets import sampling
 
     args.work.mkdir(parents=True, exist_ok=True)
     args.cache = args.cache or args.work / "cache"

@@ -52,7 +52,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def make_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     """configs/tiny.py at `args.resolution`, narrow, synthetic faces, untrained generator."""
     from configs import tiny
-    from progan_jax import config_checks, stages
+    from progan_jax.runtime import stages
+    from progan_jax.training import config_checks
 
     config = tiny.get_config()
     count = stages.num_stages(args.resolution)
@@ -86,7 +87,7 @@ def configure_case(config: ml_collections.ConfigDict, case: str) -> None:
 
 def run_case(args: argparse.Namespace) -> dict:
     """One measurement, in this (fresh) process."""
-    from progan_jax import evaluate
+    from progan_jax.modes import evaluate
 
     config = make_config(args)
     configure_case(config, args.run_case)

@@ -20,7 +20,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from progan_jax import plan  # noqa: E402
+from progan_jax.training import plan  # noqa: E402
 
 CASES = (
     "celeba128:5:64:float32",

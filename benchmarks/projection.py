@@ -52,7 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def load_config(args: argparse.Namespace):
     import importlib.util
 
-    from progan_jax import trained
+    from progan_jax.training import trained
 
     spec = importlib.util.spec_from_file_location("benchmark_config", args.config)
     module = importlib.util.module_from_spec(spec)
@@ -85,7 +85,7 @@ def scores(targets: np.ndarray, drawn: np.ndarray, scorer, pool3) -> dict:
     """Mean PSNR, perceptual distance and pool3 distance of uint8 `drawn` against uint8
     `targets`. The pool3 distance (squared, between unit-length 2048-d FID features) is not
     what any search minimises."""
-    from progan_jax import project
+    from progan_jax.modes import project
 
     t = targets.astype(np.float32) / 127.5 - 1.0
     d = drawn.astype(np.float32) / 127.5 - 1.0
@@ -101,8 +101,10 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     import jax
 
-    from progan_jax import project, sampling, trained
     from progan_jax.metrics import fid
+    from progan_jax.modes import project
+    from progan_jax.nets import sampling
+    from progan_jax.training import trained
 
     config = load_config(args)
     generator = trained.load_generator(config, args.workdir, None)
@@ -189,7 +191,8 @@ def step_flops(config, generator, inception_params) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from progan_jax import parallel, project
+    from progan_jax.modes import project
+    from progan_jax.runtime import parallel
 
     mesh = parallel.make_mesh(jax.devices()[:1])
     gan, pr = generator.gan, config.project

@@ -85,8 +85,8 @@ def folder_config(path: pathlib.Path, cache_dir: pathlib.Path):
 
 def decoded(path: pathlib.Path, cache_dir: pathlib.Path) -> np.ndarray:
     """The folder's images as progan_jax decodes them: uint8 [N, 32, 32, 3]."""
-    from progan_jax import stages
     from progan_jax.data import input_pipeline
+    from progan_jax.runtime import stages
 
     config = folder_config(path, cache_dir)
     last = stages.num_stages(config.model.resolution) - 1  # per-stage tuples may run longer
@@ -122,7 +122,7 @@ def train_progan_jax(
 def final_generator(config, workdir: pathlib.Path):
     """G_ema of the run's last checkpoint, which must have faded 32x32 in, in the networks the
     run trained (its checkpoint's, whatever --override flags it had)."""
-    from progan_jax import trained
+    from progan_jax.training import trained
 
     generator = trained.load_generator(config, str(workdir), None)
     if generator.resolution != RESOLUTION or generator.alpha != 1.0:
@@ -225,7 +225,7 @@ def swd_against(heldout: np.ndarray, sets: dict[str, np.ndarray]) -> dict[str, d
 
 
 def race(args: argparse.Namespace) -> None:
-    from progan_jax import sampling
+    from progan_jax.nets import sampling
 
     workdir = args.work / "progan_jax"
     if "progan_jax" in args.sides and workdir.exists() and any(workdir.iterdir()):

@@ -20,7 +20,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from progan_jax import stages, xla_flags  # noqa: E402
+from progan_jax.runtime import stages, xla_flags  # noqa: E402
 
 xla_flags.set_default_flags()
 
@@ -29,15 +29,17 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import short_budget  # noqa: E402
-from progan_jax import benchmark, parallel, schedule, train_step  # noqa: E402
-from progan_jax import gan as gan_lib  # noqa: E402
+from progan_jax.modes import timing  # noqa: E402
+from progan_jax.nets import gan as gan_lib  # noqa: E402
+from progan_jax.runtime import parallel  # noqa: E402
+from progan_jax.training import schedule, train_step  # noqa: E402
 
 
 def time_part(name: str, fn, *args) -> dict:
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - start
-    seconds = benchmark.median_seconds(compiled, *args, warmup=2, runs=7)
+    seconds = timing.median_seconds(compiled, *args, warmup=2, runs=7)
     flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
     return {
         "part": name,
@@ -67,7 +69,7 @@ def main() -> None:
     z = gan.sample_latents(key, args.batch)
     plan = schedule.StageSchedule(stage, args.batch, 1e-3, fade_start=0, fade_end=1000)
     shown = jnp.int32(round(args.alpha * 1000))  # alpha = args.alpha in the step too
-    batch = benchmark.random_batch(config, stage, args.batch, parallel.make_mesh())
+    batch = timing.random_batch(config, stage, args.batch, parallel.make_mesh())
 
     def critic(p, x):
         return gan.critic_fn(p, stage, alpha)(x)

@@ -227,7 +227,7 @@ def get_config() -> ml_collections.ConfigDict:
             output=config_dict.placeholder(str),  # None: <workdir>/generated/<images shown>
         )
     )
-    # --mode=project: photos into G's latent space (progan_jax/project.py; docs/evaluation.md).
+    # --mode=project: photos into G's latent space (modes/project.py; docs/evaluation.md).
     config.project = ml_collections.ConfigDict(
         dict(
             images=config_dict.placeholder(str),  # a folder of images (searched recursively)

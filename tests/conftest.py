@@ -34,7 +34,7 @@ def tiny():
     """The tiny config, its GAN and a train state, built once per test module (shared: a test
     must not change them)."""
     from configs import tiny
-    from progan_jax.gan import GAN, create_train_state
+    from progan_jax.nets.gan import GAN, create_train_state
 
     config = tiny.get_config()
     gan = GAN.from_config(config)
@@ -75,7 +75,7 @@ def data(tmp_path):
 @pytest.fixture
 def sigterm_handler():
     """SIGTERM requests a stop (`interrupt.Interrupted` at the next check) during the test."""
-    from progan_jax import interrupt
+    from progan_jax.runtime import interrupt
 
     interrupt.reset()
     with interrupt.sigterm_requests_stop():

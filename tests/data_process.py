@@ -15,8 +15,8 @@ import jax
 import numpy as np
 
 from configs import tiny
-from progan_jax import train_step
 from progan_jax.data import input_pipeline, sources, synthetic
+from progan_jax.training import train_step
 
 SIZE = 10
 BATCH = 4  # global: two rows per process

@@ -15,8 +15,9 @@ import jax
 import numpy as np
 
 from configs import tiny
-from progan_jax import checkpointing, parallel
-from progan_jax import gan as gan_lib
+from progan_jax.nets import gan as gan_lib
+from progan_jax.runtime import parallel
+from progan_jax.training import checkpointing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOTAL_IMAGES = 320  # tiny: 64 + 2 x (64 + 64)

@@ -7,7 +7,7 @@ import os
 import jax
 import pytest
 
-from progan_jax import accelerators, machine, xla_flags
+from progan_jax.runtime import accelerators, machine, xla_flags
 
 
 def _fake_dev(tmp_path, *names):

@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from progan_jax import interrupt
 from progan_jax.data import cache, input_pipeline, sources, synthetic
+from progan_jax.runtime import interrupt
 from tests.builds import counting, leftovers, sigterm_at
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

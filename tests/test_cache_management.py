@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from progan_jax import config_checks
 from progan_jax.data import cache_management, input_pipeline, sources, synthetic
+from progan_jax.training import config_checks
 from tests import runs
 
 OLD_DAYS = 40  # more than the default data.stale_cache_days

@@ -1,4 +1,4 @@
-"""Checkpoints (progan_jax.checkpointing): a failed write says what failed and keeps the
+"""Checkpoints (progan_jax.training.checkpointing): a failed write says what failed and keeps the
 previous checkpoint; a checkpoint of another parameter layout is refused, not restored;
 `load_generator` reads G_ema alone; checkpoints with the earlier field names restore."""
 
@@ -11,8 +11,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
-from progan_jax import checkpointing, parallel, trained
-from progan_jax import gan as gan_lib
+from progan_jax.nets import gan as gan_lib
+from progan_jax.runtime import parallel
+from progan_jax.training import checkpointing, trained
 from tests.runs import final_state
 
 
@@ -144,7 +145,7 @@ def test_checkpoints_with_the_earlier_field_names_restore(tmp_path, tiny_config)
 def test_a_checkpoint_that_is_not_there_is_an_error_not_a_fresh_generator(tmp_path, tiny_config):
     """`0` asks for the checkpoint at 0 images shown, which this workdir lacks: an error that
     lists what there is; an untrained generator is asked for by name."""
-    from progan_jax.errors import MissingFileError
+    from progan_jax.runtime.errors import MissingFileError
 
     _, state = gan_lib.initialize(tiny_config, parallel.make_mesh())
     checkpointer = checkpointing.Checkpointer(tmp_path)

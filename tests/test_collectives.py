@@ -1,11 +1,11 @@
-"""Exchanges between processes (progan_jax.collectives), with two processes simulated: the
+"""Exchanges between processes (progan_jax.runtime.collectives), with two processes simulated: the
 all-gather answers for both, this one being process 0."""
 
 import numpy as np
 import pytest
 from jax.experimental import multihost_utils
 
-from progan_jax import collectives, interrupt
+from progan_jax.runtime import collectives, interrupt
 
 
 @pytest.fixture

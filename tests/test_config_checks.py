@@ -3,7 +3,8 @@
 import pytest
 
 from configs import tiny
-from progan_jax import config_checks, models
+from progan_jax.nets import models
+from progan_jax.training import config_checks
 
 
 def _at_256(config, fmap_base: int):
@@ -71,7 +72,7 @@ def test_config_checks_cover_devices_groups_and_sources():
     config_checks.validate(config, devices=8)
     cases = [
         ("schedule.batch_sizes", (12, 8, 8), 8, "does not divide by the 8 devices"),
-        ("benchmark.batch_size", 6, 8, "does not divide by the 8 devices"),
+        ("timing.batch_size", 6, 8, "does not divide by the 8 devices"),
         ("model.mbstd_group_size", 3, 1, "does not divide the per-device batch 16"),
         ("optimizer.learning_rates", (1e-3, 0.0, 1e-3), 1, "must be positive"),
         ("model.num_channels", 2, 1, "must be 1 (grayscale) or 3"),
@@ -145,13 +146,14 @@ def _stop(*args, **kwargs):
 def test_modes_that_read_no_data_do_not_ask_for_it(mode, monkeypatch):
     """`--mode=benchmark` times the step on random images and `--mode=plan` compiles it: an
     image folder that is not set yet (configs/short_budget.py) must not stop them."""
-    from progan_jax import benchmark, plan
+    from progan_jax.modes import timing
+    from progan_jax.training import plan
 
     config = tiny.get_config()
     config.data.source, config.data.path = "image_folder", ""
     if mode == "benchmark":
-        monkeypatch.setattr(benchmark.parallel, "make_mesh", _stop)
-        run = benchmark.benchmark_train_step
+        monkeypatch.setattr(timing.parallel, "make_mesh", _stop)
+        run = timing.benchmark_train_step
     else:
         monkeypatch.setattr(plan, "memory_budget", _stop)
         run = plan.plan

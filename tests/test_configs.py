@@ -7,7 +7,8 @@ import pathlib
 import pytest
 
 from configs import celeba128, celeba_hq1024, default, image_folder
-from progan_jax import config_checks, schedule, stages
+from progan_jax.runtime import stages
+from progan_jax.training import config_checks, schedule
 
 # Official config.py:99, `preset-v1-1gpu` (the paper's configuration), with train.py:93-99 for
 # what it leaves at the defaults (learning rates 0.001, no per-resolution lrate_dict).

@@ -1,4 +1,4 @@
-"""Convolutions (progan_jax.conv) against NumPy references and XLA's own convolution
+"""Convolutions (progan_jax.nets.conv) against NumPy references and XLA's own convolution
 gradients."""
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from progan_jax import conv, layers
+from progan_jax.nets import conv, layers
 
 
 def _rng(seed=0):

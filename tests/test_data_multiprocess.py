@@ -10,8 +10,8 @@ import data_process as worker
 import numpy as np
 import pytest
 
-from progan_jax import train_step
 from progan_jax.data import input_pipeline, synthetic
+from progan_jax.training import train_step
 from tests.runs import free_port
 
 pytestmark = pytest.mark.slow  # two processes on the distributed runtime

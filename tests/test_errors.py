@@ -1,9 +1,10 @@
-"""What main.py reports as a user's mistake (progan_jax.errors.UserError) and its mode table."""
+"""What main.py reports as a user's mistake (runtime.errors.UserError) and its mode table."""
 
 import pytest
 
-from progan_jax import accelerators, checkpointing, errors, lease, paths, plan, train
 from progan_jax.data import input_pipeline
+from progan_jax.runtime import accelerators, errors, lease, paths
+from progan_jax.training import checkpointing, plan, train
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,11 @@
-"""Evaluation (progan_jax.evaluate): the generator that a checkpoint is evaluated with."""
+"""Evaluation (progan_jax.modes.evaluate): the generator that a checkpoint is evaluated with."""
 
 import pytest
 
 from configs import tiny
-from progan_jax import checkpointing, parallel, trained
-from progan_jax import gan as gan_lib
+from progan_jax.nets import gan as gan_lib
+from progan_jax.runtime import parallel
+from progan_jax.training import checkpointing, trained
 
 
 @pytest.mark.slow
@@ -29,9 +30,9 @@ def test_a_conditional_generator_is_evaluated_overall_and_per_class(
     alone against that class's reals."""
     import numpy as np
 
-    from progan_jax import evaluate
     from progan_jax.data import input_pipeline
     from progan_jax.metrics import evaluators
+    from progan_jax.modes import evaluate
 
     tiny_config.model.label_size = 3
     tiny_config.data.labels = "skin_tone"
@@ -69,7 +70,8 @@ def test_a_conditional_generator_is_evaluated_overall_and_per_class(
 def test_a_conditional_generator_needs_labelled_data(tmp_path, tiny_config):
     """Evaluated against data without labels, a conditional G stops with the field to set
     before any image is read."""
-    from progan_jax import errors, evaluate
+    from progan_jax.modes import evaluate
+    from progan_jax.runtime import errors
 
     tiny_config.model.label_size = 3
     tiny_config.data.cache_dir = str(tmp_path / "cache")

@@ -5,10 +5,11 @@ import math
 
 import pytest
 
-from progan_jax import checkpointing, evaluate, generate, periodic_evals, train, trained
-from progan_jax.errors import ConfigError
 from progan_jax.metrics import evaluators
-from progan_jax.sampling import GeneratorSnapshot
+from progan_jax.modes import evaluate, generate
+from progan_jax.nets.sampling import GeneratorSnapshot
+from progan_jax.runtime.errors import ConfigError
+from progan_jax.training import checkpointing, periodic_evals, train, trained
 from tests.runs import random_inception_weights
 
 

@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from progan_jax import checkpointing, export, parallel, sampling
-from progan_jax import gan as gan_lib
+from progan_jax.modes import export
+from progan_jax.nets import gan as gan_lib
+from progan_jax.nets import sampling
+from progan_jax.runtime import parallel
+from progan_jax.training import checkpointing
 from tests.runs import run
 
 pytestmark = pytest.mark.slow  # SavedModels written, run by TensorFlow in a subprocess

@@ -1,11 +1,13 @@
-"""--mode=generate (progan_jax.generate): the classes a conditional generator is asked for."""
+"""--mode=generate (progan_jax.modes.generate): the classes a conditional generator is asked for."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 
-from progan_jax import errors, generate, sampling
+from progan_jax.modes import generate
+from progan_jax.nets import sampling
+from progan_jax.runtime import errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +49,7 @@ def test_a_conditional_generator_draws_the_classes_asked_for(tmp_path, tiny_conf
     gen.output = str(tmp_path / "out")
     result = generate.write_generated(tiny_config, str(tmp_path))
     assert result["labels"] == [2, 2, 2, 2]
-    from progan_jax import trained
+    from progan_jax.training import trained
 
     generator = trained.load_generator(tiny_config, str(tmp_path), "untrained")
     z = generate.latents(generator.gan, gen.seed, 4, None)
@@ -71,7 +73,7 @@ def test_latents_from_a_file_are_drawn_in_order_and_walked_through(tmp_path, tin
     through each of them in turn (its keyframes)."""
     from PIL import Image
 
-    from progan_jax import trained
+    from progan_jax.training import trained
 
     gen = tiny_config.generate
     tiny_config.checkpoint_images_shown = "untrained"

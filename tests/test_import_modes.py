@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from progan_jax import checkpointing, generate
-from progan_jax import gan as gan_lib
+from progan_jax.modes import generate
+from progan_jax.nets import gan as gan_lib
 from progan_jax.pretrained import importer
+from progan_jax.training import checkpointing
 from tests import network_files
 from tests import official_networks as ref
 from tests.runs import run

@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from progan_jax import config_checks, parallel, train_step
 from progan_jax.data import input_pipeline, sources, synthetic
+from progan_jax.runtime import parallel
+from progan_jax.training import config_checks, train_step
 from tests.builds import counting
 
 

@@ -1,4 +1,4 @@
-"""Layers (progan_jax.layers) against NumPy references: normalisation, minibatch stddev,
+"""Layers (progan_jax.nets.layers) against NumPy references: normalisation, minibatch stddev,
 resampling, equalized learning rate, fused resampling."""
 
 import math
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from progan_jax import conv, layers
+from progan_jax.nets import conv, layers
 
 
 def _rng(seed=0):

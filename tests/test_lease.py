@@ -14,8 +14,9 @@ import pytest
 from etils import epath
 from jax.experimental import multihost_utils
 
-from progan_jax import config_checks, lease, paths, train
 from progan_jax.data import input_pipeline
+from progan_jax.runtime import lease, paths
+from progan_jax.training import config_checks, train
 from tests.gcs_emulator import gcs_emulator
 from tests.runs import ROOT, run, start, wait_for
 
@@ -128,7 +129,7 @@ def test_renewal_updates_the_time_in_the_file(tmp_path):
 _IN_A_BUCKET = """
 import sys
 from etils import epath
-from progan_jax import lease
+from progan_jax.runtime import lease
 
 workdir, timings = epath.Path(sys.argv[1]), dict(renew_seconds=30.0, stale_after_seconds=300.0)
 held = lease.acquire(workdir, **timings)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from configs import default
-from progan_jax import config_checks, losses
-from progan_jax.gan import GAN, create_train_state
+from progan_jax.nets import losses
+from progan_jax.nets.gan import GAN, create_train_state
+from progan_jax.training import config_checks
 
 
 def _loss(**settings) -> losses.WGANGP:

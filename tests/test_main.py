@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from progan_jax import checkpointing
+from progan_jax.training import checkpointing
 from tests.runs import (
     TOTAL_IMAGES,
     assert_same_state,
@@ -263,8 +263,10 @@ def test_a_checkpoint_is_drawn_with_the_networks_its_run_trained(tmp_path, compi
     import jax
 
     from configs import tiny
-    from progan_jax import gan as gan_lib
-    from progan_jax import generate, parallel, sampling
+    from progan_jax.modes import generate
+    from progan_jax.nets import gan as gan_lib
+    from progan_jax.nets import sampling
+    from progan_jax.runtime import parallel
 
     config = tiny.get_config()
     config.model.label_size, config.model.label_scale = 3, 4.0

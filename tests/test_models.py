@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from configs import celeba_hq1024
-from progan_jax import models, stages
-from progan_jax.gan import GAN, create_train_state
-from progan_jax.layers import count_params, downsample2x, pixel_norm, upsample2x
+from progan_jax.nets import models
+from progan_jax.nets.gan import GAN, create_train_state
+from progan_jax.nets.layers import count_params, downsample2x, pixel_norm, upsample2x
+from progan_jax.runtime import stages
 
 
 def _latents(n, size, seed=0):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax.experimental import multihost_utils
 
-from progan_jax import train
+from progan_jax.training import train
 from tests.runs import ROOT, free_port, multiprocess_flags, start, wait_for
 
 _SAVED = re.compile(r"Checkpoint at (\d+) images shown")

@@ -1,8 +1,8 @@
-"""The device mesh and batches laid out on it (progan_jax.parallel)."""
+"""The device mesh and batches laid out on it (progan_jax.runtime.parallel)."""
 
 import numpy as np
 
-from progan_jax import parallel
+from progan_jax.runtime import parallel
 
 
 def test_global_batch_gives_each_device_its_own_rows():

@@ -8,7 +8,8 @@ import json
 import jax
 import pytest
 
-from progan_jax import accelerators, config_checks, plan, schedule
+from progan_jax.runtime import accelerators
+from progan_jax.training import config_checks, plan, schedule
 
 
 @pytest.fixture

@@ -13,10 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from progan_jax import config_checks, losses, parallel, schedule, train_step
-from progan_jax.gan import GAN, create_train_state
-from progan_jax.layers import downsample2x, he_scale, upsample2x
 from progan_jax.metrics import swd
+from progan_jax.nets import losses
+from progan_jax.nets.gan import GAN, create_train_state
+from progan_jax.nets.layers import downsample2x, he_scale, upsample2x
+from progan_jax.runtime import parallel
+from progan_jax.training import config_checks, schedule, train_step
 
 ALPHAS = [1 / 3, 0.999]  # both round in bfloat16
 

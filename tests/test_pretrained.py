@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from progan_jax import gan as gan_lib
-from progan_jax import trained
-from progan_jax.errors import ConfigError, UserError
+from progan_jax.nets import gan as gan_lib
 from progan_jax.pretrained import importer, official, safe_pickle
 from progan_jax.pretrained.imported import UnsupportedNetworkError
+from progan_jax.runtime.errors import ConfigError, UserError
+from progan_jax.training import trained
 from tests import gan_zoo_networks as zoo_ref
 from tests import network_files
 from tests import official_networks as ref

@@ -1,4 +1,4 @@
-"""--mode=project (progan_jax.project): a latent the generator drew an image from is found
+"""--mode=project (progan_jax.modes.project): a latent the generator drew an image from is found
 again, a killed projection resumes from the next image, and bad input is named."""
 
 import json
@@ -9,10 +9,13 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from progan_jax import checkpointing, interrupt, parallel, project, sampling, trained
-from progan_jax import gan as gan_lib
-from progan_jax.errors import ConfigError, MissingFileError
 from progan_jax.metrics import inception
+from progan_jax.modes import project
+from progan_jax.nets import gan as gan_lib
+from progan_jax.nets import sampling
+from progan_jax.runtime import interrupt, parallel
+from progan_jax.runtime.errors import ConfigError, MissingFileError
+from progan_jax.training import checkpointing, trained
 
 
 @pytest.fixture(scope="module")

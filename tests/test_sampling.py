@@ -14,9 +14,11 @@ from jax.sharding import PartitionSpec
 from PIL import Image
 
 from configs import tiny
-from progan_jax import checkpointing, parallel, sampling, train
-from progan_jax import gan as gan_lib
 from progan_jax.metrics import ms_ssim, swd
+from progan_jax.nets import gan as gan_lib
+from progan_jax.nets import sampling
+from progan_jax.runtime import parallel
+from progan_jax.training import checkpointing, train
 
 STAGE, ALPHA = 2, 0.75  # 16x16, fading in
 COUNT, BLOCK, SEED = 13, 5, 7
@@ -164,7 +166,7 @@ def test_small_samples_are_enlarged_to_the_tile():
 @pytest.mark.slow
 def test_only_process_0_writes_generated_files(tmp_path, tiny_config, monkeypatch):
     """Every process generates (the generator spans all devices); one writes the files."""
-    from progan_jax import generate
+    from progan_jax.modes import generate
 
     gen = tiny_config.generate
     tiny_config.checkpoint_images_shown = "untrained"

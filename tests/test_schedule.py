@@ -2,8 +2,8 @@
 
 import pytest
 
-from progan_jax import schedule
-from progan_jax.schedule import Phase
+from progan_jax.training import schedule
+from progan_jax.training.schedule import Phase
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_phase_images_give_each_stage_its_own_lengths(config):
 
 
 def test_phase_images_must_cover_every_stage(config):
-    from progan_jax import config_checks
+    from progan_jax.training import config_checks
 
     config.schedule.batch_sizes = (8, 8, 8)  # the fixture's (4, 3, 5) suit mbstd groups of 1
     config.schedule.phase_images = (30, 8)

@@ -13,8 +13,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import tiny
-from progan_jax import errors, interrupt
 from progan_jax.data import decode, sources
+from progan_jax.runtime import errors, interrupt
 from tests.builds import counting, leftovers, sigterm_at
 
 RED = (255, 0, 0)
@@ -222,12 +222,12 @@ def test_a_folder_where_half_the_files_fail_is_used(folder):
 
 @pytest.mark.parametrize("max_images,total", [(None, 5), (3, 3)])
 def test_decoding_reports_n_of_the_folders_files(folder, monkeypatch, caplog, max_images, total):
-    from progan_jax import tracking
+    from progan_jax.runtime import progress_bar
 
-    track = tracking.track
-    monkeypatch.setattr(tracking, "on_terminal", lambda: False)
+    track = progress_bar.track
+    monkeypatch.setattr(progress_bar, "on_terminal", lambda: False)
     monkeypatch.setattr(
-        tracking, "track", lambda *args, **kwargs: track(*args, **kwargs, every_s=0)
+        progress_bar, "track", lambda *args, **kwargs: track(*args, **kwargs, every_s=0)
     )
     caplog.set_level(logging.INFO)
     _folder_of(pathlib.Path(folder.path), good=5, broken=0)

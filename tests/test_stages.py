@@ -1,8 +1,8 @@
-"""Stage arithmetic (progan_jax.stages) against hand-computed values."""
+"""Stage arithmetic (progan_jax.runtime.stages) against hand-computed values."""
 
 import pytest
 
-from progan_jax import stages
+from progan_jax.runtime import stages
 
 
 @pytest.mark.parametrize("resolution, count", [(4, 1), (8, 2), (128, 6), (1024, 9)])

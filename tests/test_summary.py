@@ -1,8 +1,9 @@
-"""The config summary (progan_jax.summary): the JSON lines of `--mode=summary`."""
+"""The config summary (progan_jax.modes.summary): the JSON lines of `--mode=summary`."""
 
 import json
 
-from progan_jax import schedule, summary
+from progan_jax.modes import summary
+from progan_jax.training import schedule
 
 
 def test_summary_json_gives_the_schedule_total(tiny_config):

@@ -13,8 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-from progan_jax import checkpointing, config_checks, evaluate, sampling, schedule, train, train_step
-from progan_jax import gan as gan_lib
+from progan_jax.modes import evaluate
+from progan_jax.nets import gan as gan_lib
+from progan_jax.nets import sampling
+from progan_jax.training import checkpointing, config_checks, schedule, train, train_step
 
 
 def guard_transfers(monkeypatch) -> list:
@@ -91,8 +93,8 @@ def test_config_errors_name_the_field(tmp_path, tiny_config, field, value):
 
 @pytest.mark.slow
 def test_the_guard_catches_an_implicit_copy(tiny_config, monkeypatch):
-    from progan_jax import gan as gan_lib
-    from progan_jax import parallel
+    from progan_jax.nets import gan as gan_lib
+    from progan_jax.runtime import parallel
 
     guard_transfers(monkeypatch)
     mesh = parallel.make_mesh()

@@ -8,8 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from progan_jax import gan as gan_lib
-from progan_jax import parallel, schedule, train_step
+from progan_jax.nets import gan as gan_lib
+from progan_jax.runtime import parallel
+from progan_jax.training import schedule, train_step
 
 
 @pytest.fixture(scope="module")
@@ -329,7 +330,7 @@ def test_auto_conv_gradients_are_decided_by_platform_when_the_networks_are_built
 
 
 def test_unknown_conv_gradients_is_a_config_error(tiny_config):
-    from progan_jax import config_checks
+    from progan_jax.training import config_checks
 
     tiny_config.model.conv_gradients = "cudnn"
     with pytest.raises(config_checks.ConfigError, match=r"model\.conv_gradients: .*'cudnn'"):

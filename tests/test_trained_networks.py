@@ -1,10 +1,10 @@
-"""Which config a checkpoint is drawn with (progan_jax.trained.with_trained_networks)."""
+"""Which config a checkpoint is drawn with (progan_jax.training.trained.with_trained_networks)."""
 
 import json
 import logging
 
 from configs import tiny
-from progan_jax import trained
+from progan_jax.training import trained
 
 
 def test_a_checkpoint_is_drawn_with_its_runs_networks(caplog, tmp_path):

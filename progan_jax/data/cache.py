@@ -34,8 +34,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from progan_jax import interrupt, tracking
-from progan_jax.errors import DataSetMissingError
+from progan_jax.runtime import interrupt, progress_bar
+from progan_jax.runtime.errors import DataSetMissingError
 
 CHUNK_BYTES = 256 << 20  # images committed at a time while building a cache (~5,500 at 128x128)
 # A source where more than this share of the files cannot be decoded is an error, not a run on
@@ -80,7 +80,7 @@ def chunk_items(shape: Sequence[int]) -> int:
 def reported(read: Reader, total: Callable[[], int | None], what: str) -> Reader:
     """`read` whose items are reported as a build consumes them: `what: N of total`. `total`
     is counted only when a build starts (listing a folder is work a cached run skips)."""
-    return lambda start: tracking.track(read(start), total(), what, done=start)
+    return lambda start: progress_bar.track(read(start), total(), what, done=start)
 
 
 def cached_array(

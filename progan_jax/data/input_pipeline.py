@@ -33,9 +33,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from progan_jax import collectives, interrupt, parallel, stages
 from progan_jax.data import cache, sources
-from progan_jax.errors import ConfigError, UserError
+from progan_jax.runtime import collectives, interrupt, parallel, stages
+from progan_jax.runtime.errors import ConfigError, UserError
 
 # Bytes of base images box-filtered at a time: small groups keep the float32 sums in the CPU's
 # caches (and out of freshly mapped memory), ~3x faster than a commit's chunk (~256 MB) at once.

@@ -31,9 +31,9 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from progan_jax import paths
 from progan_jax.data import cache, decode, synthetic
-from progan_jax.errors import ConfigError, DataSetMissingError
+from progan_jax.runtime import paths
+from progan_jax.runtime.errors import ConfigError, DataSetMissingError
 
 CELEBA_CROP_CENTER = (121, 89)  # (row, column) of the official 128x128 crop, dataset_tool.py
 CELEBA_CROP = 128

@@ -21,11 +21,11 @@ from typing import ClassVar
 import ml_collections
 import numpy as np
 
-from progan_jax import seeds
 from progan_jax.data import input_pipeline, sources
-from progan_jax.errors import ConfigError
 from progan_jax.metrics import generator_swd, ms_ssim, swd
-from progan_jax.sampling import GeneratorSnapshot
+from progan_jax.nets.sampling import GeneratorSnapshot
+from progan_jax.runtime import seeds
+from progan_jax.runtime.errors import ConfigError
 
 
 class StageReals:

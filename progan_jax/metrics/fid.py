@@ -23,10 +23,10 @@ from etils import epath
 from jax.sharding import Mesh
 from scipy import linalg
 
-from progan_jax import parallel, paths, seeds
 from progan_jax.data import sources
-from progan_jax.errors import MissingFileError
 from progan_jax.metrics import generator_swd, inception
+from progan_jax.runtime import parallel, paths, seeds
+from progan_jax.runtime.errors import MissingFileError
 
 HOW_TO_GET_WEIGHTS = (
     "FID needs the Inception weights as a local file, and nothing is downloaded at run time. "

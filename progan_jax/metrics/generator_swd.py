@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from progan_jax import tracking
 from progan_jax.data import input_pipeline
 from progan_jax.metrics import swd
-from progan_jax.sampling import GeneratorSnapshot
+from progan_jax.nets.sampling import GeneratorSnapshot
+from progan_jax.runtime import progress_bar
 
 
 def real_swd_draws(num_reals: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +46,7 @@ def real_minibatches(
     shown = 0
     what = f"reading {len(indices)} reals (batches)"
     batches = input_pipeline.indexed_minibatches(reals, indices, batch)
-    for images in tracking.track(batches, -(-len(indices) // batch), what):
+    for images in progress_bar.track(batches, -(-len(indices) // batch), what):
         if mirror:
             flip = input_pipeline.mirror_flags(seed, np.arange(shown, shown + len(images)))
             images = input_pipeline.mirrored(images, flip)

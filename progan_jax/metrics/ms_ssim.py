@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from progan_jax import parallel
+from progan_jax.runtime import parallel
 
 WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 FILTER_SIZE, FILTER_SIGMA = 11, 1.5

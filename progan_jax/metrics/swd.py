@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from progan_jax import parallel
+from progan_jax.runtime import parallel
 
 NHOOD_SIZE = 7
 NHOODS_PER_IMAGE = 128

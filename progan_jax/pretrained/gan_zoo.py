@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from progan_jax import models, paths, stages
-from progan_jax.layers import SQRT2
+from progan_jax.nets import models
+from progan_jax.nets.layers import SQRT2
 from progan_jax.pretrained import safe_pickle
 from progan_jax.pretrained.imported import (
     Imported,
@@ -32,6 +32,7 @@ from progan_jax.pretrained.imported import (
     inputs_to_nhwc,
     units_to_nhwc,
 )
+from progan_jax.runtime import paths, stages
 
 _CONFIG_CLASS = ("models.utils.config", "BaseConfig")
 _KEYS = ("config", "netG", "netD")

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from progan_jax.errors import UserError
+from progan_jax.runtime.errors import UserError
 
 
 class UnsupportedNetworkError(UserError, ValueError):

@@ -20,11 +20,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from progan_jax import checkpointing, config_checks, parallel, paths, schedule
-from progan_jax import gan as gan_lib
-from progan_jax.errors import ConfigError, MissingFileError, UserError
+from progan_jax.nets import gan as gan_lib
 from progan_jax.pretrained import gan_zoo, official
 from progan_jax.pretrained.imported import Imported, UnsupportedNetworkError
+from progan_jax.runtime import parallel, paths
+from progan_jax.runtime.errors import ConfigError, MissingFileError, UserError
+from progan_jax.training import checkpointing, config_checks, schedule
 
 PROVENANCE = "imported.json"  # in the workdir: the file, its format, lod and sha256
 

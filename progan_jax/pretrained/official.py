@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from progan_jax import models, paths, stages
+from progan_jax.nets import models
 from progan_jax.pretrained import safe_pickle
 from progan_jax.pretrained.imported import (
     Imported,
@@ -31,6 +31,7 @@ from progan_jax.pretrained.imported import (
     inputs_to_nhwc,
     units_to_nhwc,
 )
+from progan_jax.runtime import paths, stages
 
 
 @dataclasses.dataclass(frozen=True)

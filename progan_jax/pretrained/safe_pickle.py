@@ -23,8 +23,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from progan_jax import paths
-from progan_jax.errors import UserError
+from progan_jax.runtime import paths
+from progan_jax.runtime.errors import UserError
 
 
 class UnsafePickleError(UserError, pickle.UnpicklingError):

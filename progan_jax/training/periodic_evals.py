@@ -1,0 +1,62 @@
+"""The evaluators that run while training, and the checkpoint they rank best.
+
+Each evaluator with a cadence (`config.evals.<name>.every_images`) runs on G_ema whenever the
+images shown cross a multiple of it. When `checkpoint.best_metric` is among the results and
+improves on the best so far, the state is kept as the best checkpoint. A metric's values at two
+resolutions do not compare (FID of 16x16 images upscaled, SWD over other pyramid levels), so a
+later stage's first value is the best until a better one at that stage.
+"""
+
+import logging
+from collections.abc import Sequence
+
+import ml_collections
+
+from progan_jax.data import sources
+from progan_jax.metrics import evaluators
+from progan_jax.nets.sampling import GeneratorSnapshot
+
+
+def crossed(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of `every` lies in (before, after]."""
+    return every > 0 and after // every > before // every
+
+
+class PeriodicEvals:
+    def __init__(
+        self, config: ml_collections.ConfigDict, source: sources.Source, best: dict | None
+    ):
+        self.evaluators = evaluators.build(config, evaluators.in_training(config), source)
+        self.metric = config.checkpoint.best_metric
+        self.best = best  # the best checkpoint's record, from an earlier part of the run
+
+    def due(self, before: int, after: int) -> list[evaluators.Evaluator]:
+        return [e for e in self.evaluators if crossed(before, after, e.every_images)]
+
+    def improved(self, results: dict, generator: GeneratorSnapshot) -> dict | None:
+        """The record of a new best checkpoint, if `results` make `generator` one."""
+        value = results.get(self.metric) if self.metric else None
+        if value is None:
+            return None
+        best = self.best
+        if best is not None and (
+            generator.stage < best["stage"]
+            or (generator.stage == best["stage"] and not value < best["value"])
+        ):
+            return None
+        self.best = dict(
+            metric=self.metric,
+            value=value,
+            images_shown=generator.images_shown,
+            stage=generator.stage,
+        )
+        logging.info(
+            "Best %s so far: %.4g at %d images shown.", self.metric, value, generator.images_shown
+        )
+        return self.best
+
+    def run(self, due: Sequence[evaluators.Evaluator], generator: GeneratorSnapshot) -> dict:
+        return evaluators.run(due, generator, quiet=True)
+
+    def close(self) -> None:
+        evaluators.close(self.evaluators)
