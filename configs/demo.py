@@ -2,11 +2,11 @@
 
     python main.py --config configs/demo.py
 
-Takes about 8.5 minutes on 2 CPU cores (the last six at 32x32); sample grids land in
-workdir/demo/samples/. Tuned like configs/short_budget.py (a high learning rate with a fast
-EMA, minibatch-stddev groups of 16, batch 16 at 32x32 for twice the steps at the same images/s,
-penalty weight 1), with 32 feature maps at 32x32 for twice its images/s there. The README
-shows the final grid; docs/quality.md has its SWD.
+Takes 7 to 12 minutes on 2 CPU cores, by CPU (the README has the figures; most of it at
+32x32); sample grids land in workdir/demo/samples/. Tuned like configs/short_budget.py (a
+high learning rate with a fast EMA, minibatch-stddev groups of 16, batch 16 at 32x32 for
+twice the steps at the same images/s, penalty weight 1), with 32 feature maps at 32x32 for
+twice its images/s there. The README shows the final grid; docs/quality.md has its SWD.
 """
 
 import ml_collections

@@ -72,7 +72,7 @@ def test_config_checks_cover_devices_groups_and_sources():
     config_checks.validate(config, devices=8)
     cases = [
         ("schedule.batch_sizes", (12, 8, 8), 8, "does not divide by the 8 devices"),
-        ("timing.batch_size", 6, 8, "does not divide by the 8 devices"),
+        ("benchmark.batch_size", 6, 8, "does not divide by the 8 devices"),
         ("model.mbstd_group_size", 3, 1, "does not divide the per-device batch 16"),
         ("optimizer.learning_rates", (1e-3, 0.0, 1e-3), 1, "must be positive"),
         ("model.num_channels", 2, 1, "must be 1 (grayscale) or 3"),
