@@ -138,7 +138,7 @@ def main(argv: list[str]) -> None:
         flush=True,
     )
     z = np.random.default_rng(0).standard_normal((args.samples, gan.latent_size), np.float32)
-    samples = sampling.generate_images(
+    samples = sampling.host_images(
         gan, generator.params, z, generator.stage, generator.alpha, np.uint8
     )
     gaps = ((targets[:, None].astype(np.float32) - samples[None].astype(np.float32)) ** 2).mean(
@@ -166,7 +166,7 @@ def main(argv: list[str]) -> None:
             project.project_images(config, args.workdir)
             seconds.append(time.perf_counter() - start)
         latents = np.load(scratch / f"{method}_0" / "latents.npy")
-        drawn = sampling.generate_images(
+        drawn = sampling.host_images(
             gan, generator.params, latents, generator.stage, generator.alpha, np.uint8
         )
         print(

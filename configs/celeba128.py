@@ -30,4 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.schedule.batch_sizes = (16, 16, 16, 16, 16, 16, 14, 6, 3)
     config.data.source = "celeb_a"
     config.data.download = True
+    # FID of 50k images every 500k images shown (38 evaluations), written as metrics/fid and
+    # ranking the best checkpoint. It needs evals.fid_weights (docs/evaluation.md); its cost is
+    # measured by benchmarks/fid_cost.py (docs/performance.md, "FID while training").
+    config.evals.fid.every_images = 500_000
     return config

@@ -89,7 +89,6 @@ def test_the_best_checkpoint_is_the_best_of_the_latest_stage(tiny_config):
     "field,value,says",
     [
         ("evals.evaluate", ("swd", "is"), "evals.evaluate: unknown evaluators ['is']"),
-        ("evals.fid.every_images", 1000, "evals.fid.every_images: FID while training needs"),
         ("evals.swd.images", 1, "evals.swd.images: must be at least 2"),
         ("checkpoint.best_metric", "ms_ssim", "checkpoint.best_metric: 'ms_ssim' does not rank"),
     ],
@@ -102,6 +101,14 @@ def test_evaluator_settings_are_checked_by_name(tiny_config, field, value, says)
     target[rest[-1]] = value
     with pytest.raises(ConfigError, match=says.replace("[", r"\[").replace("]", r"\]")):
         evaluators.validate(tiny_config)
+
+
+def test_fid_while_training_needs_its_weights_at_the_start(tiny_config):
+    """A plan or a benchmark of the same config does not: only training asks for them."""
+    tiny_config.evals.fid.every_images = 1000
+    evaluators.validate(tiny_config)
+    with pytest.raises(ConfigError, match=r"evals\.fid\.every_images: FID while training needs"):
+        periodic_evals.PeriodicEvals(tiny_config, None, best=None)
 
 
 def test_training_runs_the_evaluators_with_a_cadence(tiny_config):

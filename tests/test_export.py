@@ -129,7 +129,7 @@ def test_export_writes_the_saved_model_and_its_description(exported, tmp_path):
 def test_tensorflow_images_match_jax_at_the_checkpoints_alpha(exported, batch):
     _, gan, params, latents, outputs = exported
     z = latents[f"b{batch}"]
-    expected = sampling.generate_images(gan, params, z, STAGE, ALPHA)
+    expected = sampling.host_images(gan, params, z, STAGE, ALPHA)
     floats, uint8 = outputs[f"images_float_b{batch}"], outputs[f"images_uint8_b{batch}"]
     assert floats.shape == uint8.shape == (batch, 16, 16, 3)
     assert floats.dtype == np.float32 and uint8.dtype == np.uint8
@@ -137,7 +137,7 @@ def test_tensorflow_images_match_jax_at_the_checkpoints_alpha(exported, batch):
     np.testing.assert_array_equal(uint8, sampling.to_uint8(floats))  # the same conversion
     difference = np.abs(uint8.astype(int) - sampling.to_uint8(expected).astype(int))
     assert difference.max() <= 1  # only where float noise moves a value across a .5
-    at_alpha_1 = sampling.generate_images(gan, params, z, STAGE, 1.0)
+    at_alpha_1 = sampling.host_images(gan, params, z, STAGE, 1.0)
     assert np.abs(floats - at_alpha_1).max() > 1e-2
 
 
@@ -202,7 +202,7 @@ def test_a_conditional_generator_exports_with_a_label_input(tmp_path):
     labels = np.array([0, 2, 1, 2], np.int32)
     outputs = _run_in_tensorflow(info["saved_model"], {"b4": z, "b4_labels": labels}, tmp_path)
     params = jax.tree.map(np.asarray, state.generator_ema_params)
-    want = sampling.generate_images(gan, params, z, STAGE, ALPHA, np.float32, labels)
+    want = sampling.host_images(gan, params, z, STAGE, ALPHA, np.float32, labels)
     np.testing.assert_allclose(outputs["images_float_b4"], want, atol=2e-5)
-    other = sampling.generate_images(gan, params, z, STAGE, ALPHA, np.float32, labels * 0)
+    other = sampling.host_images(gan, params, z, STAGE, ALPHA, np.float32, labels * 0)
     assert not np.allclose(outputs["images_float_b4"], other, atol=1e-3)

@@ -53,10 +53,10 @@ def test_a_conditional_generator_draws_the_classes_asked_for(tmp_path, tiny_conf
 
     generator = trained.load_generator(tiny_config, str(tmp_path), "untrained")
     z = generate.latents(generator.gan, gen.seed, 4, None)
-    want = sampling.generate_images(
+    want = sampling.host_images(
         generator.gan, generator.params, z, generator.stage, 1.0, np.uint8, np.full(4, 2)
     )
-    other = sampling.generate_images(
+    other = sampling.host_images(
         generator.gan, generator.params, z, generator.stage, 1.0, np.uint8, np.full(4, 0)
     )
     from PIL import Image
@@ -84,9 +84,7 @@ def test_latents_from_a_file_are_drawn_in_order_and_walked_through(tmp_path, tin
     result = generate.write_generated(tiny_config, str(tmp_path))
     assert result["images"] == 3 and result["frames"] == 3 * 2
     generator = trained.load_generator(tiny_config, str(tmp_path), "untrained")
-    want = sampling.generate_images(
-        generator.gan, generator.params, z, generator.stage, 1.0, np.uint8
-    )
+    want = sampling.host_images(generator.gan, generator.params, z, generator.stage, 1.0, np.uint8)
     got = np.stack([np.asarray(Image.open(tmp_path / "out" / "images" / f"0_{i:05d}.png"))
                     for i in range(3)])  # fmt: skip
     np.testing.assert_array_equal(got, want)

@@ -290,7 +290,7 @@ def test_a_checkpoint_is_drawn_with_the_networks_its_run_trained(tmp_path, compi
     params = jax.tree.map(np.asarray, state.generator_ema_params)
     z = generate.latents(gan, config.generate.seed, 4, None)
     drawn = {
-        scale: sampling.generate_images(
+        scale: sampling.host_images(
             dataclasses.replace(gan, generator=gan.generator.clone(label_scale=scale)),
             *(params, z, 2, 1.0, np.uint8, np.full(4, 2)),
         ).astype(int)

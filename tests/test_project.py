@@ -36,7 +36,7 @@ def drawn(tmp_path_factory):
     checkpointer.close()
     generator = trained.load_generator(config, str(root / "run"), None)
     z = np.random.default_rng(5).standard_normal((4, config.model.latent_size)).astype(np.float32)
-    images = sampling.generate_images(generator.gan, generator.params, z, 2, 1.0, np.uint8)
+    images = sampling.host_images(generator.gan, generator.params, z, 2, 1.0, np.uint8)
     (root / "photos").mkdir()
     for i, image in enumerate(images):
         Image.fromarray(image).save(root / "photos" / f"{i}.png")

@@ -53,7 +53,7 @@ def reference_blocks(generator) -> list[np.ndarray]:
 @pytest.mark.slow
 def test_eight_devices_generate_what_one_device_does(generator):
     z = generator.gan.sample_latents(jax.random.key(0), COUNT)
-    got = sampling.generate_images(generator.gan, generator.params, z, STAGE, ALPHA)
+    got = sampling.host_images(generator.gan, generator.params, z, STAGE, ALPHA)
     np.testing.assert_allclose(got, one_device_images(generator, z), rtol=0, atol=1e-5)
 
 
@@ -62,7 +62,7 @@ def test_each_device_generates_only_its_own_latents(generator):
     """13 latents on 8 devices: padded to 16, two per device, in order; the compiled program
     of each device takes its two latents and makes two images (no device makes all 16)."""
     z = generator.gan.sample_latents(jax.random.key(0), COUNT)
-    rows = sampling.generate(generator.gan, generator.params, z, STAGE, ALPHA)
+    rows = sampling.sharded_images(generator.gan, generator.params, z, STAGE, ALPHA)
     assert rows.count == COUNT and rows.array.shape == (16, 16, 16, 3)
     assert rows.array.sharding.spec == PartitionSpec(parallel.DATA_AXIS)
     shards = sorted(rows.array.addressable_shards, key=lambda shard: shard.index[0].start)
@@ -193,7 +193,7 @@ def test_a_conditional_generator_asked_for_one_class_draws_only_it():
 
     def drawn(label: int) -> np.ndarray:
         labels = np.full(6, label)
-        return sampling.generate_images(gan, state.generator_ema_params, z, STAGE, ALPHA,
+        return sampling.host_images(gan, state.generator_ema_params, z, STAGE, ALPHA,
                                         np.uint8, labels)  # fmt: skip
 
     np.testing.assert_array_equal(got, drawn(2))

@@ -199,13 +199,13 @@ def test_a_conditional_run_trains_on_labelled_data(tmp_path, tiny_config, monkey
     tiny_config.data.labels = "skin_tone"
     tiny_config.data.cache_dir = str(tmp_path / "cache")
     asked = []
-    generate_images = sampling.generate_images
+    host_images = sampling.host_images
 
     def recording(*args, **kwargs):
         asked.append(args[6] if len(args) > 6 else kwargs.get("labels"))
-        return generate_images(*args, **kwargs)
+        return host_images(*args, **kwargs)
 
-    monkeypatch.setattr(sampling, "generate_images", recording)
+    monkeypatch.setattr(sampling, "host_images", recording)
     (tmp_path / "run").mkdir()
     state = train.train(tiny_config, str(tmp_path / "run"))
     assert int(state.step) == 20

@@ -231,18 +231,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"evals.{name}.every_images: must be >= 0 (0: off while training)")
         if ev[name].images < 2:
             raise ConfigError(f"evals.{name}.images: must be at least 2, got {ev[name].images}")
-    if ev.fid.every_images > 0 and not ev.fid_weights:
-        from progan_jax.metrics import fid
-
-        raise ConfigError(
-            "evals.fid.every_images: FID while training needs evals.fid_weights, which is not "
-            f"set. {fid.HOW_TO_GET_WEIGHTS} Or turn it off with --config.evals.fid.every_images=0."
-        )
     best = config.checkpoint.best_metric
     if best and best not in RANKING_METRICS:
         raise ConfigError(
             f"checkpoint.best_metric: {best!r} does not rank checkpoints; choose from "
             f"{', '.join(RANKING_METRICS)} or ''"
+        )
+
+
+def check_training_needs(config: ml_collections.ConfigDict) -> None:
+    """What the evaluators with a cadence need before training starts (not for a plan or a
+    benchmark of the same config): FID's Inception weights."""
+    if config.evals.fid.every_images > 0 and not config.evals.fid_weights:
+        from progan_jax.metrics import fid
+
+        raise ConfigError(
+            "evals.fid.every_images: FID while training needs evals.fid_weights, which is not "
+            f"set. {fid.HOW_TO_GET_WEIGHTS} Or turn it off with --config.evals.fid.every_images=0."
         )
 
 

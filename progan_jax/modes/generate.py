@@ -131,7 +131,7 @@ def interpolation_frames(
     labels = None if walk_classes is None else np.tile(walk_classes, len(z) // walks)
     if given_labels is not None and not gen.labels:
         labels = np.repeat(given_labels[:count], gen.frames_per_keyframe)
-    images = sampling.generate_images(
+    images = sampling.host_images(
         gan, generator.params, z, generator.stage, generator.alpha, np.uint8, labels
     )
     frames = images.reshape(-1, walks, *images.shape[1:])
@@ -151,7 +151,7 @@ def write_generated(config: ml_collections.ConfigDict, workdir: str) -> dict:
     labels = class_ids(gan, tuple(gen.labels), len(z), gen.grid)
     if given_labels is not None and not gen.labels:
         labels = given_labels
-    images = sampling.generate_images(
+    images = sampling.host_images(
         gan, generator.params, z, generator.stage, generator.alpha, np.uint8, labels
     )
     walk = gen.keyframes > 1 and (given is None or len(given) > 1)

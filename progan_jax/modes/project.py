@@ -439,7 +439,7 @@ def _write_outputs(out, names, done, files, labels, generator, config) -> dict:
     gan, resolution = generator.gan, generator.resolution
     conditional = labels if gan.label_size else None
     shown = slice(0, SHOWN)
-    drawn = sampling.generate_images(
+    drawn = sampling.host_images(
         gan, generator.params, latents[shown], generator.stage, generator.alpha, np.uint8,
         None if conditional is None else conditional[shown],
     )  # fmt: skip

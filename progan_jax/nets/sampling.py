@@ -1,7 +1,7 @@
 """Images from the generator: fixed latents, grids, PNG files.
 
 The generator runs over every device of every process: each device generates the images of
-its own slice of the latents (`generate`), a few at a time at large resolutions
+its own slice of the latents (`sharded_images`), a few at a time at large resolutions
 (`generation_group`), so N images on D devices take about the time of N / D on one.
 """
 
@@ -68,7 +68,7 @@ def generator_fn(gan: GAN, stage: int, mesh: Mesh, group: int, dtype: np.dtype):
     return parallel.rowwise(per_device, mesh)
 
 
-def generate(
+def sharded_images(
     gan: GAN,
     params: Params,
     z,
@@ -92,7 +92,7 @@ def generate(
     return parallel.Rows(fn(shared, (latents.array, classes)), latents.count)
 
 
-def generate_images(
+def host_images(
     gan: GAN,
     params: Params,
     z,
@@ -101,11 +101,11 @@ def generate_images(
     dtype: type = np.float32,
     labels=None,
 ) -> np.ndarray:
-    """`generate`'s images as a NumPy array on every process: float32 in [-1, 1], or uint8.
+    """`sharded_images`'s images as a NumPy array on every process: float32 in [-1, 1], or uint8.
     Minibatches of `generation_group` images per device bound the devices' memory."""
     minibatch = generation_group(stages.stage_resolution(stage)) * jax.device_count()
     parts = [
-        generate(
+        sharded_images(
             gan,
             params,
             z[i : i + minibatch],
@@ -197,7 +197,7 @@ class GeneratorSnapshot:
         return block * max(1, per_step // block)
 
     def fake_minibatches(self, count: int, batch: int, seed: int) -> Iterator[parallel.Rows]:
-        """`count` generated uint8 images in minibatches split over the devices (`generate`),
+        """`count` generated uint8 images in minibatches split over the devices (`sharded_images`),
         from latents fixed by `seed` in blocks of `batch`: a block's latents depend on the seed
         and its first image only, so the images do not depend on the number of devices. A long
         run of them (a metric's thousands) reports its progress."""
@@ -224,4 +224,4 @@ class GeneratorSnapshot:
                     jax.random.categorical(jax.random.fold_in(k, 1), log_frequencies, shape=(n,))
                     for k, n in blocks
                 ])  # fmt: skip
-            yield generate(self.gan, self.params, z, self.stage, self.alpha, labels=labels)
+            yield sharded_images(self.gan, self.params, z, self.stage, self.alpha, labels=labels)

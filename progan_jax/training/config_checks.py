@@ -185,19 +185,10 @@ def validate_schedule_lengths(config: ml_collections.ConfigDict) -> None:
         _fail("schedule.final_stabilize_images", "must be >= 0")
 
 
-def validate(
-    config: ml_collections.ConfigDict, devices: int, processes: int = 1, *, reads_data: bool = True
-) -> None:
-    """Raises ConfigError for the first invalid value. A mode that reads no data (the step's
-    benchmark and plan run on random images) passes `reads_data=False`: its `data` section
-    need not name a data set."""
-    model, sched = config.model, config.schedule
-    validate_model(config)
-    if reads_data:
-        validate_data(config)
-    res = model.resolution
-    count = stages.num_stages(res)
-
+def validate_schedule(config: ml_collections.ConfigDict, devices: int, processes: int) -> None:
+    """`schedule` (batch sizes for the devices and processes, phase lengths, the total) and
+    the per-stage learning rates and EMA of `optimizer`."""
+    sched, count = config.schedule, stages.num_stages(config.model.resolution)
     if schedule.is_auto(sched.batch_sizes):
         if sched.max_batch_per_device < 1:
             _fail(
@@ -206,14 +197,7 @@ def validate(
             )
     else:
         _check_batch_sizes(config, count, devices, processes)
-    bench_batch = config.benchmark.batch_size
-    if bench_batch is not None and (bench_batch < 1 or bench_batch % devices):
-        _fail(
-            "benchmark.batch_size",
-            f"{bench_batch} does not divide by the {devices} devices; use a multiple of {devices}",
-        )
     _per_stage(config, "optimizer.learning_rates", count, lambda lr: lr > 0, "positive")
-
     validate_schedule_lengths(config)
     total = schedule.Schedule.from_config(config).total_images
     if total >= 2**31:
@@ -224,8 +208,19 @@ def validate(
         )
     if not 0.0 <= config.ema_decay < 1.0:
         _fail("ema_decay", f"must be in [0, 1), got {config.ema_decay}")
-    losses.WGANGP.from_config(config.loss)  # the loss checks its own settings
 
+
+def validate_benchmark(config: ml_collections.ConfigDict, devices: int) -> None:
+    bench_batch = config.benchmark.batch_size
+    if bench_batch is not None and (bench_batch < 1 or bench_batch % devices):
+        _fail(
+            "benchmark.batch_size",
+            f"{bench_batch} does not divide by the {devices} devices; use a multiple of {devices}",
+        )
+
+
+def validate_outputs(config: ml_collections.ConfigDict) -> None:
+    """`checkpoint` and `logging`: cadences and counts."""
     ckpt, logs = config.checkpoint, config.logging
     for field in (
         "checkpoint.every_images",
@@ -242,8 +237,10 @@ def validate(
     ):
         if value < 1:
             _fail(field, f"must be >= 1, got {value}")
-    evaluators.validate(config)
-    renew, stale_after = config.lease.renew_seconds, config.lease.stale_after_seconds
+
+
+def validate_lease(lease: ml_collections.ConfigDict) -> None:
+    renew, stale_after = lease.renew_seconds, lease.stale_after_seconds
     if not renew > 0:
         _fail("lease.renew_seconds", f"must be positive, got {renew}")
     if not stale_after >= 2 * renew:
@@ -252,3 +249,20 @@ def validate(
             f"must be at least twice lease.renew_seconds ({renew}), or a live run's lease looks "
             f"stale between two renewals; got {stale_after}",
         )
+
+
+def validate(
+    config: ml_collections.ConfigDict, devices: int, processes: int = 1, *, reads_data: bool = True
+) -> None:
+    """Raises ConfigError for the first invalid value, section by section. A mode that reads
+    no data (the step's benchmark and plan run on random images) passes `reads_data=False`: its
+    `data` section need not name a data set."""
+    validate_model(config)
+    if reads_data:
+        validate_data(config)
+    validate_schedule(config, devices, processes)
+    validate_benchmark(config, devices)
+    losses.WGANGP.from_config(config.loss)  # the loss checks its own settings
+    validate_outputs(config)
+    evaluators.validate(config)
+    validate_lease(config.lease)

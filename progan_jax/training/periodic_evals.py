@@ -26,6 +26,7 @@ class PeriodicEvals:
     def __init__(
         self, config: ml_collections.ConfigDict, source: sources.Source, best: dict | None
     ):
+        evaluators.check_training_needs(config)
         self.evaluators = evaluators.build(config, evaluators.in_training(config), source)
         self.metric = config.checkpoint.best_metric
         self.best = best  # the best checkpoint's record, from an earlier part of the run

@@ -225,7 +225,7 @@ class Trainer:
         if self._sampled_at == progress.images_shown:
             return
         self._sampled_at = progress.images_shown
-        images = sampling.generate_images(
+        images = sampling.host_images(
             self.gan,
             state.generator_ema_params,
             self.latents,
