@@ -7,14 +7,17 @@ resolutions do not compare (FID of 16x16 images upscaled, SWD over other pyramid
 later stage's first value is the best until a better one at that stage.
 """
 
+import json
 import logging
 from collections.abc import Sequence
 
+import jax
 import ml_collections
 
 from progan_jax.data import sources
 from progan_jax.metrics import evaluators
 from progan_jax.nets.sampling import GeneratorSnapshot
+from progan_jax.runtime import collectives
 
 
 def crossed(before: int, after: int, every: int) -> bool:
@@ -57,7 +60,13 @@ class PeriodicEvals:
         return self.best
 
     def run(self, due: Sequence[evaluators.Evaluator], generator: GeneratorSnapshot) -> dict:
-        return evaluators.run(due, generator, quiet=True)
+        """The due evaluators' results, process 0's on every process: with per-process shards
+        the reals, and so the metrics, differ by process, and every process must make the same
+        decision about the best checkpoint (its save is collective)."""
+        results = evaluators.run(due, generator, quiet=True)
+        if jax.process_count() > 1:
+            results = json.loads(collectives.allgather_bytes(json.dumps(results).encode())[0])
+        return results
 
     def close(self) -> None:
         evaluators.close(self.evaluators)
