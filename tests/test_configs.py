@@ -66,7 +66,16 @@ def test_paper_configs_hold_the_official_preset(module):
     assert config.schedule.fade_images == preset["lod_transition_kimg"] * 1000
     assert schedule.Schedule.from_config(config).total_images == preset["total_kimg"] * 1000
     assert config.data.mirror_augment  # config.py's CelebA and CelebA-HQ lines
-    config_checks.validate(config, devices=1)
+    assert (config.evals.fid.every_images, config.evals.fid.images) == (500_000, 50_000)
+    assert config.checkpoint.best_metric == "fid"
+    config_checks.validate(config, devices=1)  # FID's weights are asked for by training alone
+
+
+def test_cpu_configs_compute_no_fid_while_training():
+    from configs import demo, short_budget
+
+    for module in (demo, short_budget, image_folder, default):
+        assert module.get_config().evals.fid.every_images == 0
 
 
 def test_eight_device_config_holds_preset_v2_8gpus():
