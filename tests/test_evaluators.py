@@ -58,7 +58,8 @@ def test_training_fid_at_its_cadence_equals_evaluate_mode_and_ranks_the_best(tmp
         record = checkpointer.best()
     finally:
         checkpointer.close()
-    assert record == dict(metric="fid", value=pytest.approx(fids[best]), images_shown=best, stage=2)
+    want = dict(metric="fid", value=pytest.approx(fids[best]), images_shown=best, stage=2, images=8)
+    assert record == want
     config.checkpoint_images_shown = "best"
     assert trained.load_generator(config, str(workdir), "best").images_shown == best
     config.generate.num_images, config.generate.grid, config.generate.keyframes = 2, 1, 1
@@ -71,18 +72,23 @@ def _snapshot(stage: int, images_shown: int) -> GeneratorSnapshot:
 
 def test_the_best_checkpoint_is_the_best_of_the_latest_stage(tiny_config):
     """Values at two resolutions do not compare: a later stage's first value is the best; a
-    worse value, a NaN or an earlier stage's value is not."""
+    worse value, a NaN, an infinity or an earlier stage's value is not; nor a record of the
+    metric on another count of images."""
     evals = periodic_evals.PeriodicEvals(tiny_config, None, best=None)
     assert evals.improved({"fid": 50.0}, _snapshot(1, 100))["value"] == 50.0
     assert evals.improved({"fid": 60.0}, _snapshot(1, 200)) is None
     assert evals.improved({"fid": 90.0}, _snapshot(2, 300))["images_shown"] == 300
     assert evals.improved({"fid": 1.0}, _snapshot(1, 400)) is None
     assert evals.improved({"fid": float("nan")}, _snapshot(2, 500)) is None
+    assert evals.improved({"fid": float("inf")}, _snapshot(3, 550)) is None
     assert evals.improved({"swd_x1e3_avg": 1.0}, _snapshot(2, 600)) is None  # not the metric
     assert evals.improved({"fid": 80.0}, _snapshot(2, 700))["value"] == 80.0
-    assert evals.best == dict(metric="fid", value=80.0, images_shown=700, stage=2)
+    assert evals.best == dict(metric="fid", value=80.0, images_shown=700, stage=2, images=50000)
     resumed = periodic_evals.PeriodicEvals(tiny_config, None, best=evals.best)
     assert resumed.improved({"fid": 85.0}, _snapshot(2, 800)) is None
+    tiny_config.evals.fid.images = 10000  # a resumed run measuring another way starts afresh
+    other = periodic_evals.PeriodicEvals(tiny_config, None, best=evals.best)
+    assert other.improved({"fid": 85.0}, _snapshot(2, 800))["value"] == 85.0
 
 
 @pytest.mark.parametrize(

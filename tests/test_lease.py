@@ -68,7 +68,7 @@ def test_the_trainer_releases_its_lease_when_the_run_fails(tmp_path, config, mon
 @pytest.mark.slow
 def test_a_lease_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
     holder = (
-        "import sys, time; from etils import epath; from progan_jax import lease; "
+        "import sys, time; from etils import epath; from progan_jax.runtime import lease; "
         f"lease.acquire(epath.Path(sys.argv[1]), **{TIMINGS!r}); print('held', flush=True); "
         "time.sleep(600)"
     )

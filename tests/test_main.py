@@ -90,6 +90,11 @@ def test_evaluate_reports_metrics_of_a_checkpoint(uninterrupted, compile_cache):
     missing = run(workdir, compile_cache, "--mode=evaluate", "--config.checkpoint_images_shown=100")
     assert missing.returncode == 1
     assert "No checkpoint at 100 images shown" in missing.stderr and "320" in missing.stderr
+    no_best = run(
+        workdir, compile_cache, "--mode=generate", "--config.checkpoint_images_shown=best"
+    )
+    assert no_best.returncode == 1  # the run ranked no checkpoint: it computed no FID
+    assert "No best checkpoint" in no_best.stderr and "best_metric" in no_best.stderr
 
 
 def test_generate_writes_what_it_says(uninterrupted, compile_cache, tmp_path):

@@ -46,10 +46,15 @@ def _finish(processes, logs, timeout=600) -> list[str]:
 
 @pytest.mark.slow
 def test_timed_checkpoints_agree_when_clocks_disagree(tmp_path, compile_cache):
-    """Process 1's clock runs 7x fast: deciding saves by each process's clock deadlocks."""
+    """Process 1's clock runs 7x fast: deciding saves by each process's clock deadlocks. The
+    best SWD's checkpoint is saved by both too, though each process measures its own shard."""
     skewed = (sys.executable, str(ROOT / "tests" / "skewed_clock.py"), "7")
-    overrides = ("--config.checkpoint.every_minutes=0.003", "--config.checkpoint.every_images=0")
-    _workdir, processes, logs = _two_processes(
+    overrides = (
+        "--config.checkpoint.every_minutes=0.003",
+        "--config.checkpoint.every_images=0",
+        "--config.checkpoint.best_metric=swd_x1e3_avg",
+    )
+    workdir, processes, logs = _two_processes(
         tmp_path, compile_cache, *overrides, programs=((), skewed)
     )
     texts = _finish(processes, logs, timeout=300)
@@ -58,6 +63,7 @@ def test_timed_checkpoints_agree_when_clocks_disagree(tmp_path, compile_cache):
     assert saved[0] == saved[1]
     timed = [n for n in saved[0] if n not in (64, 192, 320)]  # besides the stage ends
     assert timed, saved
+    assert [p.name for p in (workdir / "best_checkpoint").iterdir()] in (["256"], ["320"])
 
 
 @pytest.mark.slow

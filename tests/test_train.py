@@ -221,3 +221,32 @@ def test_a_conditional_run_trains_on_labelled_data(tmp_path, tiny_config, monkey
     classes = json.loads((tmp_path / "run" / "classes.json").read_text())
     assert classes["names"] == ["light", "medium", "dark"]
     assert sum(classes["shares"].values()) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_sigterm_during_an_evaluation_saves_and_stops(tmp_path, tiny_config, monkeypatch):
+    """SIGTERM while SWD generates its images (every process must finish that together) stops
+    the run after the evaluation, with a checkpoint there, not with an unsaved exit."""
+    import os
+    import signal
+
+    from progan_jax.metrics import evaluators
+
+    run_evaluators = evaluators.run
+
+    def interrupted(due, generator, **kwargs):
+        if generator.resolution == 16:  # where SWD has work to do (it skips 4x4 and 8x8)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return run_evaluators(due, generator, **kwargs)
+
+    monkeypatch.setattr(evaluators, "run", interrupted)
+    tiny_config.checkpoint.every_images = 0
+    tiny_config.data.cache_dir = str(tmp_path / "cache")
+    (tmp_path / "run").mkdir()
+    state = train.train(tiny_config, str(tmp_path / "run"))
+    assert int(jax.device_get(state.step)) == 256 // 16  # SWD's first evaluation, at 16x16
+    checkpointer = checkpointing.Checkpointer(tmp_path / "run")
+    try:
+        assert checkpointer.latest_images_shown() == 256
+    finally:
+        checkpointer.close()

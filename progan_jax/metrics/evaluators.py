@@ -6,10 +6,13 @@ writes TensorBoard's `metrics/...`; `--mode=evaluate` runs the ones `evals.evalu
 checkpoint and writes `eval/...`. An evaluator keeps what does not change within a stage (the
 reals' SWD descriptors and noise floor, their FID statistics, the Inception weights), so a
 periodic evaluation only generates and describes images; and it draws the same images from
-the same seeds every time, so training's value at a checkpoint is `--mode=evaluate`'s on it.
+the same seeds every time, so training's value at a checkpoint is `--mode=evaluate`'s on it
+(with the same `evals` settings and, with per-process shards, process 0's shard).
 
-Every process computes the same numbers (the generator runs on the global mesh, each device
-on its own rows); the writers keep process 0's.
+The generator runs on the global mesh, each device on its own rows; the reals are this
+process's (its shard, with per-process shards), and so are the numbers. Training's writer and
+its choice of the best checkpoint take process 0's. Descriptors of reals kept for a stage sit
+in `$TMPDIR` (75 KB per image and pyramid level; `class_swd` keeps one set per class).
 """
 
 import abc
@@ -94,10 +97,14 @@ class _DescribedReals:
         )
         self.noise_floor: dict[str, float] = {}
         if noise_floor:
-            with generator_swd.describe_reals(
-                reals, second, ev.batch_size, seeds.Coins.SWD_NOISE_FLOOR_REALS, mirror=mirror
-            ) as second_draw:
-                floor = swd.distances(self.descriptors, [second_draw])[0]
+            try:
+                with generator_swd.describe_reals(
+                    reals, second, ev.batch_size, seeds.Coins.SWD_NOISE_FLOOR_REALS, mirror=mirror
+                ) as second_draw:
+                    floor = swd.distances(self.descriptors, [second_draw])[0]
+            except BaseException:  # e.g. SIGTERM or a full disk: no temporary files left behind
+                self.descriptors.close()
+                raise
             self.noise_floor = {k.replace("swd", "swd_noise_floor"): v for k, v in floor.items()}
 
     def distances_to(self, generator: GeneratorSnapshot, batch: int, seed: int) -> dict:
@@ -260,15 +267,15 @@ def build(
 
 
 def run(evaluators: Sequence[Evaluator], generator: GeneratorSnapshot, *, quiet: bool) -> dict:
-    """Every evaluator's metrics of `generator`; those that do not apply are skipped (with a
-    warning unless `quiet`: training skips SWD at 4x4 and 8x8 by design)."""
+    """Every evaluator's metrics of `generator`; those that do not apply are skipped (said in
+    the log unless `quiet`: training skips SWD at 4x4 and 8x8 by design)."""
     results: dict[str, float] = {}
     for evaluator in evaluators:
         reason = evaluator.skip_reason(generator)
         if reason is None:
             results.update(evaluator(generator))
         elif not quiet:
-            logging.warning("Skipping %s: %s.", evaluator.name, reason)
+            logging.info("Skipping %s: %s.", evaluator.name, reason)
     return results
 
 

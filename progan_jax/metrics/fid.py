@@ -163,8 +163,8 @@ def real_statistics(
     resolution: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the Inception features of `evals.fid.images` of `source`'s `reals` at
-    `resolution` (all if fewer), read
-    from their cache file or computed and cached by process 0."""
+    `resolution` (all if fewer), read from their cache file, or computed (by every process)
+    and cached (by process 0)."""
     ev = config.evals
     count = min(ev.fid.images, len(reals))
     path = _reference_path(config, source, resolution, count)

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 
 _REQUESTED = threading.Event()
+_DEFERRED = threading.Event()
 
 
 class Interrupted(Exception):
@@ -25,8 +26,9 @@ def requested() -> bool:
 
 
 def check(what: str = "preparation") -> None:
-    """Raises `Interrupted` if SIGTERM has arrived (call between chunks of long work)."""
-    if _REQUESTED.is_set():
+    """Raises `Interrupted` if SIGTERM has arrived (call between chunks of long work), unless
+    within `deferred()`."""
+    if _REQUESTED.is_set() and not _DEFERRED.is_set():
         raise Interrupted(f"SIGTERM during {what}: stopped; the same command resumes it.")
 
 
@@ -43,6 +45,19 @@ def sigterm_requests_stop() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block, long work runs to its end despite SIGTERM; the request stays for the
+    caller to act on after it. For work that every process must finish together (an
+    evaluation while training is collective: a process that left it alone would strand the
+    others), after which the loop saves and stops on every process."""
+    _DEFERRED.set()
+    try:
+        yield
+    finally:
+        _DEFERRED.clear()
 
 
 def reset() -> None:

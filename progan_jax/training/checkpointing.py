@@ -9,12 +9,12 @@ classes.json and the best checkpoint.
 
 Each checkpoint holds `state` (G, the critic, G_ema, both Adam states, the RNG key, the step
 count), `progress` (JSON: images shown, phase, stage and alpha of the last step) and what its
-parameters mean: `model` (the networks' config fields) and `classes` (a conditional run's); the
-best one also its `metric`. `load_generator` reads G_ema alone, in the networks the checkpoint
-names, for evaluation, generation, export and projection. Checkpoints from before `model` was
-kept read the networks from config.json. The workdir may be a bucket (`gs://...`). Saves are
-atomic: a process killed mid-save leaves a temporary directory that is ignored and cleaned up,
-and the previous checkpoint stays intact.
+parameters mean, `networks` (JSON: the networks' `model` fields and a conditional run's
+`classes`); the best one also its `metric` record. `trained.load_generator` reads G_ema alone,
+in the networks the checkpoint names, for evaluation, generation, export and projection;
+checkpoints from before `networks` was kept read them from config.json and classes.json.
+The workdir may be a bucket (`gs://...`). Saves are atomic: a process killed mid-save leaves a
+temporary directory that is ignored and cleaned up, and the previous checkpoint stays intact.
 """
 
 import dataclasses
@@ -284,7 +284,10 @@ class Checkpointer:
     def save_best(
         self, state: TrainState, progress: Progress, networks: Networks, metric: dict
     ) -> None:
-        """Replaces the best checkpoint with this one, its `metric` record beside it."""
+        """Replaces the best checkpoint with this one, its `metric` record beside it (unless
+        it is this one already: a resumed run that replays the steps after a kill)."""
+        if progress.images_shown in self._best.all_steps():
+            return
         items = self._items(state, progress, networks)
         items["metric"] = ocp.args.JsonSave(metric)
         self._save(self._best, progress.images_shown, items, self._best.latest_step())
@@ -343,7 +346,7 @@ def trained_networks(
     """The networks of a workdir's checkpoint (the latest by default): those the checkpoint
     names, else (a checkpoint from before they were kept) config.json's `model` and
     classes.json; None for a workdir without either."""
-    workdir = paths.resolve(workdir)
+    workdir, which = paths.resolve(workdir), checkpoint_choice(which)
     if which != "untrained" and holds_checkpoints(workdir):
         checkpointer = Checkpointer(workdir)
         try:

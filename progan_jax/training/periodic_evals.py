@@ -9,6 +9,7 @@ later stage's first value is the best until a better one at that stage.
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 
 import jax
@@ -32,7 +33,22 @@ class PeriodicEvals:
         evaluators.check_training_needs(config)
         self.evaluators = evaluators.build(config, evaluators.in_training(config), source)
         self.metric = config.checkpoint.best_metric
-        self.best = best  # the best checkpoint's record, from an earlier part of the run
+        ranking = evaluators.RANKING_METRICS.get(self.metric)
+        self.images = config.evals[ranking].images if ranking else None
+        # The best checkpoint's record from an earlier part of the run, if it measured the same
+        # thing: another metric, or the same on another count of images, does not compare.
+        same = best is not None and (best["metric"], best.get("images")) == (
+            self.metric,
+            self.images,
+        )
+        self.best = best if same else None
+        if ranking and config.evals[ranking].every_images == 0:
+            logging.info(
+                "No best checkpoint: checkpoint.best_metric %r is not measured while training "
+                "(evals.%s.every_images is 0).",
+                self.metric,
+                ranking,
+            )
 
     def due(self, before: int, after: int) -> list[evaluators.Evaluator]:
         return [e for e in self.evaluators if crossed(before, after, e.every_images)]
@@ -40,7 +56,7 @@ class PeriodicEvals:
     def improved(self, results: dict, generator: GeneratorSnapshot) -> dict | None:
         """The record of a new best checkpoint, if `results` make `generator` one."""
         value = results.get(self.metric) if self.metric else None
-        if value is None:
+        if value is None or not math.isfinite(value):
             return None
         best = self.best
         if best is not None and (
@@ -53,6 +69,7 @@ class PeriodicEvals:
             value=value,
             images_shown=generator.images_shown,
             stage=generator.stage,
+            images=self.images,
         )
         logging.info(
             "Best %s so far: %.4g at %d images shown.", self.metric, value, generator.images_shown

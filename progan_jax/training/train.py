@@ -158,7 +158,11 @@ class Trainer:
         self.networks = checkpointing.Networks.of(config)  # with the classes, once read
         model = config.model  # the data named once: a folder's name stats every file
         self.source = input_pipeline.source_of(config.data, model.resolution, model.num_channels)
-        self.evals = periodic_evals.PeriodicEvals(config, self.source, self.checkpointer.best())
+        self.evals = collectives.together(  # e.g. Inception weights missing on one host
+            "loading the evaluators",
+            UserError,
+            lambda: periodic_evals.PeriodicEvals(config, self.source, self.checkpointer.best()),
+        )
         self.interval = _Interval()
         self.report = run_report.RunReport(self.schedule)
         self.decisions = _Decisions(
@@ -254,7 +258,8 @@ class Trainer:
             progress.images_shown,
             self.label_frequencies,
         )
-        results = self.evals.run(due, generator)
+        with interrupt.deferred():  # collective: SIGTERM stops the loop after it, with a save
+            results = self.evals.run(due, generator)
         if results:
             self.writer.write_scalars(progress.images_shown, tensorboard_tags(results))
         record = self.evals.improved(results, generator)
