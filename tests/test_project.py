@@ -153,6 +153,7 @@ def test_hidden_files_and_folders_are_left_out(tmp_path):
     assert [p.name for p in project.image_paths(str(tmp_path))] == ["a.png"]
 
 
+@pytest.mark.slow
 def test_the_perceptual_distance_compares_inception_features():
     """Zero for the same images, positive for others, and a gradient for the search."""
     objective = project.Objective(0.0, 1.0, ("conv_4", "mixed_2"), resolution=75)
