@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from progan_jax.data import input_pipeline, sources
-from progan_jax.metrics import generator_swd, ms_ssim, swd
+from progan_jax.metrics import fid, generator_swd, ms_ssim, swd
 from progan_jax.nets.sampling import GeneratorSnapshot
 from progan_jax.runtime import seeds
 from progan_jax.runtime.errors import ConfigError
@@ -33,7 +33,8 @@ from progan_jax.runtime.errors import ConfigError
 
 class StageReals:
     """This process's reals at one stage's resolution (a memory-mapped cache), opened once per
-    stage and shared by the evaluators, and their labels (a conditional run's)."""
+    stage and shared by the evaluators, and their labels (a conditional run's), read once for
+    the evaluators and the run that asks them."""
 
     def __init__(self, source: sources.Source, label_size: int):
         self.source = source
@@ -194,18 +195,14 @@ class FID(Evaluator):
 
     def __init__(self, config: ml_collections.ConfigDict, reals: StageReals):
         super().__init__(config, reals)
-        from progan_jax.metrics import fid  # TF FID port: loaded only where asked for
-
-        self._fid = fid
         self._weights = fid.load_weights(fid.weights_path(config))
         self._statistics: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
 
     def __call__(self, generator: GeneratorSnapshot) -> dict[str, float]:
-        fid, stage = self._fid, generator.stage
+        stage = generator.stage
         if self._statistics is None or self._statistics[0] != stage:
-            reals = self.reals(stage)
             stats = fid.real_statistics(
-                self.config, self._weights, self.reals.source, reals, generator.resolution
+                self.config, self._weights, self.reals.source, self.reals(stage)
             )
             self._statistics = stage, stats
         return {
@@ -250,8 +247,6 @@ def check_training_needs(config: ml_collections.ConfigDict) -> None:
     """What the evaluators with a cadence need before training starts (not for a plan or a
     benchmark of the same config): FID's Inception weights."""
     if config.evals.fid.every_images > 0 and not config.evals.fid_weights:
-        from progan_jax.metrics import fid
-
         raise ConfigError(
             "evals.fid.every_images: FID while training needs evals.fid_weights, which is not "
             f"set. {fid.HOW_TO_GET_WEIGHTS} Or turn it off with --config.evals.fid.every_images=0."
@@ -259,10 +254,9 @@ def check_training_needs(config: ml_collections.ConfigDict) -> None:
 
 
 def build(
-    config: ml_collections.ConfigDict, names: Sequence[str], source: sources.Source
+    config: ml_collections.ConfigDict, names: Sequence[str], reals: StageReals
 ) -> list[Evaluator]:
-    """The named evaluators, sharing one reader of `source`'s reals."""
-    reals = StageReals(source, config.model.label_size)
+    """The named evaluators, sharing one reader of the reals."""
     return [EVALUATORS[name](config, reals) for name in names]
 
 

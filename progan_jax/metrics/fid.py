@@ -156,18 +156,14 @@ def weights_path(config: ml_collections.ConfigDict) -> str:
 
 
 def real_statistics(
-    config: ml_collections.ConfigDict,
-    params,
-    source: sources.Source,
-    reals: np.ndarray,
-    resolution: int,
+    config: ml_collections.ConfigDict, params, source: sources.Source, reals: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of the Inception features of `evals.fid.images` of `source`'s `reals` at
-    `resolution` (all if fewer), read from their cache file, or computed (by every process)
-    and cached (by process 0)."""
+    """(mu, sigma) of the Inception features of `evals.fid.images` of `source`'s `reals` (one
+    stage's; all if fewer), read from their cache file, or computed (by every process) and
+    cached (by process 0)."""
     ev = config.evals
     count = min(ev.fid.images, len(reals))
-    path = _reference_path(config, source, resolution, count)
+    path = _reference_path(config, source, reals.shape[1], count)
     cached = _cached_statistics(path)
     if cached is not None:
         return cached

@@ -28,7 +28,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     generator = trained.load_generator(config, workdir, config.checkpoint_images_shown)
     model = config.model
     source = input_pipeline.source_of(config.data, model.resolution, model.num_channels)
-    labels = input_pipeline.labels_of(source, model.label_size)
+    reals = evaluators.StageReals(source, model.label_size)
+    labels = reals.labels
     if generator.gan.label_size and labels is None:
         raise ConfigError(
             f"data.labels: the checkpoint's generator draws {generator.gan.label_size} classes; "
@@ -43,7 +44,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "stage": generator.stage,
         "resolution": generator.resolution,
     }
-    chosen = evaluators.build(config, config.evals.evaluate, source)
+    chosen = evaluators.build(config, config.evals.evaluate, reals)
     try:
         results.update(evaluators.run(chosen, generator, quiet=False))
     finally:

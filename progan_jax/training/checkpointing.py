@@ -228,8 +228,9 @@ class Checkpointer:
         return None if saved is None else Networks(saved["model"], saved.get("classes"))
 
     def best(self) -> dict | None:
-        """The best checkpoint's metric (`metric`, `value`, `images_shown`, `stage`), or None."""
-        return self._json_item("best", "metric") if self._best.latest_step() is not None else None
+        """The best checkpoint's record (`metric`, `value`, `images_shown`, `stage`, `images`),
+        or None."""
+        return self._json_item("best", "metric")
 
     def restore(self, target: TrainState, images_shown: int | str | None = None):
         """(state, progress) of the latest (or given) checkpoint, placed like `target`; or None."""

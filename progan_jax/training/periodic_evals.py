@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import jax
 import ml_collections
 
-from progan_jax.data import sources
 from progan_jax.metrics import evaluators
 from progan_jax.nets.sampling import GeneratorSnapshot
 from progan_jax.runtime import collectives
@@ -28,10 +27,10 @@ def crossed(before: int, after: int, every: int) -> bool:
 
 class PeriodicEvals:
     def __init__(
-        self, config: ml_collections.ConfigDict, source: sources.Source, best: dict | None
+        self, config: ml_collections.ConfigDict, reals: evaluators.StageReals, best: dict | None
     ):
         evaluators.check_training_needs(config)
-        self.evaluators = evaluators.build(config, evaluators.in_training(config), source)
+        self.evaluators = evaluators.build(config, evaluators.in_training(config), reals)
         self.metric = config.checkpoint.best_metric
         ranking = evaluators.RANKING_METRICS.get(self.metric)
         self.images = config.evals[ranking].images if ranking else None

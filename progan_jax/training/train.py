@@ -17,6 +17,7 @@ import numpy as np
 from clu import metric_writers, parameter_overview
 
 from progan_jax.data import input_pipeline
+from progan_jax.metrics import evaluators
 from progan_jax.nets import gan as gan_lib
 from progan_jax.nets import sampling
 from progan_jax.nets.gan import TrainState
@@ -158,10 +159,11 @@ class Trainer:
         self.networks = checkpointing.Networks.of(config)  # with the classes, once read
         model = config.model  # the data named once: a folder's name stats every file
         self.source = input_pipeline.source_of(config.data, model.resolution, model.num_channels)
+        self.reals = evaluators.StageReals(self.source, model.label_size)  # and the labels
         self.evals = collectives.together(  # e.g. Inception weights missing on one host
             "loading the evaluators",
             UserError,
-            lambda: periodic_evals.PeriodicEvals(config, self.source, self.checkpointer.best()),
+            lambda: periodic_evals.PeriodicEvals(config, self.reals, self.checkpointer.best()),
         )
         self.interval = _Interval()
         self.report = run_report.RunReport(self.schedule)
@@ -264,8 +266,7 @@ class Trainer:
             self.writer.write_scalars(progress.images_shown, tensorboard_tags(results))
         record = self.evals.improved(results, generator)
         if record is not None:
-            self.flush_metrics(progress, phase)  # never keep a broken state
-            progress = dataclasses.replace(progress, stage=phase.stage, alpha=float(alpha))
+            progress = self._checked(progress, phase, alpha)
             self.checkpointer.save_best(state, progress, self.networks, record)
 
     @_transfers_intended
@@ -299,11 +300,15 @@ class Trainer:
             scalars["eta_hours"] = seconds_left / 3600
         self.writer.write_scalars(progress.images_shown, tensorboard_tags(scalars))
 
+    def _checked(self, progress: Progress, phase: schedule.Phase, alpha) -> Progress:
+        """`progress` as a checkpoint keeps it (with the stage and alpha its G_ema runs at),
+        after the metrics not yet logged are checked: never checkpoint a broken state."""
+        self.flush_metrics(progress, phase)
+        return dataclasses.replace(progress, stage=phase.stage, alpha=float(alpha))
+
     @_transfers_intended
     def save(self, state, progress: Progress, phase, alpha, *, stage_end: bool = False) -> None:
-        """Checks the metrics not yet logged (never checkpoint a broken state), then saves."""
-        self.flush_metrics(progress, phase)
-        progress = dataclasses.replace(progress, stage=phase.stage, alpha=float(alpha))
+        progress = self._checked(progress, phase, alpha)
         self.checkpointer.save(state, progress, stage_end=stage_end, networks=self.networks)
         self.decisions.saved()
         logging.info("Checkpoint at %d images shown.", progress.images_shown)
@@ -332,7 +337,7 @@ class Trainer:
                 first_stage = sched.phase_at(progress.images_shown).stage
                 source = self.source
                 input_pipeline.prepare_all_stages(source, first_stage)  # no box filter mid-run
-                self.labels = input_pipeline.labels_of(source, config.model.label_size)
+                self.labels = self.reals.labels  # read once, for the stream and the evaluators
                 if self.labels is not None:
                     frequencies = input_pipeline.class_frequencies(self.labels, config.data)
                     self.label_frequencies = frequencies
